@@ -1,0 +1,10 @@
+"""njetify: make a CNN's resolution learnable with N-Jet layers.
+
+Public API (see README): ``NJetConv2d``, ``SafeSubsample``.
+"""
+
+from .layers import NJetConv2d, SafeSubsample
+
+__version__ = "0.1.0"
+
+__all__ = ["NJetConv2d", "SafeSubsample", "__version__"]

@@ -1,0 +1,127 @@
+"""Gaussian-derivative (N-Jet) basis filters — pure functions of σ.
+
+Conventions (DESIGN §2):
+
+* 1-D Gaussian sampled at integer offsets ``x = -h..h`` and normalised so the
+  samples sum to 1: ``G(x; σ) = exp(-x² / 2σ²) / Σ_x exp(-x² / 2σ²)``.
+* Order-m derivative via physicists' Hermite polynomials:
+  ``G_m(x; σ) = (-1 / (σ√2))^m · H_m(x / (σ√2)) · G(x; σ)``.
+* Scale normalisation multiplies order m by ``σ^m`` (on by default).
+* 2-D basis: products ``G_j(y) · G_i(x)`` for all ``i + j ≤ N``, ordered by total
+  order ``n = i + j`` and, within one total order, by the y-order ``j`` rising:
+  ``(i, j) = (0,0), (1,0), (0,1), (2,0), (1,1), (0,2), (3,0), ...`` where ``i`` is
+  the derivative order along x (width) and ``j`` along y (height).
+  :func:`basis_orders` returns that list.
+
+Everything is built on σ's device and dtype and is differentiable in σ.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+
+#: The highest derivative order accepted. Higher orders are numerically fine but
+#: have no use for filters of a few pixels, and the basis grows as (N+1)(N+2)/2.
+MAX_ORDER = 8
+
+
+def num_basis(order: int) -> int:
+    """Number of 2-D basis filters for ``order``: ``(N+1)(N+2)/2``."""
+    return (order + 1) * (order + 2) // 2
+
+
+@lru_cache(maxsize=None)
+def basis_orders(order: int) -> tuple[tuple[int, int], ...]:
+    """The ``(i, j)`` = (x-order, y-order) pair of each 2-D basis filter, in basis order."""
+    return tuple((n - j, j) for n in range(order + 1) for j in range(n + 1))
+
+
+#: Tolerance on ``extent·σ`` before rounding up, so that σ stored as ``exp(log σ)``
+#: in float32 (0.5 → 0.50000006) does not jump to the next filter size.
+SIZE_TOLERANCE = 1e-4
+
+
+def half_width(sigma: float, extent: float = 2.0) -> int:
+    """Half-width ``⌈extent·σ⌉`` of the filter (size ``2h+1``), at least 1."""
+    return max(1, math.ceil(extent * float(sigma) - SIZE_TOLERANCE))
+
+
+def filter_size(sigma: float, extent: float = 2.0) -> int:
+    """Filter size ``2·⌈extent·σ⌉ + 1`` in pixels (DESIGN §2, as in the paper)."""
+    return 2 * half_width(sigma, extent) + 1
+
+
+def hermite(order: int, u: torch.Tensor) -> torch.Tensor:
+    """Physicists' Hermite polynomials ``H_0..H_order`` at ``u``: shape ``(order+1, *u.shape)``."""
+    polys = [torch.ones_like(u)]
+    if order >= 1:
+        polys.append(2.0 * u)
+    for m in range(2, order + 1):
+        polys.append(2.0 * u * polys[m - 1] - 2.0 * (m - 1) * polys[m - 2])
+    return torch.stack(polys)
+
+
+def gaussian_derivatives_1d(
+    sigma: torch.Tensor, order: int, half: int, *, scale_normalize: bool = True
+) -> torch.Tensor:
+    """Sampled 1-D Gaussian derivatives of orders ``0..order``.
+
+    Args:
+        sigma: scale in pixels, a tensor of any shape ``S`` (a 0-d tensor for one σ).
+        order: highest derivative order N.
+        half: half-width h; samples lie at integer offsets ``-h..h``.
+        scale_normalize: multiply order m by ``σ^m``.
+
+    Returns:
+        Tensor ``(*S, N+1, 2h+1)`` on σ's device and dtype.
+    """
+    sigma = sigma.unsqueeze(-1)  # (*S, 1)
+    x = torch.arange(-half, half + 1, device=sigma.device, dtype=sigma.dtype)
+    g = torch.exp(-0.5 * (x / sigma) ** 2)
+    g = g / g.sum(-1, keepdim=True)  # (*S, 2h+1)
+    c = -1.0 / (sigma * math.sqrt(2.0))  # (*S, 1)
+    h = hermite(order, x * -c)  # (N+1, *S, 2h+1): u = x / (σ√2)
+    h = h.movedim(0, -2)  # (*S, N+1, 2h+1)
+    m = torch.arange(order + 1, device=sigma.device, dtype=sigma.dtype)
+    scale = c.unsqueeze(-1) ** m.unsqueeze(-1)  # (*S, N+1, 1): (-1/(σ√2))^m
+    if scale_normalize:
+        scale = scale * sigma.unsqueeze(-1) ** m.unsqueeze(-1)
+    return scale * h * g.unsqueeze(-2)
+
+
+def gaussian_basis_2d(
+    sigma: torch.Tensor, order: int, half: int, *, scale_normalize: bool = True
+) -> torch.Tensor:
+    """The 2-D N-Jet basis ``G_i(x)·G_j(y)`` for ``i + j ≤ order``.
+
+    Args:
+        sigma: scale in pixels, shape ``S`` (``()`` for one σ, ``(O,)`` for one per channel).
+        order: highest total derivative order N.
+        half: half-width h of the square ``(2h+1) × (2h+1)`` grid.
+
+    Returns:
+        Tensor ``(*S, F, 2h+1, 2h+1)`` with ``F = (N+1)(N+2)/2``, indexed
+        ``[..., f, y, x]`` in the order of :func:`basis_orders`.
+    """
+    g1 = gaussian_derivatives_1d(sigma, order, half, scale_normalize=scale_normalize)
+    ix, iy = _order_index(order, sigma.device)
+    gx = g1.index_select(-2, ix)  # (*S, F, s): G_i(x)
+    gy = g1.index_select(-2, iy)  # (*S, F, s): G_j(y)
+    return gy.unsqueeze(-1) * gx.unsqueeze(-2)
+
+
+_ORDER_INDEX: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _order_index(order: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index tensors of x-orders and y-orders, cached per device (no per-call host copy)."""
+    key = (order, torch.device(device))
+    if key not in _ORDER_INDEX:
+        pairs = basis_orders(order)
+        ix = torch.tensor([i for i, _ in pairs], device=device)
+        iy = torch.tensor([j for _, j in pairs], device=device)
+        _ORDER_INDEX[key] = (ix, iy)
+    return _ORDER_INDEX[key]

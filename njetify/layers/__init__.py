@@ -1,0 +1,6 @@
+"""Layers: the N-Jet convolution, safe-subsampling and tied ASPP branches."""
+
+from .njet_conv import NJetConv2d
+from .safe_subsample import SafeSubsample
+
+__all__ = ["NJetConv2d", "SafeSubsample"]

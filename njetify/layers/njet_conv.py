@@ -1,0 +1,363 @@
+"""NJetConv2d: a convolution whose filter is a learned combination of
+Gaussian-derivative basis filters at a learned scale σ that also sets its size."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import basis as B
+from ..fit import PatchMoments, data_aware_fit, dense_kernel, weight_space_fit
+from ._checks import (
+    check_channels,
+    check_choice,
+    check_order,
+    check_positive,
+    conv_kind,
+)
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+SIGMA_PER = ("layer", "channel")
+PADDINGS = ("same", "dynamic_same")
+
+
+class NJetConv2d(nn.Module):
+    """2-D N-Jet convolution (Pintea et al., TIP 2021).
+
+    ``W[o, c] = Σ_f α[o, c, f] · B_f(σ)`` with B the basis of
+    :func:`njetify.basis.gaussian_basis_2d`; the filter is ``s × s`` with
+    ``s = 2·⌈extent·σ⌉ + 1`` pixels, recomputed every forward from the current σ.
+
+    Args:
+        in_channels, out_channels, groups, stride, bias: as in ``nn.Conv2d``.
+        order: highest total derivative order N (``0 ≤ N ≤ MAX_ORDER``); F = (N+1)(N+2)/2.
+        sigma: initial scale in pixels (> 0).
+        extent: filter half-width in units of σ.
+        learn_sigma: σ is trained (else stays fixed; still saved in the state_dict).
+        sigma_per: ``"layer"`` (one σ, the paper) or ``"channel"`` (one σ per output channel;
+            filters materialised at the largest support).
+        max_size: cap on the filter size in pixels (the largest odd number ≤ max_size is used);
+            hitting it sets ``size_capped`` and warns once.
+        padding_mode: ``"zeros" | "reflect" | "replicate" | "circular"``.
+        padding: ``"same"`` (symmetric, output = ⌈input/stride⌉) or ``"dynamic_same"`` (TensorFlow
+            "SAME": asymmetric, computed from the input size, as timm's ``Conv2dSame``).
+        trim: pixels per side by which the output is smaller than "same" (a converted
+            ``padding=0`` 3×3 conv has trim 1); negative for extra padding.
+
+    Shapes: input ``(N, in_channels, H, W)`` → output ``(N, out_channels, H', W')``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        order: int = 3,
+        sigma: float | Iterable[float] = 1.0,
+        extent: float = 2.0,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+        learn_sigma: bool = True,
+        sigma_per: str = "layer",
+        max_size: int | None = None,
+        padding_mode: str = "zeros",
+        *,
+        padding: str = "same",
+        trim: int = 0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        check_order(order)
+        check_channels(in_channels, out_channels, groups)
+        check_positive("extent", extent)
+        check_choice("sigma_per", sigma_per, SIGMA_PER)
+        check_choice("padding_mode", padding_mode, PADDING_MODES)
+        check_choice("padding", padding, PADDINGS)
+        if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
+            raise ValueError(f"NJetConv2d: stride must be a positive int, got {stride!r}")
+        if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
+            raise ValueError(f"NJetConv2d: max_size must be a positive int or None, got {max_size!r}")
+        n_sigma = out_channels if sigma_per == "channel" else 1
+        sig = torch.as_tensor(sigma, dtype=torch.float64).flatten()
+        if sig.numel() == 1:
+            sig = sig.expand(n_sigma)
+        if sig.numel() != n_sigma:
+            raise ValueError(
+                f"NJetConv2d: sigma has {sig.numel()} values; sigma_per={sigma_per!r} needs {n_sigma}"
+            )
+        for v in sig.tolist():
+            check_positive("sigma", v)
+
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.order, self.extent, self.stride, self.groups = order, float(extent), stride, groups
+        self.sigma_per, self.max_size, self.padding_mode = sigma_per, max_size, padding_mode
+        self.padding, self.trim = padding, int(trim)
+        self.learn_sigma = learn_sigma
+        self.fit_error: float | None = None
+        self.size_capped = False
+        factory = {"device": device, "dtype": dtype}
+        nf = B.num_basis(order)
+        self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, nf, **factory))
+        self.log_sigma = nn.Parameter(sig.log().to(**factory), requires_grad=learn_sigma)
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+        self._half_key: tuple | None = None
+        self._half = 1
+        self._warned_cap = False
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ state
+    def reset_parameters(self) -> None:
+        """He-style init of α (fan-in over in/groups·F), bias like ``nn.Conv2d``."""
+        fan_in = self.alpha.shape[1] * self.alpha.shape[2]
+        bound = 1.0 / math.sqrt(fan_in)
+        nn.init.uniform_(self.alpha, -math.sqrt(3.0) * bound, math.sqrt(3.0) * bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """Current σ in pixels: shape ``(1,)`` per layer or ``(out_channels,)`` per channel."""
+        return self.log_sigma.exp()
+
+    @property
+    def half_width(self) -> int:
+        """Current half-width h of the filter (size 2h+1), after the ``max_size`` cap."""
+        p = self.log_sigma
+        key = (p._version, p.data_ptr(), self.extent, self.max_size)
+        if key != self._half_key:
+            sigma_max = float(p.detach().max().exp())  # one host read per σ update
+            half = B.half_width(sigma_max, self.extent)
+            cap = None if self.max_size is None else max(0, (self.max_size - 1) // 2)
+            self.size_capped = cap is not None and half > cap
+            if self.size_capped:
+                if not self._warned_cap:
+                    warnings.warn(
+                        f"NJetConv2d: filter of σ={sigma_max:.3g} needs {2 * half + 1} px; "
+                        f"capped at max_size={self.max_size} (set a larger max_size to lift the cap)",
+                        stacklevel=3,
+                    )
+                    self._warned_cap = True
+                half = cap
+            self._half, self._half_key = half, key
+        return self._half
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        """Current filter size ``(s, s)`` in pixels."""
+        s = 2 * self.half_width + 1
+        return (s, s)
+
+    def basis(self) -> torch.Tensor:
+        """The basis at the current σ: ``(F, s, s)`` per layer, ``(O, F, s, s)`` per channel."""
+        sigma = self.sigma
+        if self.sigma_per == "layer":
+            sigma = sigma[0]
+        return B.gaussian_basis_2d(sigma, self.order, self.half_width)
+
+    def filters(self) -> torch.Tensor:
+        """Materialised weight ``(out_channels, in_channels/groups, s, s)``; cached in eval mode."""
+        if self.training or (torch.is_grad_enabled() and self._needs_grad()):
+            self._cache = None
+            return self._build_filters()
+        key = self._cache_key()
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self._build_filters())
+        return self._cache[1]
+
+    def _needs_grad(self) -> bool:
+        return self.alpha.requires_grad or self.log_sigma.requires_grad
+
+    def _cache_key(self) -> tuple:
+        a, s = self.alpha, self.log_sigma
+        return (a._version, a.data_ptr(), a.dtype, s._version, s.data_ptr(), self.max_size)
+
+    def _build_filters(self) -> torch.Tensor:
+        basis = self.basis()
+        size = basis.shape[-1]
+        if self.sigma_per == "layer":
+            w = self.alpha @ basis.flatten(1)  # (O, Cg, F) @ (F, s²)
+        else:
+            w = torch.einsum("ocf,ofk->ock", self.alpha, basis.flatten(2))
+        return w.view(self.out_channels, -1, size, size)
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None
+        self._half_key = None
+        return super()._apply(fn, *args, **kwargs)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C_in, H, W)`` → ``(N, C_out, H', W')``."""
+        w = self.filters()
+        pads = self._pads(x.shape[-2:], w.shape[-1])
+        if self.padding_mode == "zeros" and pads[0] == pads[1] == pads[2] == pads[3] >= 0:
+            return F.conv2d(x, w, self.bias, self.stride, pads[0], 1, self.groups)
+        if min(pads) < 0:  # σ shrank below the original conv's trim: crop the input instead
+            x = _crop(x, [max(-p, 0) for p in pads])
+            pads = [max(p, 0) for p in pads]
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        return F.conv2d(F.pad(x, pads, mode=mode), w, self.bias, self.stride, 0, 1, self.groups)
+
+    def _pads(self, hw, size: int) -> list[int]:
+        """Padding (left, right, top, bottom) for the current filter size."""
+        half = (size - 1) // 2
+        if self.padding == "same":
+            p = half - self.trim
+            return [p, p, p, p]
+        pads = []
+        for length in (hw[1], hw[0]):
+            total = max((math.ceil(length / self.stride) - 1) * self.stride + size - length, 0)
+            pads += [total // 2, total - total // 2]
+        return pads
+
+    def extra_repr(self) -> str:
+        sig = self.sigma.detach()
+        sig_txt = f"{sig.item():.3g}" if sig.numel() == 1 else f"{sig.min():.3g}..{sig.max():.3g}"
+        s = [
+            f"{self.in_channels}, {self.out_channels}, order={self.order}, sigma={sig_txt}",
+            f"size={self.kernel_size[0]}",
+        ]
+        if self.stride != 1:
+            s.append(f"stride={self.stride}")
+        if self.groups != 1:
+            s.append(f"groups={self.groups}")
+        if self.bias is None:
+            s.append("bias=False")
+        if self.sigma_per != "layer":
+            s.append(f"sigma_per={self.sigma_per!r}")
+        if not self.learn_sigma:
+            s.append("learn_sigma=False")
+        if self.max_size is not None:
+            s.append(f"max_size={self.max_size}")
+        if self.padding != "same" or self.trim:
+            s.append(f"padding={self.padding!r}, trim={self.trim}")
+        if self.padding_mode != "zeros":
+            s.append(f"padding_mode={self.padding_mode!r}")
+        return ", ".join(s)
+
+    # ------------------------------------------------------------- conversion
+    @classmethod
+    def from_conv(
+        cls,
+        conv: nn.Conv2d,
+        order: int = 3,
+        sigma: float | None = None,
+        extent: float = 2.0,
+        *,
+        inputs: torch.Tensor | Iterable[torch.Tensor] | None = None,
+        stride: int | None = None,
+        **kwargs,
+    ) -> "NJetConv2d":
+        """Build an N-Jet layer that approximates ``conv`` (DESIGN §3).
+
+        σ₀ = d·(k−1)/(2·extent) when ``sigma`` is None. α is the least-squares fit
+        to the conv's weights — data-aware when ``inputs`` (tensors ``(N, C_in, H, W)``
+        that reach this conv) are given. ``stride`` overrides the conv's stride (the
+        surgery sets 1 and resizes afterwards). Extra keyword arguments
+        (``learn_sigma``, ``sigma_per``, ``max_size``) go to the constructor.
+        The relative weight-space error of the fit is stored in ``.fit_error``.
+        """
+        kind = conv_kind(conv)
+        if kind is None:
+            raise TypeError(f"NJetConv2d.from_conv: expected an nn.Conv2d, got {type(conv).__name__}")
+        if kind != "ok":
+            raise ValueError(f"NJetConv2d.from_conv: cannot convert {conv!r}: {kind}")
+        k, d = conv.kernel_size[0], conv.dilation[0]
+        if sigma is None:
+            sigma = d * (k - 1) / (2.0 * extent)
+        dense = d * (k - 1) + 1
+        if conv.padding == "same":
+            trim = 0
+        elif conv.padding == "valid":
+            trim = (dense - 1) // 2
+        else:
+            trim = (dense - 1) // 2 - conv.padding[0]
+        padding = "dynamic_same" if type(conv).__name__ == "Conv2dSame" else "same"
+        w = conv.weight
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            order=order,
+            sigma=sigma,
+            extent=extent,
+            stride=conv.stride[0] if stride is None else stride,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            padding=padding,
+            trim=trim if padding == "same" else 0,
+            device=w.device,
+            dtype=w.dtype,
+            **kwargs,
+        )
+        layer.fit_(dense_kernel(w.detach(), d), inputs=inputs)
+        if conv.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(conv.bias)
+        return layer
+
+    @torch.no_grad()
+    def fit_(self, kernel: torch.Tensor, inputs=None) -> float:
+        """Set α to the least-squares fit of dense kernels ``(O, C/groups, k, k)`` at the current σ.
+
+        With ``inputs`` (a tensor or an iterable of tensors reaching this layer) the
+        fit is data-aware. Returns and stores the relative weight-space error.
+        """
+        if self.sigma_per != "layer":
+            raise ValueError("NJetConv2d.fit_: fitting needs sigma_per='layer' (one basis for all outputs)")
+        basis = self.basis()
+        if inputs is None or kernel.shape[-1] > basis.shape[-1]:
+            alpha, err = weight_space_fit(kernel, basis)
+        else:
+            pad = max(0, (basis.shape[-1] - 1) // 2 - (self.trim if self.padding == "same" else 0))
+            moments = PatchMoments(basis, padding=pad, stride=self.stride)
+            for x in [inputs] if isinstance(inputs, torch.Tensor) else inputs:
+                moments.update(x)
+            alpha, err = data_aware_fit(kernel, basis, moments, self.groups)
+        self.alpha.copy_(alpha)
+        self.fit_error = err
+        return err
+
+    def to_conv(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` with the materialised filter: identical outputs, for deployment.
+
+        ``padding="dynamic_same"`` layers need the input size and cannot be expressed as a
+        plain conv; they raise ``ValueError``.
+        """
+        if self.padding != "same":
+            raise ValueError("NJetConv2d.to_conv: padding='dynamic_same' has no plain nn.Conv2d equivalent")
+        with torch.no_grad():
+            w = self.filters().detach().clone()
+        size = w.shape[-1]
+        pad = (size - 1) // 2 - self.trim
+        if pad < 0:
+            raise ValueError(f"NJetConv2d.to_conv: the filter ({size} px) is smaller than the trim {self.trim}")
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, size, stride=self.stride, padding=pad,
+            groups=self.groups, bias=self.bias is not None, padding_mode=self.padding_mode,
+            device=w.device, dtype=w.dtype,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+
+def _crop(x: torch.Tensor, crops: list[int]) -> torch.Tensor:
+    """Remove (left, right, top, bottom) pixels from the last two dims."""
+    left, right, top, bottom = crops
+    h, w = x.shape[-2:]
+    return x[..., top : h - bottom, left : w - right]

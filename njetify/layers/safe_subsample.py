@@ -1,0 +1,112 @@
+"""SafeSubsample: resize a feature map by a factor that follows a learned σ (DESIGN §4)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_choice, check_positive
+
+INTERPOLATIONS = ("nearest", "bilinear", "area")
+
+#: Tolerance on sizes and sample positions, so that an exact factor 1/2 computed
+#: through exp/log in float32 still gives ⌈L/2⌉ and picks pixels 0, 2, 4, ...
+_EPS = 1e-6
+
+
+class SafeSubsample(nn.Module):
+    """Subsample a map of side L to ``⌈L · (1/2)^(σ/r)⌉`` pixels.
+
+    Placed after an operation that used to be strided and now runs at stride 1.
+    With ``r="auto"``, ``r = σ₀ / log2(stride)`` so that at σ₀ the factor is exactly
+    ``1/stride``: the output then has the strided op's size and — with
+    ``interpolation="nearest"`` — the very same pixels (indices 0, stride, 2·stride, …).
+    The size is a discrete function of σ: no gradient flows through it (as in the paper).
+
+    Args:
+        source: the N-Jet layer whose σ sets the factor (its mean σ when per channel).
+            ``None`` keeps the factor fixed at ``1/stride``.
+        stride: the original stride (the factor at σ₀ with ``r="auto"``).
+        r: ``"auto"`` or a positive number (the paper uses 4).
+        sigma0: σ₀ of the source for ``r="auto"`` (default: the source's σ now).
+        interpolation: ``"nearest"`` (exact pixel pick), ``"bilinear"`` or ``"area"``.
+        source_name: module path of the source, for reports.
+
+    Shapes: ``(N, C, H, W)`` → ``(N, C, ⌈H·f⌉, ⌈W·f⌉)``.
+    """
+
+    def __init__(
+        self,
+        source: nn.Module | None,
+        stride: int = 2,
+        r: float | str = "auto",
+        sigma0: float | None = None,
+        interpolation: str = "nearest",
+        source_name: str | None = None,
+    ):
+        super().__init__()
+        check_choice("interpolation", interpolation, INTERPOLATIONS)
+        if not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"SafeSubsample: stride must be a positive int, got {stride!r}")
+        if r == "auto":
+            if source is not None and stride == 1:
+                raise ValueError("SafeSubsample: r='auto' needs stride > 1 (it matches the original stride); give r a number")
+        else:
+            check_positive("r", r)
+        object.__setattr__(self, "_source", source)  # a reference, not a submodule: σ is saved once
+        self.stride = stride
+        self.interpolation = interpolation
+        self.source_name = source_name
+        if source is not None and r == "auto":
+            s0 = float(source.sigma.detach().mean()) if sigma0 is None else float(sigma0)
+            r = s0 / math.log2(stride)
+        self.r = None if source is None else float(r)
+        self._key = None
+        self._factor = 1.0 / stride
+
+    @property
+    def source(self) -> nn.Module | None:
+        """The N-Jet layer whose σ drives this subsampling (None: fixed factor)."""
+        return self._source
+
+    @property
+    def factor(self) -> float:
+        """Current factor ``(1/2)^(σ/r)`` (``1/stride`` without a source)."""
+        src = self._source
+        if src is None:
+            return 1.0 / self.stride
+        p = src.log_sigma
+        key = (p._version, p.data_ptr())
+        if key != self._key:  # one host read per σ update
+            sigma = float(p.detach().exp().mean())
+            self._factor, self._key = 0.5 ** (sigma / self.r), key
+        return self._factor
+
+    def output_size(self, length: int) -> int:
+        """Side of the output for an input side of ``length`` pixels, at the current σ."""
+        return max(1, math.ceil(length * self.factor - _EPS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        oh, ow = self.output_size(h), self.output_size(w)
+        if (oh, ow) == (h, w):
+            return x
+        if self.interpolation == "nearest":
+            f = self.factor
+            return x.index_select(-2, _picks(oh, h, f, x.device)).index_select(-1, _picks(ow, w, f, x.device))
+        if self.interpolation == "area":
+            return F.adaptive_avg_pool2d(x, (oh, ow))
+        return F.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=False, antialias=True)
+
+    def extra_repr(self) -> str:
+        src = "fixed" if self._source is None else f"source={self.source_name or '?'}, r={self.r:.4g}"
+        return f"stride={self.stride}, factor={self.factor:.4g}, {src}, interpolation={self.interpolation!r}"
+
+
+def _picks(out: int, length: int, factor: float, device) -> torch.Tensor:
+    """Indices ``⌊i / factor⌋`` (i < out), clipped to the input: top-left aligned like a strided op."""
+    idx = torch.arange(out, device=device, dtype=torch.float64).div_(factor).add_(_EPS).floor_()
+    return idx.clamp_(max=length - 1).long()
