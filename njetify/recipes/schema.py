@@ -1,0 +1,110 @@
+"""The recipe schema: what a conversion (and its fine-tuning) is told to do.
+
+A recipe is plain data. ``njetify.recipes`` loads it from YAML (built-in or a user
+file), validates it and resolves keyword overrides; the surgery passes read it;
+the trainer reads its ``finetune`` block. Field names are the YAML keys.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field, fields, replace
+
+
+@dataclass
+class SubsampleConfig:
+    """How strided convolutions and pooling are treated (DESIGN §4)."""
+
+    mode: str = "safe"  # "safe": stride 1 + SafeSubsample; "keep": leave strides and pooling
+    r: float | str = "auto"  # "auto": factor at σ₀ equals the original stride; a number: the paper's r
+    where: str = "original"  # "original": only where the network subsampled; "every_layer": after every N-Jet layer
+    interpolation: str = "nearest"  # "nearest" | "bilinear" | "area"
+
+
+@dataclass
+class AsppConfig:
+    """DeepLab ASPP tying (DESIGN §5)."""
+
+    tie: bool = False
+
+
+@dataclass
+class Rule:
+    """Per-module override, applied in order to modules whose path matches ``match`` (fnmatch glob)."""
+
+    match: str
+    skip: bool | None = None  # True: keep this module as it is; False: convert it even if ``convs`` is False
+    order: int | None = None
+    sigma_init: float | str | None = None
+    extent: float | None = None
+    learn_sigma: bool | None = None
+    sigma_per: str | None = None
+    max_size: int | None = None
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning hyper-parameters (read by ``njetify.train``)."""
+
+    optimizer: str = "sgd"  # "sgd" (momentum) | "adamw"
+    lr: float = 0.01
+    sigma_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int = 10
+    batch_size: int = 128
+    schedule: str = "cosine"  # "cosine" | "step" | "constant"
+    warmup_epochs: float = 0.0
+    step_size: int = 30  # epochs between decays for schedule "step"
+    gamma: float = 0.1
+    grad_clip: float | None = None
+
+
+@dataclass
+class LayerSettings:
+    """The settings one convolution gets after the recipe's rules are applied."""
+
+    skip: bool
+    order: int
+    sigma_init: float | str
+    extent: float
+    learn_sigma: bool
+    sigma_per: str
+    max_size: int | None
+
+
+@dataclass
+class Recipe:
+    """A complete conversion recipe."""
+
+    name: str = "default"
+    description: str = ""
+    order: int = 3
+    extent: float = 2.0
+    sigma_init: float | str = "kernel"  # "kernel": σ₀ from k and dilation; or a number in pixels
+    learn_sigma: bool = True
+    sigma_per: str = "layer"  # "layer" | "channel"
+    max_size: int | None = 63  # filter size cap in pixels (None: no cap)
+    convs: bool = True  # convert the k×k convolutions (False: only what aspp/subsample ask for)
+    subsample: SubsampleConfig = field(default_factory=SubsampleConfig)
+    aspp: AsppConfig = field(default_factory=AsppConfig)
+    rules: list[Rule] = field(default_factory=list)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def settings_for(self, path: str) -> LayerSettings:
+        """Recipe defaults for the module at ``path``, with every matching rule applied in order."""
+        s = LayerSettings(
+            skip=not self.convs,
+            order=self.order,
+            sigma_init=self.sigma_init,
+            extent=self.extent,
+            learn_sigma=self.learn_sigma,
+            sigma_per=self.sigma_per,
+            max_size=self.max_size,
+        )
+        for rule in self.rules:
+            if fnmatch.fnmatchcase(path, rule.match):
+                updates = {f.name: getattr(rule, f.name) for f in fields(rule) if f.name != "match"}
+                updates = {k: v for k, v in updates.items() if v is not None}
+                s = replace(s, **updates)
+        return s
