@@ -84,7 +84,10 @@ class NJetConv2d(nn.Module):
         if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
             raise ValueError(f"NJetConv2d: max_size must be a positive int or None, got {max_size!r}")
         n_sigma = out_channels if sigma_per == "channel" else 1
-        sig = torch.as_tensor(sigma, dtype=torch.float64).flatten()
+        try:
+            sig = torch.as_tensor(sigma, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"NJetConv2d: sigma must be a positive number or a list of them, got {sigma!r}") from None
         if sig.numel() == 1:
             sig = sig.expand(n_sigma)
         if sig.numel() != n_sigma:
@@ -101,7 +104,7 @@ class NJetConv2d(nn.Module):
         self.learn_sigma = learn_sigma
         self.fit_error: float | None = None
         self.size_capped = False
-        factory = {"device": device, "dtype": dtype}
+        factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         nf = B.num_basis(order)
         self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, nf, **factory))
         self.log_sigma = nn.Parameter(sig.log().to(**factory), requires_grad=learn_sigma)
