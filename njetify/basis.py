@@ -4,7 +4,8 @@ Conventions (DESIGN §2):
 
 * 1-D Gaussian sampled at integer offsets ``x = -h..h`` and normalised so the
   samples sum to 1: ``G(x; σ) = exp(-x² / 2σ²) / Σ_x exp(-x² / 2σ²)``.
-* Order-m derivative via physicists' Hermite polynomials:
+* Order-m derivative via physicists' Hermite polynomials (expanded once into a
+  constant coefficient matrix, see :func:`gaussian_derivatives_1d`):
   ``G_m(x; σ) = (-1 / (σ√2))^m · H_m(x / (σ√2)) · G(x; σ)``.
 * Scale normalisation multiplies order m by ``σ^m`` (on by default).
 * 2-D basis: products ``G_j(y) · G_i(x)`` for all ``i + j ≤ N``, ordered by total
@@ -54,16 +55,6 @@ def filter_size(sigma: float, extent: float = 2.0) -> int:
     return 2 * half_width(sigma, extent) + 1
 
 
-def hermite(order: int, u: torch.Tensor) -> torch.Tensor:
-    """Physicists' Hermite polynomials ``H_0..H_order`` at ``u``: shape ``(order+1, *u.shape)``."""
-    polys = [torch.ones_like(u)]
-    if order >= 1:
-        polys.append(2.0 * u)
-    for m in range(2, order + 1):
-        polys.append(2.0 * u * polys[m - 1] - 2.0 * (m - 1) * polys[m - 2])
-    return torch.stack(polys)
-
-
 def gaussian_derivatives_1d(
     sigma: torch.Tensor, order: int, half: int, *, scale_normalize: bool = True
 ) -> torch.Tensor:
@@ -77,19 +68,44 @@ def gaussian_derivatives_1d(
 
     Returns:
         Tensor ``(*S, N+1, 2h+1)`` on σ's device and dtype.
+
+    With scale normalisation ``σ^m · (−1/(σ√2))^m = (−1/√2)^m`` is a constant, so
+    the whole basis is ``(C · [u^k]) ⊙ G`` with ``u = x/(σ√2)`` and a constant
+    coefficient matrix C: a handful of tensor ops, cheap next to any convolution.
     """
-    sigma = sigma.unsqueeze(-1)  # (*S, 1)
-    x = torch.arange(-half, half + 1, device=sigma.device, dtype=sigma.dtype)
-    g = torch.exp(-0.5 * (x / sigma) ** 2)
-    g = g / g.sum(-1, keepdim=True)  # (*S, 2h+1)
-    c = -1.0 / (sigma * math.sqrt(2.0))  # (*S, 1)
-    h = hermite(order, x * -c)  # (N+1, *S, 2h+1): u = x / (σ√2)
-    h = h.movedim(0, -2)  # (*S, N+1, 2h+1)
-    m = torch.arange(order + 1, device=sigma.device, dtype=sigma.dtype)
-    scale = c.unsqueeze(-1) ** m.unsqueeze(-1)  # (*S, N+1, 1): (-1/(σ√2))^m
-    if scale_normalize:
-        scale = scale * sigma.unsqueeze(-1) ** m.unsqueeze(-1)
-    return scale * h * g.unsqueeze(-2)
+    x, powers, coef = _constants(order, half, sigma.device, sigma.dtype)
+    u = x / (sigma.unsqueeze(-1) * math.sqrt(2.0))  # (*S, s)
+    g = torch.exp(-u * u)
+    g = g / g.sum(-1, keepdim=True)  # (*S, s), samples sum to 1
+    poly = coef @ u.unsqueeze(-2).pow(powers)  # (N+1, N+1) @ (*S, N+1, s)
+    out = poly * g.unsqueeze(-2)
+    if not scale_normalize:
+        m = powers.squeeze(-1)
+        out = out * sigma.unsqueeze(-1).pow(-m).unsqueeze(-1)
+    return out
+
+
+_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _constants(order: int, half: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grid ``x``, exponents ``k`` (column) and ``C[m, k] = (−1/√2)^m · h_mk`` with
+    ``H_m(u) = Σ_k h_mk u^k``; cached per (order, half, device, dtype)."""
+    key = (order, half, torch.device(device), dtype)
+    if key not in _CONSTANTS:
+        rows = [[1.0] + [0.0] * order]
+        if order >= 1:
+            rows.append([0.0, 2.0] + [0.0] * (order - 1))
+        for m in range(2, order + 1):  # H_m = 2u·H_{m−1} − 2(m−1)·H_{m−2}
+            rows.append([2.0 * (rows[m - 1][k - 1] if k else 0.0) - 2.0 * (m - 1) * rows[m - 2][k] for k in range(order + 1)])
+        coef = torch.tensor(rows, dtype=torch.float64)
+        coef = coef * torch.tensor([(-1.0 / math.sqrt(2.0)) ** m for m in range(order + 1)], dtype=torch.float64)[:, None]
+        _CONSTANTS[key] = (
+            torch.arange(-half, half + 1, device=device, dtype=dtype),
+            torch.arange(order + 1, device=device, dtype=dtype).unsqueeze(-1),
+            coef.to(device=device, dtype=dtype),
+        )
+    return _CONSTANTS[key]
 
 
 def gaussian_basis_2d(
