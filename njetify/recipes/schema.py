@@ -57,7 +57,18 @@ class FinetuneConfig:
     warmup_epochs: float = 0.0
     step_size: int = 30  # epochs between decays for schedule "step"
     gamma: float = 0.1
-    grad_clip: float | None = None
+    grad_clip: float | None = None  # max global L2 norm of the gradients (None: no clipping)
+    # added for njetify.train (execution settings; every one overridable by keyword in fit())
+    amp: str = "none"  # "none" | "bf16" (autocast, CPU and CUDA) | "fp16" (autocast + GradScaler, CUDA only)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms + no cuDNN benchmark
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps (0: only after each epoch)
+    sync_bn: bool = False  # SyncBatchNorm under DistributedDataParallel
+    num_workers: int = 0  # DataLoader worker processes
+    class_weights: str | None = None  # segmentation: None | "inverse_frequency"
+    ignore_index: int = 255  # segmentation label ignored by the loss and mIoU
 
 
 @dataclass

@@ -1,0 +1,20 @@
+"""Fine-tuning: ``fit()`` with N-Jet parameter groups, checkpoints/resume, history and DDP.
+
+``fit(model, train_data, val_data, task=..., config=recipe.finetune, out_dir=...)`` is the
+single entry point; the rest is exported for custom loops.
+"""
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import resolve_config
+from .distributed import DistInfo
+from .history import History, feature_sizes, layer_snapshot, njet_modules, subsample_modules
+from .metrics import ClassificationMeter, SegmentationMeter
+from .optim import build_optimizer, build_scheduler, lr_factor, param_groups, sigma_parameters, split_parameters
+from .trainer import NonFiniteLossError, TrainState, fit
+
+__all__ = [
+    "ClassificationMeter", "DistInfo", "History", "NonFiniteLossError", "SegmentationMeter", "TrainState",
+    "build_optimizer", "build_scheduler", "feature_sizes", "fit", "layer_snapshot", "load_checkpoint",
+    "lr_factor", "njet_modules", "param_groups", "resolve_config", "save_checkpoint", "sigma_parameters",
+    "split_parameters", "subsample_modules",
+]
