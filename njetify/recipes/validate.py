@@ -1,0 +1,228 @@
+"""Build recipe dataclasses from plain data (YAML, dicts, keyword overrides) and check every value.
+
+Each problem raises one :class:`RecipeError` naming where the recipe came from
+(a file path, a built-in name, "keyword override"), the key path
+(``subsample.r``, ``rules[2].order``), the bad value and what is allowed.
+Types come from the dataclass annotations in :mod:`njetify.recipes.schema`;
+allowed values come from :data:`CHECKS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from typing import Any, Callable, Mapping
+
+from ..basis import MAX_ORDER
+from .schema import Recipe
+
+__all__ = ["RecipeError", "build", "recipe_from_dict", "CHECKS"]
+
+
+class RecipeError(ValueError):
+    """A recipe key or value that is not allowed. ``where``/``key``/``value`` say which."""
+
+    def __init__(self, where: str, key: str, message: str, value: Any = dataclasses.MISSING):
+        self.where, self.key, self.value = where, key, value
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+def _choice(*allowed):
+    return lambda v: None if v in allowed else "one of " + ", ".join(map(repr, allowed))
+
+
+def _positive(v):
+    return None if math.isfinite(v) and v > 0 else "a positive finite number"
+
+
+def _non_negative(v):
+    return None if math.isfinite(v) and v >= 0 else "a number ≥ 0"
+
+
+def _at_least(lo):
+    return lambda v: None if v >= lo else f"an int ≥ {lo}"
+
+
+def _sigma_init(v):
+    if isinstance(v, str):
+        return None if v == "kernel" else "'kernel' (σ₀ from the kernel size) or a positive number of pixels"
+    return _positive(v)
+
+
+def _r(v):
+    if isinstance(v, str):
+        return None if v == "auto" else "'auto' (factor at σ₀ = the original stride) or a positive number"
+    return _positive(v)
+
+
+def _order(v):
+    return None if 0 <= v <= MAX_ORDER else f"an int in 0..{MAX_ORDER}"
+
+
+def _match(v):
+    return None if v.strip() else "a non-empty glob on module paths, e.g. 'layer1.*' or '*.conv2'"
+
+
+def _unit_interval_open_right(v):
+    return None if 0 <= v < 1 else "a number in [0, 1)"
+
+
+def _gamma(v):
+    return None if 0 < v <= 1 else "a number in (0, 1]"
+
+
+#: Allowed values per key path (``rules.<field>`` falls back to the top-level field's check).
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "order": _order,
+    "extent": _positive,
+    "sigma_init": _sigma_init,
+    "sigma_per": _choice("layer", "channel"),
+    "max_size": _at_least(1),
+    "subsample.mode": _choice("safe", "keep"),
+    "subsample.r": _r,
+    "subsample.where": _choice("original", "every_layer"),
+    "subsample.interpolation": _choice("nearest", "bilinear", "area"),
+    "rules.match": _match,
+    "finetune.optimizer": _choice("sgd", "adamw"),
+    "finetune.lr": _positive,
+    "finetune.sigma_lr": _non_negative,
+    "finetune.momentum": _unit_interval_open_right,
+    "finetune.weight_decay": _non_negative,
+    "finetune.epochs": _at_least(1),
+    "finetune.batch_size": _at_least(1),
+    "finetune.schedule": _choice("cosine", "step", "constant"),
+    "finetune.warmup_epochs": _non_negative,
+    "finetune.step_size": _at_least(1),
+    "finetune.gamma": _gamma,
+    "finetune.grad_clip": _positive,
+    "finetune.amp": _choice("none", "bf16", "fp16"),
+    "finetune.seed": _at_least(0),
+    "finetune.checkpoint_every": _at_least(0),
+    "finetune.num_workers": _at_least(0),
+    "finetune.class_weights": _choice("inverse_frequency"),
+}
+
+def _type_name(tp) -> str:
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return "a list"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return {bool: "true/false", int: "an int", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value, tp, where: str, key: str):
+    """``value`` as type ``tp`` (dataclasses built from mappings), or RecipeError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        for arg in args:  # containers go to the matching container type, errors and all
+            if dataclasses.is_dataclass(arg) and isinstance(value, (Mapping, arg)):
+                return _convert(value, arg, where, key)
+            if typing.get_origin(arg) is list and isinstance(value, (list, tuple)):
+                return _convert(value, arg, where, key)
+        for arg in args:
+            try:
+                return _convert(value, arg, where, key)
+            except RecipeError:
+                pass
+        raise _type_error(value, tp, where, key)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _type_error(value, tp, where, key)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            value = dataclasses.asdict(value)
+        return build(tp, value, where=where, key=key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(value, tp, where, key)
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_convert(v, item, where, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"recipe schema: unsupported annotation {tp!r} at {key}")
+    raise _type_error(value, tp, where, key)
+
+
+def _type_error(value, tp, where, key) -> RecipeError:
+    return RecipeError(where, key, f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}", value)
+
+
+def _check_value(value, key: str, where: str, raw=None) -> None:
+    if value is None or isinstance(value, (list, dict)) or dataclasses.is_dataclass(value):
+        return
+    generic = _generic_key(key)
+    check = CHECKS.get(generic) or (CHECKS.get(generic.split(".", 1)[1]) if generic.startswith("rules.") else None)
+    if check is None:
+        return
+    allowed = check(value)
+    if allowed is not None:
+        shown = value if raw is None else raw
+        raise RecipeError(where, key, f"{shown!r} is not allowed; expected {allowed}", shown)
+
+
+def _generic_key(key: str) -> str:
+    """``rules[2].order`` → ``rules.order``."""
+    return re.sub(r"\[\d+\]", "", key)
+
+
+def build(cls, data, *, where: str, key: str = ""):
+    """Instantiate dataclass ``cls`` from mapping ``data``, converting and checking every value."""
+    if not isinstance(data, Mapping):
+        raise RecipeError(where, key, f"expected a mapping of keys to values, got {type(data).__name__} {data!r}", data)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    prefix = f"{key}." if key else ""
+    for k in data:
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise RecipeError(
+                where, f"{prefix}{k}", f"unknown key{hint} (allowed keys here: {', '.join(names)})", k
+            )
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise RecipeError(where, f"{prefix}{f.name}", f"required key is missing (expected {_type_name(hints[f.name])})")
+            continue
+        path = f"{prefix}{f.name}"
+        value = _convert(data[f.name], hints[f.name], where, path)
+        _check_value(value, path, where, raw=data[f.name])
+        values[f.name] = value
+    return cls(**values)
+
+
+def recipe_from_dict(data, *, where: str = "recipe") -> Recipe:
+    """A checked :class:`Recipe` from a mapping with the YAML layout (cross-field rules included)."""
+    recipe = build(Recipe, data, where=where)
+    sub = recipe.subsample
+    if sub.mode == "safe" and sub.where == "every_layer" and sub.r == "auto":
+        raise RecipeError(
+            where, "subsample.r", "'auto' is not allowed with subsample.where 'every_layer' (there is no original "
+            "stride to match); give a number, e.g. 4 as in the paper", sub.r,
+        )
+    return recipe
