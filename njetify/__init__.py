@@ -5,7 +5,11 @@ Public API (see README): ``NJetConv2d``, ``SafeSubsample``.
 
 from .layers import NJetConv2d, SafeSubsample
 from .models import create_model, list_models
+from .surgery import ConversionReport, convert, njetify
 
 __version__ = "0.1.0"
 
-__all__ = ["NJetConv2d", "SafeSubsample", "__version__", "create_model", "list_models"]
+__all__ = [
+    "ConversionReport", "NJetConv2d", "SafeSubsample", "__version__", "convert", "create_model", "list_models",
+    "njetify",
+]

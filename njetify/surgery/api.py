@@ -1,0 +1,249 @@
+"""``njetify.njetify`` and ``njetify.convert``: argument checks, the pipeline, the final checks."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from numbers import Real
+
+import torch
+from torch import nn
+
+from ..basis import MAX_ORDER
+from ..layers._checks import conv_kind
+from ..recipes.schema import Recipe
+from .calibrate import calibrate_pass
+from .context import PASSES, Pass, SurgeryContext, run_passes
+from .convs import conv_pass
+from .guards import guard_pass
+from .plan import plan_pass
+from .report import ConversionReport
+from .subsample import subsample_pass
+from .trace import example_shapes, trace_pass
+from .util import count_params, evaluating, first_input, model_device_dtype, to_model
+
+SUBSAMPLE_MODES = ("safe", "keep")
+WHERE = ("original", "every_layer")
+INTERPOLATIONS = ("nearest", "bilinear", "area")
+
+
+def _shapes_pass(ctx: SurgeryContext) -> None:
+    """With example inputs: record the original output shape and (fx mode) every node's shape."""
+    if ctx.example_inputs is None:
+        return
+    try:
+        with evaluating(ctx.model):
+            if ctx.report.tracing.get("mode") == "fx":
+                from torch.fx.passes.shape_prop import ShapeProp
+
+                out = ShapeProp(ctx.model).propagate(*ctx.example_inputs)
+            else:
+                out = ctx.model(*ctx.example_inputs)
+        ctx.state["out_shapes"] = _out_shapes(out)
+    except Exception as e:  # noqa: BLE001 - the original model itself fails on the inputs
+        raise ValueError(f"example_inputs: the original model fails on them ({type(e).__name__}: {e})") from None
+
+
+def _finish_pass(ctx: SurgeryContext) -> None:
+    """Totals, modes of the new modules, and a check run on the example inputs."""
+    for m in ctx.model.modules():
+        if type(m).__module__.startswith("njetify.") and not hasattr(m, "log_sigma"):
+            m.training = ctx.model.training
+    ctx.report.params_after = count_params(ctx.model)
+    want = ctx.state.get("out_shapes")
+    if want is None:
+        return
+    try:
+        with evaluating(ctx.model):
+            got = _out_shapes(ctx.model(*ctx.example_inputs))
+    except Exception as e:  # noqa: BLE001
+        got = f"{type(e).__name__}: {e}"
+    if got != want:
+        msg = f"the converted model's output on example_inputs is {got}, the original's {want}"
+        ctx.report.note(msg)
+        warnings.warn(f"njetify: {msg}", stacklevel=3)
+
+
+def _out_shapes(out):
+    if isinstance(out, torch.Tensor):
+        return list(out.shape)
+    if isinstance(out, (tuple, list)):
+        return [_out_shapes(o) for o in out]
+    if isinstance(out, dict):
+        return {k: _out_shapes(v) for k, v in out.items()}
+    return None
+
+
+PASSES[:] = [
+    Pass("trace", trace_pass),
+    Pass("shapes", _shapes_pass),
+    Pass("plan", plan_pass),
+    Pass("convs", conv_pass),
+    Pass("subsample", subsample_pass, lambda ctx: ctx.recipe.subsample.mode == "safe"),
+    Pass("guards", guard_pass, lambda ctx: ctx.recipe.subsample.mode == "safe"),
+    Pass("calibrate", calibrate_pass),
+    Pass("finish", _finish_pass),
+]
+
+
+# ------------------------------------------------------------------ arguments
+def resolve_recipe(recipe=None, *, order=None, subsample=None, r=None) -> Recipe:
+    """The recipe to use: ``recipe`` (None, a Recipe, or a built-in name / YAML path) with the
+    keyword overrides applied; always a new object. Raises TypeError/ValueError naming the argument."""
+    if recipe is None:
+        rec = Recipe()
+    elif isinstance(recipe, Recipe):
+        rec = copy.deepcopy(recipe)
+    elif isinstance(recipe, str):
+        try:
+            from ..recipes import load_recipe
+        except ImportError:
+            raise ValueError(f"recipe={recipe!r}: recipe files need njetify.recipes.load_recipe, which is "
+                             "not available in this install; pass a njetify.recipes.Recipe") from None
+        rec = load_recipe(recipe)
+    else:
+        raise TypeError(f"recipe must be None, a njetify.recipes.Recipe or a str (built-in name or YAML path), "
+                        f"got {type(recipe).__name__}")
+    if order is not None:
+        rec.order = order
+    if subsample is not None:
+        rec.subsample.mode = subsample
+    if r is not None:
+        rec.subsample.r = r
+    _check_order("order", rec.order)
+    for rule in rec.rules:
+        if rule.order is not None:
+            _check_order(f"recipe rule {rule.match!r} order", rule.order)
+    sub = rec.subsample
+    if sub.mode not in SUBSAMPLE_MODES:
+        raise ValueError(f"subsample must be one of {SUBSAMPLE_MODES}, got {sub.mode!r}")
+    if not (sub.r == "auto" or (isinstance(sub.r, Real) and not isinstance(sub.r, bool) and 0 < sub.r < float("inf"))):
+        raise ValueError(f"r must be 'auto' or a positive number (the paper uses 4), got {sub.r!r}")
+    if sub.where not in WHERE:
+        raise ValueError(f"recipe subsample.where must be one of {WHERE}, got {sub.where!r}")
+    if sub.where == "every_layer" and sub.r == "auto":
+        raise ValueError("r: subsample.where='every_layer' needs a numeric r (e.g. 4, as in the paper), got 'auto'")
+    if sub.interpolation not in INTERPOLATIONS:
+        raise ValueError(f"recipe subsample.interpolation must be one of {INTERPOLATIONS}, got {sub.interpolation!r}")
+    return rec
+
+
+def _check_order(name: str, order) -> None:
+    if not isinstance(order, int) or isinstance(order, bool) or not 0 <= order <= MAX_ORDER:
+        raise ValueError(f"{name} must be an int in 0..{MAX_ORDER}, got {order!r}")
+
+
+def _as_tuple(example_inputs) -> tuple | None:
+    if example_inputs is None:
+        return None
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise TypeError(f"example_inputs must be a tensor or a tuple of model inputs, got {type(example_inputs).__name__}")
+
+
+def _recipe_dict(rec: Recipe) -> dict:
+    from dataclasses import asdict
+
+    return asdict(rec)
+
+
+# ------------------------------------------------------------------- public
+def convert(
+    model: nn.Module,
+    *,
+    order: int | None = None,
+    recipe: Recipe | str | None = None,
+    subsample: str | None = None,
+    r: float | str | None = None,
+    calibration_data=None,
+    example_inputs=None,
+    inplace: bool = False,
+) -> tuple[nn.Module, ConversionReport]:
+    """Convert ``model`` to an N-Jet network; returns ``(converted_model, report)``.
+
+    Args:
+        model: any ``nn.Module`` (timm, torchvision, your own).
+        order: derivative order N of the N-Jet layers (default 3, or the recipe's).
+        recipe: None, a :class:`njetify.recipes.Recipe`, or a built-in recipe name / YAML path.
+            Keyword arguments override the recipe's values.
+        subsample: ``"safe"`` (strided convs/pools → stride 1 + SafeSubsample, default) or
+            ``"keep"`` (strides and pooling stay).
+        r: ``"auto"`` (factor at σ₀ = original stride, default) or a positive number (paper: 4).
+        calibration_data: iterable of input batches (tensors, or ``(x, y, ...)`` tuples); when
+            given, α is fitted data-aware, layer by layer (DESIGN §3).
+        example_inputs: a tensor or tuple of inputs, used to record shapes and check the result.
+        inplace: modify ``model``'s modules instead of a deep copy (always use the returned model).
+
+    The conversion without calibration data is deterministic and needs no data.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be a bool, got {inplace!r}")
+    rec = resolve_recipe(recipe, order=order, subsample=subsample, r=r)
+    examples = _as_tuple(example_inputs)
+    report = ConversionReport(
+        recipe=_recipe_dict(rec),
+        subsample={"mode": rec.subsample.mode, "r": rec.subsample.r, "where": rec.subsample.where,
+                   "interpolation": rec.subsample.interpolation},
+        example_input_shape=example_shapes(examples),
+        params_before=count_params(model),
+        model_class=type(model).__name__,
+    )
+    work = model if inplace else copy.deepcopy(model)
+    device, dtype = model_device_dtype(work)
+    if examples is not None:
+        examples = tuple(to_model(t, device, dtype) for t in examples)
+    batches = None
+    if calibration_data is not None:
+        if isinstance(calibration_data, torch.Tensor):
+            calibration_data = [calibration_data]
+        try:
+            batches = [to_model(first_input(b), device, dtype) for b in calibration_data]
+        except TypeError:
+            raise TypeError("calibration_data must be an iterable of input batches (a DataLoader or a list of "
+                            f"tensors), got {type(calibration_data).__name__}") from None
+        if not batches:
+            raise ValueError("calibration_data is empty: give a few input batches, or None for a weight-space fit")
+        if examples is None:
+            examples = (batches[0],)
+            report.example_input_shape = example_shapes(examples)
+    ctx = SurgeryContext(work, rec, report, calibration=batches, example_inputs=examples)
+    if not _has_convertible(work, rec) and not rec.aspp.tie:
+        msg = f"{type(model).__name__} has no convertible convolution: returned unchanged"
+        warnings.warn(f"njetify: {msg}", stacklevel=2)
+        report.tracing["mode"] = "none"
+        report.note(msg)
+        conv_pass(ctx)  # rows that say why each conv was kept
+        ctx.model = work  # conv_pass converted nothing
+        report.params_after = report.params_before
+        return work, report
+    run_passes(ctx)
+    return ctx.model, report
+
+
+def njetify(
+    model: nn.Module,
+    *,
+    order: int | None = None,
+    recipe: Recipe | str | None = None,
+    subsample: str | None = None,
+    r: float | str | None = None,
+    calibration_data=None,
+    example_inputs=None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Convert ``model`` (same arguments as :func:`convert`) and return only the converted model."""
+    return convert(
+        model, order=order, recipe=recipe, subsample=subsample, r=r,
+        calibration_data=calibration_data, example_inputs=example_inputs, inplace=inplace,
+    )[0]
+
+
+def _has_convertible(model: nn.Module, rec: Recipe) -> bool:
+    for path, m in model.named_modules():
+        if conv_kind(m) == "ok" and not rec.settings_for(path).skip:
+            return True
+    return False

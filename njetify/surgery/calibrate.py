@@ -1,0 +1,96 @@
+"""Data-aware calibration (DESIGN §3): refit α layer by layer on the inputs each layer really sees.
+
+Layers are visited in the order the forward calls them; each is refitted on the
+inputs produced by the layers before it, which are already converted and
+calibrated. One partial forward per layer and batch (the forward stops at the
+layer), in eval mode without gradients; BatchNorm statistics are not touched.
+"""
+
+from __future__ import annotations
+
+import time
+
+from torch import nn
+
+from .context import SurgeryContext
+from .convs import fit_layer
+from .util import evaluating
+
+
+class _Reached(Exception):
+    """Raised by the capture hook to end a forward pass early."""
+
+
+def _call(model: nn.Module, x) -> None:
+    if isinstance(x, dict):
+        model(**x)
+    else:
+        model(x)
+
+
+def execution_order(model: nn.Module, layers: dict[int, nn.Module], x) -> list[nn.Module]:
+    """The layers of ``layers`` (id → module) in the order one forward on ``x`` first calls them."""
+    order: list[nn.Module] = []
+    seen: set[int] = set()
+
+    def hook(m, args):
+        if id(m) not in seen:
+            seen.add(id(m))
+            order.append(m)
+
+    handles = [m.register_forward_pre_hook(hook) for m in layers.values()]
+    try:
+        _call(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def calibrate_pass(ctx: SurgeryContext) -> None:
+    """Refit every converted layer data-aware on ``ctx.calibration`` (list of input batches)."""
+    batches = ctx.calibration
+    if not batches:
+        ctx.report.calibration = {"fit": "weight-space", "batches": 0}
+        if ctx.report.converted:
+            ctx.report.note("no calibration data: α fitted in weight space (give calibration_data for a "
+                            "data-aware fit that preserves the outputs better)")
+        return
+    t0 = time.perf_counter()
+    layers = {id(m): m for m in ctx.model.modules() if id(m) in ctx.kernels}
+    with evaluating(ctx.model):
+        order = execution_order(ctx.model, layers, batches[0])
+        for layer in order:
+            captured = []
+
+            def hook(m, args, captured=captured):
+                captured.append(args[0].detach())
+                raise _Reached
+
+            handle = layer.register_forward_pre_hook(hook)
+            try:
+                for x in batches:
+                    try:
+                        _call(ctx.model, x)
+                    except _Reached:
+                        pass
+            finally:
+                handle.remove()
+            path, kernel = ctx.kernels[id(layer)]
+            err = fit_layer(layer, kernel, captured)
+            row = ctx.rows.get(path)
+            if row is not None:
+                row.fit_error = err
+                row.extra["fit"] = "data-aware"
+    unreached = sorted(path for i, (path, _) in ctx.kernels.items() if layers.get(i) not in order)
+    ctx.report.calibration = {
+        "fit": "data-aware",
+        "batches": len(batches),
+        "layers": len(order),
+        "unreached": unreached,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if unreached:
+        ctx.report.note(f"{len(unreached)} converted layer(s) not reached by the calibration data keep the "
+                        f"weight-space fit: {', '.join(unreached[:5])}{' ...' if len(unreached) > 5 else ''}")
+    ctx.kernels.clear()

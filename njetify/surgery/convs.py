@@ -1,0 +1,126 @@
+"""The conv pass: every square k×k 2-D convolution (k > 1) becomes an NJetConv2d."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from ..fit import dense_kernel
+from ..layers import NJetConv2d
+from ..layers._checks import conv_kind
+from .context import SurgeryContext
+from .report import ReportRow
+from .util import own_params
+
+
+def describe_conv(m: nn.Module) -> str:
+    """Short text of a conv: ``"3x3 s2 d2 g32"`` (class name first when not a plain Conv2d)."""
+    k = tuple(getattr(m, "kernel_size", ()))
+    s = tuple(getattr(m, "stride", ()))
+    d = tuple(getattr(m, "dilation", ()))
+    g = getattr(m, "groups", 1)
+    txt = "x".join(map(str, k))
+    if any(v != 1 for v in s):
+        txt += f" s{s[0] if len(set(s)) == 1 else 'x'.join(map(str, s))}"
+    if any(v != 1 for v in d):
+        txt += f" d{d[0] if len(set(d)) == 1 else 'x'.join(map(str, d))}"
+    if g != 1:
+        txt += " dw" if g == getattr(m, "in_channels", -1) else f" g{g}"
+    name = type(m).__name__
+    return txt if name == "Conv2d" else f"{name} {txt}"
+
+
+def conv_pass(ctx: SurgeryContext) -> None:
+    """Convert convolutions in place (same module paths); one report row per conv."""
+    paths = defaultdict(list)
+    for path, m in ctx.model.named_modules(remove_duplicate=False):
+        if path and conv_kind(m) is not None:
+            paths[id(m)].append(path)
+    done: dict[int, nn.Module] = {}
+    for path, m in list(ctx.model.named_modules()):
+        kind = conv_kind(m)
+        if not path or kind is None or id(m) in done:
+            continue
+        row = _row(m, path)
+        ctx.report.add(row)
+        ctx.rows[path] = row
+        settings = ctx.recipe.settings_for(path)
+        if kind != "ok":
+            row.action, row.reason = "kept", kind
+            continue
+        if settings.skip:
+            row.action = "skipped"
+            row.reason = "recipe: convs disabled" if not ctx.recipe.convs else "recipe rule: skip"
+            continue
+        sigma = None if settings.sigma_init == "kernel" else float(settings.sigma_init)
+        new = NJetConv2d.from_conv(
+            m, order=settings.order, sigma=sigma, extent=settings.extent,
+            learn_sigma=settings.learn_sigma, max_size=settings.max_size,
+        )
+        if settings.sigma_per == "channel":
+            new = per_channel(new)
+        new.train(m.training)
+        for p in paths[id(m)]:
+            ctx.set_module(p, new)
+        done[id(m)] = new
+        if ctx.calibration is not None:
+            ctx.kernels[id(new)] = (path, dense_kernel(m.weight.detach(), m.dilation[0]).clone())
+        row.action = "converted"
+        row.order = settings.order
+        row.sigma0 = round(float(new.sigma.detach().mean()), 6)
+        row.size = new.kernel_size[0]
+        row.fit_error = new.fit_error
+        row.params_after = own_params(new)
+        if new.size_capped:
+            row.reason = f"filter capped at max_size={settings.max_size}"
+    if not ctx.report.select("conv", "converted"):
+        ctx.report.note("no convertible convolution: the model is returned unchanged")
+
+
+def _row(m: nn.Module, path: str) -> ReportRow:
+    def one(v):
+        v = tuple(v) if isinstance(v, (tuple, list)) else v
+        return v[0] if isinstance(v, tuple) and len(set(v)) == 1 else v
+
+    return ReportRow(
+        kind="conv", path=path, op=describe_conv(m), action="kept",
+        kernel=one(m.kernel_size), stride=one(m.stride), dilation=one(m.dilation), groups=m.groups,
+        params_before=own_params(m), params_after=own_params(m),
+        extra={"class": type(m).__name__},
+    )
+
+
+def per_channel(layer: NJetConv2d) -> NJetConv2d:
+    """The same layer with one σ per output channel (all at the layer's σ)."""
+    new = NJetConv2d(
+        layer.in_channels, layer.out_channels, order=layer.order, sigma=float(layer.sigma.detach().mean()),
+        extent=layer.extent, stride=layer.stride, groups=layer.groups, bias=layer.bias is not None,
+        learn_sigma=layer.learn_sigma, sigma_per="channel", max_size=layer.max_size,
+        padding_mode=layer.padding_mode, padding=layer.padding, trim=layer.trim,
+        device=layer.alpha.device, dtype=layer.alpha.dtype,
+    )
+    with torch.no_grad():
+        new.alpha.copy_(layer.alpha)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+    new.fit_error = layer.fit_error
+    return new
+
+
+def fit_layer(layer: NJetConv2d, kernel: torch.Tensor, inputs) -> float:
+    """Data-aware refit of ``layer``'s α to ``kernel`` on ``inputs`` (per-channel σ included)."""
+    if layer.sigma_per == "layer":
+        return layer.fit_(kernel, inputs=inputs)
+    tmp = NJetConv2d(
+        layer.in_channels, layer.out_channels, order=layer.order, sigma=float(layer.sigma.detach().mean()),
+        extent=layer.extent, stride=layer.stride, groups=layer.groups, bias=layer.bias is not None,
+        max_size=layer.max_size, padding=layer.padding, trim=layer.trim,
+        device=layer.alpha.device, dtype=layer.alpha.dtype,
+    )
+    err = tmp.fit_(kernel, inputs=inputs)
+    with torch.no_grad():
+        layer.alpha.copy_(tmp.alpha)
+    layer.fit_error = err
+    return err

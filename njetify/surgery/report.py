@@ -1,0 +1,192 @@
+"""ConversionReport: what the surgery did, row by row, as a rich table and as plain data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ACTIONS = ("converted", "subsampled", "kept", "skipped", "inserted")
+
+
+@dataclass
+class ReportRow:
+    """One convolution, subsampling site or inserted module.
+
+    ``kind`` says which (``"conv"``, ``"subsample"``, ``"guard"``; other passes add their
+    own, e.g. ``"aspp"``). Fields that do not apply stay None. σ₀ and sizes are in pixels;
+    ``fit_error`` is the relative weight-space error ``‖W_fit − W‖/‖W‖``.
+    """
+
+    kind: str
+    path: str
+    op: str
+    action: str
+    kernel: int | tuple | None = None
+    stride: int | tuple | None = None
+    dilation: int | tuple | None = None
+    groups: int | None = None
+    order: int | None = None
+    sigma0: float | None = None
+    size: int | None = None
+    fit_error: float | None = None
+    params_before: int = 0
+    params_after: int = 0
+    reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ConversionReport:
+    """Everything a conversion did, and everything needed to redo it.
+
+    ``rows``: one :class:`ReportRow` per conv / subsampling site / inserted module.
+    ``tracing``: ``{"mode": "fx" | "fx-partial" | "swap", "regions": [...], "failures": [...]}``.
+    ``recipe``: the resolved recipe as a dict (keyword overrides applied).
+    ``params_before`` / ``params_after``: parameter totals of the whole model.
+    """
+
+    rows: list[ReportRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tracing: dict[str, Any] = field(default_factory=lambda: {"mode": None, "regions": [], "failures": []})
+    recipe: dict[str, Any] = field(default_factory=dict)
+    subsample: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=lambda: {"fit": "weight-space", "batches": 0})
+    example_input_shape: list[list[int]] | None = None
+    params_before: int = 0
+    params_after: int = 0
+    model_class: str = ""
+
+    # ------------------------------------------------------------------ rows
+    def add(self, row: ReportRow) -> ReportRow:
+        """Append a row and return it (passes keep it to fill in fields later)."""
+        self.rows.append(row)
+        return row
+
+    def note(self, text: str) -> None:
+        """Add a free-text note (shown under the table)."""
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def select(self, kind: str | None = None, action: str | None = None) -> list[ReportRow]:
+        """Rows filtered by ``kind`` and/or ``action``."""
+        return [r for r in self.rows if (kind is None or r.kind == kind) and (action is None or r.action == action)]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{kind: {action: number of rows}}``."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self.rows:
+            out.setdefault(r.kind, {}).setdefault(r.action, 0)
+            out[r.kind][r.action] += 1
+        return out
+
+    @property
+    def converted(self) -> int:
+        """Number of convolutions that became N-Jet layers."""
+        return len(self.select("conv", "converted"))
+
+    # ------------------------------------------------------------ rendering
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable)."""
+        d = asdict(self)
+        d["counts"] = self.counts()
+        return _jsonable(d)
+
+    def to_json(self, **kwargs) -> str:
+        """JSON text of :meth:`to_dict` (``kwargs`` go to ``json.dumps``)."""
+        kwargs.setdefault("indent", 2)
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def summary(self) -> str:
+        """One paragraph: totals, tracing mode, fit and subsampling."""
+        c = self.counts()
+        conv = c.get("conv", {})
+        sub = c.get("subsample", {})
+        parts = [
+            f"{self.model_class or 'model'}: {conv.get('converted', 0)} conv(s) converted, "
+            f"{conv.get('kept', 0)} kept, {conv.get('skipped', 0)} skipped",
+            f"{sub.get('subsampled', 0)} subsampling site(s) made safe, {sub.get('kept', 0)} kept",
+            f"tracing: {self.tracing.get('mode')}",
+            f"fit: {self.calibration.get('fit')}",
+            f"params {self.params_before:,} -> {self.params_after:,}",
+        ]
+        return "; ".join(parts)
+
+    def table(self, max_reason: int | None = None):
+        """A ``rich.table.Table`` with one line per row (fits 80 columns for short paths)."""
+        from rich.table import Table
+
+        t = Table(title=self.summary(), title_justify="left", show_lines=False, pad_edge=False, expand=False)
+        for name, kw in (
+            ("module", {"overflow": "fold", "ratio": 3}),
+            ("op", {"no_wrap": True}),
+            ("action", {"no_wrap": True}),
+            ("N", {"justify": "right"}),
+            ("σ₀", {"justify": "right"}),
+            ("s", {"justify": "right"}),
+            ("err", {"justify": "right"}),
+            ("params", {"justify": "right", "no_wrap": True}),
+            ("reason", {"overflow": "fold", "ratio": 2}),
+        ):
+            t.add_column(name, **kw)
+        for r in self.rows:
+            reason = r.reason or ""
+            if max_reason and len(reason) > max_reason:
+                reason = reason[: max_reason - 1] + "…"
+            t.add_row(
+                r.path,
+                r.op,
+                r.action,
+                _fmt(r.order),
+                _fmt(r.sigma0, ".3g"),
+                _fmt(r.size),
+                _fmt(r.fit_error, ".2g"),
+                _params(r),
+                reason,
+            )
+        return t
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.text import Text
+
+        return Group(self.table(), *[Text("note: " + n) for n in self.notes])
+
+    def __str__(self) -> str:
+        lines = [self.summary()]
+        for r in self.rows:
+            extra = f" ({r.reason})" if r.reason else ""
+            lines.append(f"  {r.kind:9s} {r.path}: {r.op} -> {r.action}{extra}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _fmt(v, spec: str = "") -> str:
+    return "" if v is None else format(v, spec)
+
+
+def _params(r: ReportRow) -> str:
+    if not r.params_before and not r.params_after:
+        return ""
+    if r.params_before == r.params_after:
+        return _short(r.params_before)
+    return f"{_short(r.params_before)}→{_short(r.params_after)}"
+
+
+def _short(n: int) -> str:
+    for unit, div in (("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and x != x:
+        return None
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    return str(x)
