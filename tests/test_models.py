@@ -98,7 +98,8 @@ def test_create_model_records_its_source():
 
 def test_list_models():
     builtins = list_models(libraries=False)
-    assert {"resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "nin", "allcnn", "unet_small"} <= set(builtins)
+    assert {"resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "nin", "allcnn", "unet_small",
+            "deeplabv2_resnet101"} <= set(builtins)
     assert list_models("RESNET1*", libraries=False) == ["resnet110"]
     assert "tv:resnet50" in list_models("tv:resnet*")
     assert "tv:deeplabv3_resnet50" in list_models("tv:deeplab*")

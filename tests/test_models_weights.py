@@ -97,3 +97,70 @@ def test_corrupt_and_odd_files(tmp_path, trained):
     torch.save({"epoch": 3, "weights": [1, 2]}, odd)
     with pytest.raises(ValueError, match="not a state_dict: entry 'epoch'"):
         read_state_dict(odd)
+
+
+def kazuto_deeplabv2_keys(num_classes=21, bn_counters=True):
+    """Key names and shapes of kazuto1011/deeplab-pytorch's DeepLabV2_ResNet101_MSC, written out from
+    its libs/models (resnet.py: _Stem, _ResLayer of _Bottleneck reduce/conv3x3/increase/shortcut;
+    deeplabv2.py: ASPP c0..c3; msc.py: the ``base`` wrapper), independently of njetify's code."""
+    shapes = {}
+
+    def conv_bn(prefix, cout, cin, k):
+        shapes[f"{prefix}.conv.weight"] = (cout, cin, k, k)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.bn.{name}"] = (cout,)
+        if bn_counters:
+            shapes[f"{prefix}.bn.num_batches_tracked"] = ()
+
+    conv_bn("base.layer1.conv1", 64, 3, 7)
+    cin = 64
+    for layer, (n, cout) in enumerate(zip((3, 4, 23, 3), (256, 512, 1024, 2048)), start=2):
+        mid = cout // 4
+        for b in range(1, n + 1):
+            p = f"base.layer{layer}.block{b}"
+            conv_bn(f"{p}.reduce", mid, cin if b == 1 else cout, 1)
+            conv_bn(f"{p}.conv3x3", mid, mid, 3)
+            conv_bn(f"{p}.increase", cout, mid, 1)
+            if b == 1:
+                conv_bn(f"{p}.shortcut", cout, cin, 1)
+        cin = cout
+    for i in range(4):
+        shapes[f"base.aspp.c{i}.weight"] = (num_classes, 2048, 3, 3)
+        shapes[f"base.aspp.c{i}.bias"] = (num_classes,)
+    return shapes
+
+
+def _synthetic(shapes):
+    torch.manual_seed(0)
+    sd = {k: torch.zeros(s, dtype=torch.long if k.endswith("num_batches_tracked") else torch.float32)
+          for k, s in shapes.items()}
+    sd["base.aspp.c3.weight"].normal_()
+    sd["base.layer4.block7.conv3x3.conv.weight"].normal_()
+    return sd
+
+
+@pytest.mark.parametrize("msc", [False, True])
+def test_kazuto_deeplabv2_checkpoint_loads_without_missing_or_unexpected_keys(tmp_path, msc):
+    sd = _synthetic(kazuto_deeplabv2_keys())
+    path = tmp_path / "deeplabv2_resnet101_msc-vocaug.pth"
+    torch.save(sd, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = create_model("deeplabv2_resnet101", msc=msc, weights=path)
+    report = load_weights(model, path)
+    assert report.ok and report.missing == [] and report.unexpected == [] and report.mismatched == []
+    assert report.mapping == "keys used as they are"
+    assert torch.equal(model.base.aspp.c3.weight, sd["base.aspp.c3.weight"])
+    assert torch.equal(model.base.layer4.block7.conv3x3.conv.weight, sd["base.layer4.block7.conv3x3.conv.weight"])
+
+
+def test_kazuto_checkpoint_variants():
+    model = create_model("deeplabv2_resnet101")
+    old = _synthetic(kazuto_deeplabv2_keys(bn_counters=False))  # Caffe-converted init: no BN counters
+    assert load_weights(model, old).ok
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in old.items()}}  # saved from DataParallel
+    assert load_weights(model, wrapped).ok
+    coco = _synthetic(kazuto_deeplabv2_keys(num_classes=182))
+    report = load_weights(model, coco)  # COCO-Stuff head into a 21-class model: head skipped, reported
+    assert sorted(m[0] for m in report.mismatched) == [f"base.aspp.c{i}.{p}" for i in range(4) for p in ("bias", "weight")]
+    assert report.missing == [] and report.unexpected == []
