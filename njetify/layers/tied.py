@@ -1,0 +1,387 @@
+"""Tied N-Jet branches: K parallel convolutions sharing one α, each with its own σ (DESIGN §5).
+
+:class:`TiedNJetConv2d` owns the shared coefficients ``alpha (O, C/groups, F)``, the K
+scales ``log_sigma (K,)`` and the per-branch biases ``bias (K, O)``. Its
+:attr:`~TiedNJetConv2d.branches` are thin :class:`TiedNJetBranch` views that replace
+the original branch convolutions *in place*, so whatever follows each conv (BN,
+ReLU, the sum or concat, the projection) stays untouched. The owner is registered
+once, as ``tied`` inside branch 0 (state_dict keys ``<branch0>.tied.alpha``,
+``.tied.log_sigma``, ``.tied.bias``); the other branches hold a plain reference.
+
+Branch k's filter is ``W_k = Σ_f α_f · B_f(σ_k)`` of size ``s_k = 2⌈extent·σ_k⌉+1``.
+Because the basis is separable and shared by every (out, in) pair, the branch is
+evaluated as a 1×1 mixing ``C → O·F`` followed by F separable 1-D blurs: this is
+exact and costs ``O·Cg·F + 2·O·F·s_k`` multiply-adds per pixel instead of
+``O·Cg·s_k²`` — a 49×49 filter on 2048 channels is never formed. Small filters use
+the dense path, whichever needs fewer operations.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import basis as B
+from ._checks import check_channels, check_choice, check_order, check_positive, conv_kind
+from .njet_conv import PADDING_MODES
+from .tied_fit import TiedMoments, joint_data_aware_fit, joint_weight_fit, tap_offsets
+
+MODES = ("auto", "dense", "separable")
+
+
+class TiedNJetConv2d(nn.Module):
+    """K N-Jet convolutions with one shared α and K learned scales.
+
+    Args:
+        in_channels, out_channels, groups, bias: as in ``nn.Conv2d`` (shared by all branches).
+        sigmas: the K initial scales in pixels (> 0); K ≥ 1.
+        order: highest total derivative order N; F = (N+1)(N+2)/2.
+        extent: filter half-width in units of σ.
+        learn_sigma: σ's are trained.
+        max_size: cap on every branch's filter size in pixels (None: no cap); hitting it
+            sets ``size_capped[k]`` and warns once.
+        trims: K per-branch trims (pixels per side the output is smaller than "same").
+        padding_mode: ``"zeros" | "reflect" | "replicate" | "circular"``.
+        mode: ``"auto"`` (fewest multiply-adds), ``"dense"`` or ``"separable"`` evaluation.
+
+    Shapes: ``forward(x)`` maps ``(N, in_channels, H, W)`` to a list of K tensors
+    ``(N, out_channels, H − 2·trim_k, W − 2·trim_k)``; branch k alone is ``forward_branch(x, k)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        sigmas,
+        order: int = 3,
+        extent: float = 2.0,
+        groups: int = 1,
+        bias: bool = True,
+        learn_sigma: bool = True,
+        max_size: int | None = None,
+        trims=None,
+        padding_mode: str = "zeros",
+        mode: str = "auto",
+        *,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        check_order(order)
+        check_channels(in_channels, out_channels, groups)
+        check_positive("extent", extent)
+        check_choice("padding_mode", padding_mode, PADDING_MODES)
+        check_choice("mode", mode, MODES)
+        sig = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()]
+        if not sig:
+            raise ValueError("TiedNJetConv2d: sigmas must hold at least one scale, got none")
+        for s in sig:
+            check_positive("sigmas", s)
+        trims = [0] * len(sig) if trims is None else [int(t) for t in trims]
+        if len(trims) != len(sig):
+            raise ValueError(f"TiedNJetConv2d: trims has {len(trims)} values for {len(sig)} branches")
+        if max_size is not None and (not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 1):
+            raise ValueError(f"TiedNJetConv2d: max_size must be a positive int or None, got {max_size!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.order, self.extent, self.max_size = order, float(extent), max_size
+        self.trims, self.padding_mode, self.mode = trims, padding_mode, mode
+        self.learn_sigma = learn_sigma
+        self.fit_error: float | None = None
+        self.branch_errors: list[float] | None = None
+        self.output_error: float | None = None
+        self.size_capped = [False] * len(sig)
+        self._warned = [False] * len(sig)
+        factory = {"device": device, "dtype": dtype}
+        nf = B.num_basis(order)
+        self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, nf, **factory))
+        self.log_sigma = nn.Parameter(torch.tensor(sig, dtype=torch.float64).log().to(**factory), learn_sigma)
+        self.bias = nn.Parameter(torch.zeros(len(sig), out_channels, **factory)) if bias else None
+        fan_in = in_channels // groups * nf
+        nn.init.uniform_(self.alpha, -math.sqrt(3.0 / fan_in), math.sqrt(3.0 / fan_in))
+        object.__setattr__(self, "_branches", tuple(TiedNJetBranch(self, k) for k in range(len(sig))))
+
+    # ------------------------------------------------------------------ state
+    @property
+    def num_branches(self) -> int:
+        return self.log_sigma.shape[0]
+
+    @property
+    def branches(self) -> tuple["TiedNJetBranch", ...]:
+        """The K branch views (modules that evaluate one branch each)."""
+        return self._branches
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """Current scales ``(K,)`` in pixels."""
+        return self.log_sigma.exp()
+
+    def half_width(self, k: int) -> int:
+        """Half-width h of branch k's filter (size 2h+1), after the ``max_size`` cap."""
+        sigma = float(self.log_sigma[k].detach().exp())
+        half = B.half_width(sigma, self.extent)
+        cap = None if self.max_size is None else max(0, (self.max_size - 1) // 2)
+        self.size_capped[k] = cap is not None and half > cap
+        if self.size_capped[k]:
+            if not self._warned[k]:
+                warnings.warn(
+                    f"TiedNJetConv2d: branch {k} (σ={sigma:.3g}) needs {2 * half + 1} px; capped at "
+                    f"max_size={self.max_size} (set a larger max_size to lift the cap)",
+                    stacklevel=3,
+                )
+                self._warned[k] = True
+            half = cap
+        return half
+
+    def kernel_size(self, k: int) -> tuple[int, int]:
+        """Current filter size ``(s_k, s_k)`` of branch k in pixels."""
+        s = 2 * self.half_width(k) + 1
+        return (s, s)
+
+    def basis_1d(self, k: int) -> torch.Tensor:
+        """1-D Gaussian derivatives of branch k: ``(N+1, s_k)``."""
+        return B.gaussian_derivatives_1d(self.sigma[k], self.order, self.half_width(k))
+
+    def basis(self, k: int) -> torch.Tensor:
+        """2-D basis of branch k: ``(F, s_k, s_k)``."""
+        return B.gaussian_basis_2d(self.sigma[k], self.order, self.half_width(k))
+
+    def filters(self, k: int) -> torch.Tensor:
+        """Materialised weight of branch k: ``(out_channels, in_channels/groups, s_k, s_k)``."""
+        b = self.basis(k)
+        return (self.alpha @ b.flatten(1)).view(*self.alpha.shape[:2], *b.shape[-2:])
+
+    def num_params(self) -> int:
+        """Parameters of the tied head: α, the K σ's and the biases."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(N, C_in, H, W)`` → list of K outputs ``(N, C_out, H', W')``."""
+        return [self.forward_branch(x, k) for k in range(self.num_branches)]
+
+    def forward_branch(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Output of branch k on ``x (N, C_in, H, W)``."""
+        half = self.half_width(k)
+        pad = half - self.trims[k]
+        bias = None if self.bias is None else self.bias[k]
+        if self._use_dense(2 * half + 1):
+            w = self.filters(k)
+            if self.padding_mode == "zeros" and pad >= 0:
+                return F.conv2d(x, w, bias, 1, pad, 1, self.groups)
+            return F.conv2d(self._pad(x, pad), w, bias, 1, 0, 1, self.groups)
+        o, nf = self.out_channels, self.alpha.shape[-1]
+        mix = self.alpha.permute(0, 2, 1).reshape(o * nf, -1, 1, 1)  # channel o·F + f
+        m = F.conv2d(x, mix, None, 1, 0, 1, self.groups)  # (N, O·F, H, W)
+        g1 = self.basis_1d(k)  # (N+1, s)
+        ix, iy = B._order_index(self.order, g1.device)
+        gy = g1.index_select(0, iy).repeat(o, 1).unsqueeze(1).unsqueeze(-1)  # (O·F, 1, s, 1)
+        gx = g1.index_select(0, ix).repeat(o, 1).unsqueeze(1).unsqueeze(-2)  # (O·F, 1, 1, s)
+        if self.padding_mode == "zeros" and pad >= 0:
+            m = F.conv2d(m, gy, None, 1, (pad, 0), 1, o * nf)
+            m = F.conv2d(m, gx, None, 1, (0, pad), 1, o * nf)
+        else:
+            m = F.conv2d(self._pad(m, pad), gy, None, 1, 0, 1, o * nf)
+            m = F.conv2d(m, gx, None, 1, 0, 1, o * nf)
+        out = m.unflatten(1, (o, nf)).sum(2)
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+    def _use_dense(self, size: int) -> bool:
+        if self.mode != "auto":
+            return self.mode == "dense"
+        o, cg, nf = self.alpha.shape
+        return o * cg * size * size <= o * cg * nf + 2 * o * nf * size
+
+    def _pad(self, x: torch.Tensor, pad: int) -> torch.Tensor:
+        if pad < 0:
+            return x[..., -pad : x.shape[-2] + pad, -pad : x.shape[-1] + pad]
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        return F.pad(x, (pad, pad, pad, pad), mode=mode)
+
+    def extra_repr(self) -> str:
+        sig = ", ".join(f"{s:.3g}" for s in self.sigma.detach().tolist())
+        sizes = ", ".join(str(self.kernel_size(k)[0]) for k in range(self.num_branches))
+        s = f"{self.in_channels}, {self.out_channels}, branches={self.num_branches}, order={self.order}, "
+        s += f"sigma=({sig}), size=({sizes})"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.max_size is not None:
+            s += f", max_size={self.max_size}"
+        return s
+
+    # ------------------------------------------------------------- conversion
+    @classmethod
+    def from_convs(
+        cls,
+        convs: list[nn.Conv2d],
+        order: int = 3,
+        sigmas=None,
+        extent: float = 2.0,
+        *,
+        inputs=None,
+        **kwargs,
+    ) -> "TiedNJetConv2d":
+        """Tie K convolutions that read the same input (DESIGN §5).
+
+        σ_k = d_k·(k−1)/(2·extent) unless ``sigmas`` are given. α is the joint least-squares
+        fit of all kernels, each on its own dense dilated grid — data-aware when ``inputs``
+        (tensors ``(N, C_in, H, W)`` reaching the branches) are given. Biases are copied.
+        Extra keyword arguments (``learn_sigma``, ``max_size``, ``mode``) go to the constructor.
+
+        Raises:
+            ValueError: when a conv cannot be tied or the convs differ in channels, groups,
+                bias or padding mode, or a conv is strided (the message names the difference).
+        """
+        convs = list(convs)
+        check_tieable(convs)
+        c0 = convs[0]
+        if sigmas is None:
+            sigmas = [c.dilation[0] * (c.kernel_size[0] - 1) / (2.0 * extent) for c in convs]
+        layer = cls(
+            c0.in_channels, c0.out_channels, sigmas, order=order, extent=extent, groups=c0.groups,
+            bias=c0.bias is not None, trims=[_trim(c) for c in convs], padding_mode=c0.padding_mode,
+            device=c0.weight.device, dtype=c0.weight.dtype, **kwargs,
+        )
+        layer.fit_([c.weight for c in convs], [c.dilation[0] for c in convs], inputs=inputs)
+        if c0.bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(torch.stack([c.bias for c in convs]))
+        return layer
+
+    @torch.no_grad()
+    def fit_(self, weights, dilations, inputs=None) -> float:
+        """Set α to the joint fit of K kernels ``(O, C/groups, k, k)`` with the given dilations.
+
+        With ``inputs`` (a tensor or an iterable of tensors reaching the branches) the fit
+        is data-aware. Stores ``fit_error`` (joint relative weight-space error) and
+        ``branch_errors``; returns ``fit_error``.
+        """
+        if len(weights) != self.num_branches or len(dilations) != self.num_branches:
+            raise ValueError(
+                f"TiedNJetConv2d.fit_: got {len(weights)} kernels and {len(dilations)} dilations "
+                f"for {self.num_branches} branches"
+            )
+        bases = [self.basis(k) for k in range(self.num_branches)]
+        if inputs is None:
+            alpha, err, errs = joint_weight_fit(weights, dilations, bases)
+        else:
+            offsets = [tap_offsets(w.shape[-1], d).tolist() for w, d in zip(weights, dilations)]
+            moments = TiedMoments(
+                [self.basis_1d(k) for k in range(self.num_branches)], self.order,
+                [torch.tensor(o) for o in offsets], self.trims,
+            )
+            for x in [inputs] if isinstance(inputs, torch.Tensor) else inputs:
+                moments.update(x)
+            alpha, err, errs = joint_data_aware_fit(weights, dilations, bases, moments, self.groups)
+        self.alpha.copy_(alpha)
+        self.fit_error, self.branch_errors = err, errs
+        return err
+
+    def to_convs(self) -> list[nn.Conv2d]:
+        """K plain ``nn.Conv2d`` with the materialised filters (identical outputs), for deployment."""
+        convs = []
+        with torch.no_grad():
+            for k in range(self.num_branches):
+                w = self.filters(k).detach().clone()
+                pad = (w.shape[-1] - 1) // 2 - self.trims[k]
+                if pad < 0:
+                    raise ValueError(f"TiedNJetConv2d.to_convs: branch {k} filter is smaller than its trim")
+                conv = nn.Conv2d(
+                    self.in_channels, self.out_channels, w.shape[-1], padding=pad, groups=self.groups,
+                    bias=self.bias is not None, padding_mode=self.padding_mode, device=w.device, dtype=w.dtype,
+                )
+                conv.weight.copy_(w)
+                if self.bias is not None:
+                    conv.bias.copy_(self.bias[k])
+                convs.append(conv)
+        return convs
+
+
+class TiedNJetBranch(nn.Module):
+    """Branch k of a :class:`TiedNJetConv2d`: a drop-in replacement for the branch's conv.
+
+    Holds no parameters of its own except in branch 0, which registers the owner as ``tied``.
+    Shapes: ``(N, C_in, H, W)`` → ``(N, C_out, H', W')``.
+    """
+
+    def __init__(self, owner: TiedNJetConv2d, index: int):
+        super().__init__()
+        self.index = index
+        if index == 0:
+            self.tied = owner
+        else:
+            object.__setattr__(self, "_owner", owner)
+
+    @property
+    def owner(self) -> TiedNJetConv2d:
+        """The module that holds the shared α, the σ's and the biases."""
+        return self.tied if self.index == 0 else self._owner
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """This branch's σ in pixels, shape ``(1,)``."""
+        return self.owner.sigma[self.index : self.index + 1]
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return self.owner.kernel_size(self.index)
+
+    @property
+    def in_channels(self) -> int:
+        return self.owner.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.owner.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.owner.forward_branch(x, self.index)
+
+    def extra_repr(self) -> str:
+        o = self.owner
+        return f"branch {self.index}/{o.num_branches}, sigma={float(self.sigma):.3g}, size={self.kernel_size[0]}"
+
+
+def check_tieable(convs) -> None:
+    """Raise ``ValueError`` naming the first difference that keeps ``convs`` from being tied."""
+    if len(convs) < 1:
+        raise ValueError("convs must hold at least one nn.Conv2d, got none")
+    for i, c in enumerate(convs):
+        kind = conv_kind(c)
+        if kind is None:
+            raise TypeError(f"convs[{i}] must be an nn.Conv2d, got {type(c).__name__}")
+        if kind != "ok":
+            raise ValueError(f"convs[{i}] cannot be tied: {kind}")
+        if c.stride[0] != 1:
+            raise ValueError(f"convs[{i}] cannot be tied: stride {c.stride[0]} (tied branches run at stride 1)")
+    reason = tie_mismatch(convs)
+    if reason:
+        raise ValueError(f"convs cannot be tied: {reason}")
+
+
+def tie_mismatch(convs) -> str | None:
+    """The first attribute in which ``convs`` differ (as a sentence), or None when they can share α."""
+    c0 = convs[0]
+    for attr in ("in_channels", "out_channels", "groups", "padding_mode"):
+        vals = [getattr(c, attr) for c in convs]
+        if any(v != vals[0] for v in vals):
+            return f"branches differ in {attr} ({', '.join(map(str, vals))})"
+    has_bias = [c.bias is not None for c in convs]
+    if any(b != has_bias[0] for b in has_bias):
+        return f"branches differ in bias ({', '.join(map(str, has_bias))})"
+    del c0
+    return None
+
+
+def _trim(conv: nn.Conv2d) -> int:
+    dense = conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
+    if conv.padding == "same":
+        return 0
+    if conv.padding == "valid":
+        return (dense - 1) // 2
+    return (dense - 1) // 2 - conv.padding[0]
