@@ -73,9 +73,12 @@ def wrap(model: nn.Module, info: DistInfo, *, sync_bn: bool = False) -> nn.Modul
     if not info.distributed:
         return model
     if sync_bn:
+        if info.device.type == "cpu":
+            raise ValueError("sync_bn=True needs GPU processes (torch's SyncBatchNorm does not run on CPU); "
+                             f"this process runs on {info.device}")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [info.device.index] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
