@@ -115,15 +115,20 @@ def tie_heads(
     max_size: int | None = DEFAULT_MAX_SIZE,
     learn_sigma: bool = True,
     calibration_data: Iterable | None = None,
+    sigmas: float | None = None,
 ) -> list[AsppRow]:
-    """Tie already-detected ``heads`` of ``model`` in place; one row per head."""
+    """Tie already-detected ``heads`` of ``model`` in place; one row per head.
+
+    ``sigmas``: one σ₀ in pixels for every branch (None: from each branch's rate).
+    """
     feats = _capture_inputs(model, heads, calibration_data) if calibration_data is not None else {}
     rows = []
     for head in heads:
         convs = [model.get_submodule(p) for p in head.branches]
         inputs = feats.get(head.branches[0]) or None
         tied = TiedNJetConv2d.from_convs(
-            convs, order=order, extent=extent, inputs=inputs, learn_sigma=learn_sigma, max_size=max_size
+            convs, order=order, extent=extent, inputs=inputs, learn_sigma=learn_sigma, max_size=max_size,
+            sigmas=None if sigmas is None else [sigmas] * len(convs),
         )
         tied.train(convs[0].training)
         row = AsppRow(
@@ -208,3 +213,81 @@ def format_rows(rows: list[AsppRow]) -> str:
             line += f"; {path}: {why}"
         out.append(line)
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------ pipeline
+def aspp_pass(ctx) -> None:
+    """Pipeline step (recipe ``aspp.tie: true``): tie every ASPP head of ``ctx.model`` in place.
+
+    Runs after tracing and before the conv pass. Detection uses the traced regions
+    (or traces the model itself in module-swap mode). Per-head settings come from the
+    recipe for the head's first branch path (``order``, ``extent``, ``max_size``,
+    ``learn_sigma``; a numeric ``sigma_init`` sets every branch's σ₀); a rule with
+    ``skip: true`` matching a branch keeps the head. A model without ASPP gets a warning
+    and a report line.
+    """
+    from .report import ReportRow
+
+    report, recipe = ctx.report, ctx.recipe
+    regions = [(r.prefix, r.gm.graph, r.gm) for r in ctx.regions]
+    if not regions:
+        regions = [(p, g, ctx.get_module(p)) for p, g in trace_regions(ctx.model)[0]]
+    heads, skips = [], []
+    for prefix, graph, root in regions:
+        h, s = find_heads(graph, root, prefix)
+        for found, seen in ((h, heads), (s, skips)):
+            for x in found:
+                if all(x.branches != y.branches for y in seen):
+                    seen.append(x)
+    rows = []
+    for head in heads:
+        if _rule_skips(recipe, head.branches):
+            rows.append(AsppRow(path=head.path, action="skipped", branches=head.branches, rates=head.dilations,
+                                reason="recipe rule: skip"))
+            continue
+        st = recipe.settings_for(head.branches[0])
+        rows += tie_heads(ctx.model, [head], order=st.order, extent=st.extent, max_size=st.max_size,
+                          learn_sigma=st.learn_sigma, calibration_data=ctx.calibration,
+                          sigmas=None if st.sigma_init == "kernel" else float(st.sigma_init))
+    rows += [AsppRow(path=s.path, action="skipped", branches=s.branches, reason=s.reason) for s in skips]
+    for r in rows:
+        report.add(_report_row(ReportRow, r))
+        if r.action == "tied":
+            for k, path in enumerate(r.branches):
+                report.add(ReportRow(
+                    kind="aspp", path=path, op=f"tied branch {k} (rate {r.rates[k]})", action="converted",
+                    dilation=r.rates[k], order=r.order, sigma0=r.sigma0[k], size=r.sizes[k],
+                    fit_error=r.branch_errors[k] if r.branch_errors else None,
+                    reason=f"filter capped at max_size={r.max_size}" if path in r.capped else None,
+                ))
+    if not heads:
+        msg = "recipe aspp.tie: true, but no ASPP head (parallel dilated convs meeting in a sum/concat) was found"
+        warnings.warn(f"njetify: {msg}", stacklevel=3)
+        report.note(msg)
+        if not skips:
+            report.add(ReportRow(kind="aspp", path="", op="ASPP", action="skipped", reason=msg))
+    ctx.state["aspp"] = rows
+
+
+def _rule_skips(recipe, paths: list[str]) -> bool:
+    import fnmatch
+
+    skip = None
+    for path in paths:
+        for rule in recipe.rules:
+            if rule.skip is not None and fnmatch.fnmatchcase(path, rule.match):
+                skip = rule.skip
+    return bool(skip)
+
+
+def _report_row(row_cls, r: AsppRow):
+    if r.action != "tied":
+        return row_cls(kind="aspp", path=r.path, op=f"ASPP {len(r.branches)} branches", action="skipped",
+                       dilation=tuple(r.rates) or None, reason=r.reason, extra=r.to_dict())
+    note = "; ".join([f"{p}: {why}" for p, why in r.skipped]
+                     + ([f"capped at max_size={r.max_size}: {', '.join(r.capped)}"] if r.capped else []))
+    return row_cls(
+        kind="aspp", path=r.path, op=f"ASPP {len(r.branches)}x tied ({r.merge})", action="converted",
+        dilation=tuple(r.rates), order=r.order, sigma0=None, size=max(r.sizes), fit_error=r.fit_error,
+        params_before=r.params_before, params_after=r.params_after, reason=note or None, extra=r.to_dict(),
+    )
