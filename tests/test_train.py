@@ -206,3 +206,36 @@ def test_progress_output(capsys):
     fit(Tiny(), _data(32), _data(16), epochs=1, batch_size=16, progress=True, seed=0)
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "val acc" in err and "σ 0.8" in err
+
+
+class AsppLike(nn.Module):
+    """DeepLab-v2-style head: tied N-Jet branches (shared α, σ each) summed."""
+
+    def __init__(self):
+        super().__init__()
+        from njetify.layers.tied import TiedNJetConv2d
+
+        self.stem = NJetConv2d(1, 4, order=2, sigma=0.6)
+        tied = TiedNJetConv2d(4, 3, sigmas=[0.5, 1.0], order=2, dtype=torch.float32)
+        self.b0, self.b1 = tied.branches
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        return (self.b0(x) + self.b1(x)).mean((2, 3))
+
+
+def test_tied_aspp_branches_are_sigma_layers():
+    pytest.importorskip("njetify.layers.tied")
+    torch.manual_seed(0)
+    m = AsppLike()
+    tied = m.b0.owner
+    g = {k: {id(p) for p in v} for k, v in split_parameters(m).items()}
+    assert g["sigma"] == {id(m.stem.log_sigma), id(tied.log_sigma)}
+    assert id(tied.alpha) in g["alpha"] and id(tied.bias) not in g["alpha"]
+    h = fit(m, _data(32), epochs=1, batch_size=16, lr=0.05, sigma_lr=0.5, **FAST)
+    layers = h.epochs[-1]["layers"]
+    assert set(layers) == {"stem", "b0", "b1"}
+    assert layers["b1"]["sigma"] == pytest.approx(float(tied.sigma[1].detach()))
+    assert layers["b1"]["size"] == tied.kernel_size(1)[0]
+    assert layers["b0"]["sigma"] != layers["b1"]["sigma"]
+    assert h.epochs[0]["layers"]["b1"]["sigma"] == pytest.approx(1.0)

@@ -32,10 +32,19 @@ JSON_NAME, CSV_NAME = "history.json", "history.csv"
 
 
 def njet_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Modules with a learned σ, by path: every NJetConv2d and every module owning a ``log_sigma``."""
+    """Modules with a learned σ and a filter size, by path.
+
+    Every :class:`NJetConv2d`, and any module with a ``sigma`` and a ``kernel_size``
+    property (the branch views of a tied ASPP layer), or owning a ``log_sigma``
+    parameter and a ``kernel_size`` that is not a method (the tied owner, whose
+    per-branch sizes are reported through its branches, is left out).
+    """
     out = {}
     for name, m in model.named_modules():
-        if isinstance(m, NJetConv2d) or isinstance(getattr(m, "log_sigma", None), nn.Parameter):
+        ks = getattr(type(m), "kernel_size", None)
+        if isinstance(m, NJetConv2d) or (isinstance(ks, property) and hasattr(m, "sigma")):
+            out[name] = m
+        elif isinstance(getattr(m, "log_sigma", None), nn.Parameter) and not callable(getattr(m, "kernel_size", None)):
             out[name] = m
     return out
 
@@ -50,7 +59,7 @@ def layer_snapshot(model: nn.Module) -> dict[str, dict]:
     """σ (mean, min, max, in pixels) and filter size of every N-Jet module."""
     out = {}
     for name, m in njet_modules(model).items():
-        s = m.log_sigma.detach().float().exp().cpu()
+        s = (m.sigma if hasattr(m, "sigma") else m.log_sigma.exp()).detach().float().cpu()
         size = getattr(m, "kernel_size", None)
         size = size[0] if isinstance(size, (tuple, list)) else size
         out[name] = {"sigma": float(s.mean()), "sigma_min": float(s.min()), "sigma_max": float(s.max()),

@@ -35,7 +35,7 @@ def split_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     * ``sigma``: :func:`sigma_parameters` (σ = exp(log_sigma)),
     * ``alpha``: the other ≥2-D parameters of N-Jet modules (NJetConv2d, or any module owning
       a ``log_sigma``): their basis coefficients,
-    * ``no_decay``: 0-/1-D parameters (biases, norm scales/shifts, N-Jet biases),
+    * ``no_decay``: 0-/1-D parameters and every ``bias`` (norm scales/shifts, N-Jet and tied biases),
     * ``decay``: everything else (conv and linear weights).
     """
     sigma_ids = {id(p) for p in sigma_parameters(model)}
@@ -50,7 +50,7 @@ def split_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
             seen.add(id(p))
             if id(p) in sigma_ids:
                 groups["sigma"].append(p)
-            elif p.ndim <= 1:
+            elif p.ndim <= 1 or name == "bias":
                 groups["no_decay"].append(p)
             elif njet:
                 groups["alpha"].append(p)
