@@ -1,0 +1,258 @@
+"""Bake a converted model for deployment: plain convolutions and fixed resizes, no σ left.
+
+:func:`bake` replaces every N-Jet layer by an ``nn.Conv2d`` holding its materialised
+filter (:meth:`NJetConv2d.to_conv`), every tied ASPP branch by its own conv, and every
+:class:`~njetify.layers.SafeSubsample` by a :class:`FixedSubsample` frozen at its current
+factor. The baked model computes the same outputs as the converted one for every input
+size (the resize rule is the same function of the input side), has no ``log_sigma``
+parameter, and exports to ONNX (:func:`export_onnx`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import NJetConv2d, SafeSubsample
+from .layers.safe_subsample import _EPS, _picks
+from .layers.tied import TiedNJetBranch
+
+__all__ = [
+    "FixedSubsample", "Conv2dDynamicSame", "bake", "freeze_subsampling", "export_onnx", "check_onnx", "save_baked",
+]
+
+
+class FixedSubsample(nn.Module):
+    """A :class:`SafeSubsample` frozen at ``factor``: side L → ``⌈L·factor⌉`` pixels.
+
+    Same size rule, same pixel picks (nearest) or the same resize (bilinear, area) as
+    the SafeSubsample it replaces, so outputs are identical for any input size.
+    Shapes: ``(N, C, H, W)`` → ``(N, C, ⌈H·f⌉, ⌈W·f⌉)``.
+    """
+
+    def __init__(self, factor: float, interpolation: str = "nearest", stride: int | None = None):
+        super().__init__()
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:
+            raise ValueError(f"FixedSubsample: factor must be a positive number, got {factor!r}")
+        if interpolation not in ("nearest", "bilinear", "area"):
+            raise ValueError(f"FixedSubsample: interpolation must be 'nearest', 'bilinear' or 'area', got {interpolation!r}")
+        self.factor = float(factor)
+        self.interpolation = interpolation
+        self.stride = stride
+
+    def output_size(self, length: int) -> int:
+        """Output side for an input side of ``length`` pixels."""
+        return max(1, math.ceil(length * self.factor - _EPS))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        oh, ow = self.output_size(h), self.output_size(w)
+        if (oh, ow) == (h, w):
+            return x
+        if self.interpolation == "nearest":
+            f = self.factor
+            return x.index_select(-2, _picks(oh, h, f, x.device)).index_select(-1, _picks(ow, w, f, x.device))
+        if self.interpolation == "area":
+            return F.adaptive_avg_pool2d(x, (oh, ow))
+        return F.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=False, antialias=True)
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:.6g}, interpolation={self.interpolation!r}"
+
+
+class Conv2dDynamicSame(nn.Conv2d):
+    """``nn.Conv2d`` with TensorFlow "SAME" padding computed from the input size.
+
+    The baked form of an N-Jet layer with ``padding="dynamic_same"`` (from timm's
+    ``Conv2dSame``): total padding ``max((⌈L/stride⌉−1)·stride + k − L, 0)`` per side pair,
+    the smaller half first. Shapes: ``(N, C_in, H, W)`` → ``(N, C_out, ⌈H/stride⌉, ⌈W/stride⌉)``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size, stride = self.kernel_size[0], self.stride[0]
+        pads = []
+        for length in (x.shape[-1], x.shape[-2]):
+            total = max((math.ceil(length / stride) - 1) * stride + size - length, 0)
+            pads += [total // 2, total - total // 2]
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        x = F.pad(x, pads, mode=mode)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _njet_to_conv(layer: NJetConv2d) -> nn.Conv2d:
+    if layer.padding == "same":
+        return layer.to_conv()
+    with torch.no_grad():
+        w = layer.filters().detach().clone()
+    conv = Conv2dDynamicSame(
+        layer.in_channels, layer.out_channels, w.shape[-1], stride=layer.stride, padding=0,
+        groups=layer.groups, bias=layer.bias is not None, padding_mode=layer.padding_mode,
+        device=w.device, dtype=w.dtype,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(w)
+        if layer.bias is not None:
+            conv.bias.copy_(layer.bias)
+    return conv
+
+
+def _set(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, new)
+
+
+def _fixed(m: SafeSubsample, at: str) -> FixedSubsample:
+    factor = m.factor if at == "learned" else 1.0 / m.stride
+    return FixedSubsample(factor, m.interpolation, m.stride)
+
+
+def freeze_subsampling(model: nn.Module, at: str = "learned", *, inplace: bool = False) -> nn.Module:
+    """Replace every SafeSubsample by a :class:`FixedSubsample`; N-Jet layers stay.
+
+    ``at="learned"`` freezes the current factor; ``at="original"`` uses ``1/stride``, the
+    factor of the network before conversion (its feature-map sizes).
+    """
+    if at not in ("learned", "original"):
+        raise ValueError(f"freeze_subsampling: at must be 'learned' or 'original', got {at!r}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    for path, m in list(model.named_modules(remove_duplicate=False)):
+        if isinstance(m, SafeSubsample):
+            _set(model, path, _fixed(m, at))
+    return model
+
+
+@torch.no_grad()
+def bake(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Freeze a converted model: N-Jet layers → ``nn.Conv2d``, SafeSubsample → :class:`FixedSubsample`.
+
+    Args:
+        model: a model from :func:`njetify.njetify` (or :func:`njetify.load`), fine-tuned or not.
+        inplace: modify ``model`` itself (default: bake a deep copy).
+
+    Returns the baked ``nn.Module`` (same train/eval mode). Its outputs equal the converted
+    model's for every input size the converted model accepts.
+
+    Raises:
+        ValueError: when a module still holds a learned σ that no rule here can freeze
+            (the message names its path and type).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"bake: model must be an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    tied_convs: dict[int, list[nn.Conv2d]] = {}
+    for path, m in list(model.named_modules(remove_duplicate=False)):
+        if not path:
+            continue
+        if isinstance(m, NJetConv2d):
+            _set(model, path, _njet_to_conv(m).train(m.training))
+        elif isinstance(m, TiedNJetBranch):
+            owner = m.owner
+            if id(owner) not in tied_convs:
+                tied_convs[id(owner)] = owner.to_convs()
+            _set(model, path, tied_convs[id(owner)][m.index].train(m.training))
+        elif isinstance(m, SafeSubsample):
+            _set(model, path, _fixed(m, "learned").train(m.training))
+    left = [(p, type(m).__name__) for p, m in model.named_modules() if hasattr(m, "log_sigma")]
+    if left:
+        names = ", ".join(f"{p} ({t})" for p, t in left[:5])
+        raise ValueError(f"bake: cannot freeze {len(left)} module(s) with a learned σ: {names}")
+    return model
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    example_input: torch.Tensor,
+    *,
+    dynamic_batch: bool = True,
+    opset: int = 17,
+) -> Path:
+    """Export a baked model to ONNX at the spatial size of ``example_input`` ``(N, C, H, W)``.
+
+    The batch axis is dynamic when ``dynamic_batch``; H and W are fixed (the resize picks
+    are computed for that size). Returns the path written.
+    """
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+        shape = getattr(example_input, "shape", None)
+        raise ValueError(f"export_onnx: example_input must be a tensor (N, C, H, W), got shape {shape}")
+    left = [p for p, m in model.named_modules() if hasattr(m, "log_sigma")]
+    if left:
+        raise ValueError(f"export_onnx: bake the model first ({len(left)} module(s) still learn σ, e.g. {left[0]})")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shapes turned into constants
+            torch.onnx.export(
+                model, (example_input,), str(path), input_names=["input"], output_names=["output"],
+                dynamic_axes=axes, opset_version=opset, dynamo=False,
+            )
+    finally:
+        model.train(was_training)
+    return path
+
+
+def check_onnx(path: str | os.PathLike, model: nn.Module, example_input: torch.Tensor) -> float:
+    """Run the ONNX file with onnxruntime on ``example_input``; max abs difference to ``model``."""
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("check_onnx needs onnxruntime: pip install 'njetify[onnx]'") from None
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: example_input.detach().cpu().numpy()})[0]
+    with torch.no_grad():
+        ref = model.eval()(example_input)
+    ref = _first_tensor(ref)
+    return float((torch.from_numpy(got) - ref.detach().cpu()).abs().max())
+
+
+def _first_tensor(out):
+    """The first tensor of a model output (a tensor, a tuple/list or a dict such as ``{"out": ...}``)."""
+    while not isinstance(out, torch.Tensor):
+        if isinstance(out, dict) and out:
+            out = next(iter(out.values()))
+        elif isinstance(out, (tuple, list)) and out:
+            out = out[0]
+        else:
+            raise TypeError(f"model output holds no tensor: {type(out).__name__}")
+    return out
+
+
+def save_baked(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor) -> Path:
+    """Write a baked model. ``.pt2``: a ``torch.export`` program (loads without njetify:
+    ``torch.export.load(path).module()``; dynamic batch, H and W fixed to ``example_input``'s).
+    ``.pt`` / ``.pth``: the whole module pickled with ``torch.save`` (any input size; loading
+    needs njetify installed and ``torch.load(path, weights_only=False)``).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".pt2", ".pt", ".pth"):
+        raise ValueError(f"save_baked: path must end in .pt2 (torch.export) or .pt/.pth (pickled module), got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix != ".pt2":
+        torch.save(model, path)
+        return path
+    was_training = model.training
+    model.eval()
+    try:
+        shapes = ({0: torch.export.Dim("batch", min=1)},) if example_input.shape[0] > 1 else None
+        with torch.no_grad():
+            program = torch.export.export(model, (example_input,), dynamic_shapes=shapes)
+    finally:
+        model.train(was_training)
+    torch.export.save(program, str(path))
+    return path

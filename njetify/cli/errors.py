@@ -1,0 +1,121 @@
+"""Errors of the command line: one red line for user mistakes (exit 2), a short note for bugs (exit 1).
+
+Commands run inside :func:`handle_errors`. A :class:`UserError` (a wrong name, a missing
+file, a bad value, no internet for a download) prints ``error: <message>`` on stderr and
+exits with code 2; any other exception is an internal error: exit code 1 and a line asking
+to re-run with ``--debug``, which prints the full traceback instead. Python warnings are
+shown as one yellow ``warning:`` line each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import urllib.error
+import warnings
+
+import click
+import typer
+
+__all__ = ["UserError", "handle_errors", "user_errors", "is_offline_error", "EXIT_USER", "EXIT_INTERNAL"]
+
+EXIT_USER = 2
+EXIT_INTERNAL = 1
+
+_OFFLINE_NAMES = {
+    "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "MaxRetryError", "NewConnectionError",
+    "NameResolutionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "ProxyError", "SSLError",
+}
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message says what was wrong and what is allowed."""
+
+
+def stderr_console():
+    """A rich console on stderr (created per call, so test runners can capture it)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=False)
+
+
+def is_offline_error(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) means "no network"."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (urllib.error.URLError, socket.gaierror, socket.timeout, ConnectionError)):
+            return True
+        if any(t.__name__ in _OFFLINE_NAMES for t in type(exc).__mro__):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextlib.contextmanager
+def user_errors(*types: type[BaseException], what: str | None = None):
+    """Turn exceptions of ``types`` (default ValueError, TypeError, FileNotFoundError, KeyError)
+    raised inside the block into :class:`UserError` (prefixed by ``what``)."""
+    types = types or (ValueError, TypeError, FileNotFoundError, IsADirectoryError, KeyError)
+    try:
+        yield
+    except UserError:
+        raise
+    except types as e:
+        if is_offline_error(e):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise UserError(f"{what}: {msg}" if what else str(msg)) from e
+
+
+def _offline_message(exc: BaseException) -> str:
+    return (
+        "no internet connection: a download was needed and failed "
+        f"({type(exc).__name__}). Give local files instead (--weights PATH for a model, "
+        "--data-dir DIR with the data set's files) or run where the network is reachable."
+    )
+
+
+def _print_error(message: str, debug: bool) -> None:
+    from rich.text import Text
+
+    con = stderr_console()
+    if debug:
+        con.print_exception(show_locals=False)
+    con.print(Text("error: " + message, style="bold red"))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    from rich.text import Text
+
+    stderr_console().print(Text(f"warning: {message}", style="yellow"))
+
+
+@contextlib.contextmanager
+def handle_errors(debug: bool = False):
+    """Run a command body: map exceptions to exit codes 2 (user) / 1 (internal), warnings to one line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _show_warning
+        try:
+            yield
+        except (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except UserError as e:
+            _print_error(str(e), debug)
+            raise typer.Exit(EXIT_USER) from None
+        except KeyboardInterrupt:
+            stderr_console().print("[red]interrupted[/]")
+            raise typer.Exit(130) from None
+        except Exception as e:  # noqa: BLE001 - the last line of defence of a command
+            if is_offline_error(e):
+                _print_error(_offline_message(e), debug)
+                raise typer.Exit(EXIT_USER) from None
+            text = f"internal error: {type(e).__name__}: {e}"
+            if not debug:
+                text += " (run again with --debug for the traceback, and please report it)"
+            _print_error(text, debug)
+            raise typer.Exit(EXIT_INTERNAL) from None
+        finally:
+            sys.stderr.flush()

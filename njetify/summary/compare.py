@@ -1,0 +1,90 @@
+"""Compare a converted model with its original: parameters, MACs, output difference; default input sizes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..bake import _first_tensor
+from .core import count_macs
+
+__all__ = ["Comparison", "compare_models", "default_input_size"]
+
+#: Input sizes of the built-in architectures ((C, H, W), the data they were designed for).
+_BUILTIN_SIZES = {"deeplabv2_resnet101": (3, 321, 321), "unet_small": (3, 128, 128)}
+_CIFAR_SIZE = (3, 32, 32)
+
+
+@dataclass
+class Comparison:
+    """Original vs converted at one input shape. MACs count convolutions and matmuls;
+    ``max_abs_diff`` is ``max |f(x) − g(x)|`` over the first output tensor, ``max_abs_output``
+    the largest ``|f(x)|`` (for scale)."""
+
+    input_shape: tuple[int, ...]
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    max_abs_diff: float
+    max_abs_output: float
+    output_shape_before: tuple[int, ...]
+    output_shape_after: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def compare_models(original: nn.Module, converted: nn.Module, example_input: torch.Tensor) -> Comparison:
+    """Run both models in eval mode on ``example_input`` ``(N, C, H, W)`` and compare them.
+
+    The training mode of each model is restored afterwards. MACs are counted for one
+    sample (the first of the batch).
+    """
+    modes = (original.training, converted.training)
+    original.eval()
+    converted.eval()
+    try:
+        one = example_input[:1]
+        a = _first_tensor(original(example_input))
+        b = _first_tensor(converted(example_input))  # also fills the N-Jet filter caches
+        macs = (count_macs(original, one, warmup=False), count_macs(converted, one, warmup=False))
+    finally:
+        original.train(modes[0])
+        converted.train(modes[1])
+    diff = float((a - b).abs().max()) if a.shape == b.shape else float("nan")
+    return Comparison(
+        tuple(example_input.shape),
+        sum(p.numel() for p in original.parameters()),
+        sum(p.numel() for p in converted.parameters()),
+        macs[0], macs[1], diff, float(a.abs().max()), tuple(a.shape), tuple(b.shape),
+    )
+
+
+def default_input_size(model: nn.Module, name: str | None = None) -> tuple[int, int, int]:
+    """The natural input size ``(C, H, W)`` of ``model``.
+
+    In order: what :func:`njetify.save` stored (``model.njetify_meta["input_shapes"]``),
+    timm's ``pretrained_cfg["input_size"]``, the built-in zoo's sizes (CIFAR models 32×32),
+    224×224 for other library models; C is the first convolution's input channels.
+    """
+    meta = getattr(model, "njetify_meta", None) or {}
+    shapes = meta.get("input_shapes")
+    if shapes:
+        return tuple(int(v) for v in shapes[0][1:])
+    in_chans = next((m.in_channels for m in model.modules() if hasattr(m, "in_channels")), 3)
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    if isinstance(cfg, dict) and cfg.get("input_size"):
+        return (in_chans, *tuple(cfg["input_size"])[-2:])
+    source = getattr(model, "njetify_source", None) or {}
+    name = name or source.get("name") or ""
+    if name in _BUILTIN_SIZES:
+        return (in_chans, *_BUILTIN_SIZES[name][1:])
+    from ..models import model_entry
+
+    if name and ":" not in name and model_entry(name) is not None:
+        return (in_chans, *_CIFAR_SIZE[1:])
+    return (in_chans, 224, 224)
