@@ -22,16 +22,18 @@ _EPILOG = (
 )
 
 
-def _datasets(name: str, data_dir: Path, download: bool):
+def _datasets(name: str, data_dir: Path, download: bool, image_size: int):
+    """Train and test splits of ``name`` and its info; folder images are resized to ``image_size``."""
     from ..data import dataset_info, get_dataset
 
     with user_errors(ValueError, FileNotFoundError, TypeError, what="--data"):
         if name.startswith("folder:"):
-            train, val = get_dataset(name, "train"), get_dataset(name, "test")
+            train = get_dataset(name, "train", image_size=image_size)
+            val = get_dataset(name, "test", image_size=image_size)
         else:
             train = get_dataset(name, "train", data_dir, download=download)
             val = get_dataset(name, "test", data_dir, download=download)
-        info = dataset_info(name, train)
+        info = dataset_info(name, train, image_size=image_size)
     return train, val, info
 
 
@@ -83,8 +85,10 @@ def finetune(
     from ..recipes import FinetuneConfig, load_recipe
     from ..train import fit
 
+    from ..summary import default_input_size
+
     model = load_converted(converted)
-    train, val, info = _datasets(data, data_dir, download)
+    train, val, info = _datasets(data, data_dir, download, default_input_size(model)[-1])
     _check_fit(model, info, train[0][0])
     meta = getattr(model, "njetify_meta", None) or {}
     config = load_recipe(meta["recipe"]).finetune if meta.get("recipe") else FinetuneConfig()

@@ -116,25 +116,20 @@ def _hw(v) -> str:
 
 
 def parse_input_size(text: str | tuple | list) -> tuple[int, int, int]:
-    """``"3x32x32"`` (or ``(3, 32, 32)``) → ``(C, H, W)``; ``"32"`` or ``"32x32"`` mean 3 channels.
+    """``"3x32x32"`` (or ``(3, 32, 32)``) → ``(C, H, W)``.
 
-    Raises ``ValueError`` naming the value and the accepted forms.
+    Raises ``ValueError`` naming the value and the accepted form.
     """
     if isinstance(text, (tuple, list)):
         parts = list(text)
     else:
-        s = str(text).strip().lower().replace("×", "x").replace(",", "x")
-        parts = [p for p in s.split("x")]
+        parts = str(text).strip().lower().replace("×", "x").split("x")
     try:
         nums = [int(p) for p in parts]
     except (TypeError, ValueError):
         nums = []
-    if len(nums) == 1:
-        nums = [3, nums[0], nums[0]]
-    elif len(nums) == 2:
-        nums = [3, *nums]
     if len(nums) != 3 or min(nums) < 1:
-        raise ValueError(f"input size must be CxHxW with positive integers (e.g. 3x32x32), got {text!r}")
+        raise ValueError(f"input size must be CxHxW with three positive integers (e.g. 3x32x32), got {text!r}")
     return tuple(nums)
 
 

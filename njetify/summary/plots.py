@@ -2,6 +2,8 @@
 
 Each function writes one PNG and returns its path. They take a :class:`ModelSummary`
 (from :func:`njetify.summary.summarize`) or, for the filters, the N-Jet module itself.
+Feature-map sizes reuse :mod:`njetify.plots` (the fine-tuning history plots) through
+:func:`as_history`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from torch import nn
 
 from .core import ModelSummary
 
-__all__ = ["plot_sigmas", "plot_feature_sizes", "plot_filters", "plot_all"]
+__all__ = ["plot_sigmas", "plot_feature_sizes", "plot_filters", "plot_all", "as_history"]
 
 
 def _plt():
@@ -55,25 +57,28 @@ def plot_sigmas(summary: ModelSummary, path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
+def as_history(summary: ModelSummary):
+    """A one-epoch :class:`njetify.train.History` holding the summary's σ, filter sizes and
+    subsampled sizes (learned and original), so :mod:`njetify.plots` can draw it."""
+    from ..train.history import History
+
+    layers = {}
+    for r in summary.njet_layers:
+        lo, hi = r.sigma_range or (r.sigma, r.sigma)
+        layers[r.path] = {"sigma": r.sigma, "sigma_min": lo, "sigma_max": hi, "size": r.size}
+    subs = [r for r in summary.layers if r.kind == "subsample" and r.out_size is not None]
+    meta = {"input_shape": list(summary.input_size),
+            "feature_sizes_original": {r.path: list(r.out_size_original) for r in subs if r.out_size_original}}
+    epoch = {"epoch": 0, "layers": layers, "feature_sizes": {r.path: list(r.out_size) for r in subs}}
+    return History(meta, [epoch])
+
+
 def plot_feature_sizes(summary: ModelSummary, path: str | os.PathLike) -> Path:
-    """Feature-map height per layer at the summary's input size: learned vs original strides."""
-    plt = _plt()
-    rows = [r for r in summary.layers if r.out_size is not None]
-    if not rows:
-        raise ValueError("plot_feature_sizes: no spatial layer was run")
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(rows)), 3.5))
-    xs = list(range(len(rows)))
-    ax.step(xs, [r.out_size[0] for r in rows], where="mid", label="learned (current σ)")
-    if any(r.out_size_original for r in rows):
-        ax.step(xs, [r.out_size_original[0] if r.out_size_original else float("nan") for r in rows],
-                where="mid", ls="--", label="original strides")
-    ax.set_xticks(xs, [r.path for r in rows], rotation=90, fontsize=7)
-    c, h, w = summary.input_size
-    ax.set_ylabel("output height (pixels)")
-    ax.set_title(f"feature-map size per layer, input {c}x{h}x{w}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    """Feature-map side after every subsampling, original vs learned, and the filter size of every
+    N-Jet layer — drawn by :func:`njetify.plots.plot_feature_sizes` from :func:`as_history`."""
+    from ..plots import plot_feature_sizes as plot_history_sizes
+
+    return plot_history_sizes(as_history(summary), path)
 
 
 def _basis_and_filters(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -113,7 +118,7 @@ def plot_filters(layer: nn.Module, path: str | os.PathLike, *, name: str = "", m
             ax.axis("off")
             if i < imgs.shape[0]:
                 img = imgs[i].float().cpu().numpy()
-                lim = float(img.abs().max()) or 1.0
+                lim = float(abs(img).max()) or 1.0
                 ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
                 title = f"G{orders[i][0]}{orders[i][1]}" if row == 0 else f"out {i}"
                 ax.set_title(title, fontsize=7)
@@ -134,7 +139,8 @@ def plot_all(summary: ModelSummary, model: nn.Module, out_dir: str | os.PathLike
     njet = summary.njet_layers
     if njet:
         paths.append(plot_sigmas(summary, out_dir / "sigma.png"))
-    paths.append(plot_feature_sizes(summary, out_dir / "feature_sizes.png"))
+    if njet or any(r.kind == "subsample" for r in summary.layers):
+        paths.append(plot_feature_sizes(summary, out_dir / "feature_sizes.png"))
     if layer is None and njet:
         layer = njet[0].path
     if layer is not None:
