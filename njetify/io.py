@@ -197,7 +197,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"load: {path!r}: the njetify metadata is corrupt (not the JSON njetify.save writes)") from None
     from . import __version__
 
-    if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise ValueError(f"load: {path!r}: the njetify metadata is corrupt (file format {fmt!r})")
+    if fmt > FORMAT_VERSION:
         raise ValueError(
             f"load: {path!r} was written by njetify {meta.get('njetify_version', '?')} in file format {fmt!r}; "
             f"this njetify ({__version__}) reads format ≤ {FORMAT_VERSION}: upgrade njetify to load it"

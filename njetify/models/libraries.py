@@ -7,6 +7,8 @@ torchvision segmentation backbones and smp encoders are built without weights.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from torch import nn
 
 __all__ = ["PREFIXES", "create_library_model", "library_model_names", "smp_arch_names"]
@@ -14,6 +16,7 @@ __all__ = ["PREFIXES", "create_library_model", "library_model_names", "smp_arch_
 PREFIXES = ("timm:", "tv:", "smp:")
 
 
+@lru_cache(maxsize=1)
 def _tv_names() -> dict[str, str]:
     """torchvision classification and segmentation builder names → kind."""
     import torchvision.models as tvm
@@ -30,11 +33,13 @@ def smp_arch_names() -> dict[str, str]:
     return {key: cls.__name__ for key, cls in smp.MODEL_ARCHITECTURES_MAPPING.items()}
 
 
-def library_model_names() -> list[str]:
+@lru_cache(maxsize=1)
+def library_model_names() -> tuple[str, ...]:
     """``timm:<name>``, ``tv:<name>`` and ``smp:<Arch>:<encoder>`` for every model the libraries build.
 
     smp combinations are listed for every architecture and encoder; a few architectures
     accept only some encoders (smp says which when it is asked for an invalid pair).
+    Computed once per process.
     """
     import segmentation_models_pytorch as smp
     import timm
@@ -43,7 +48,7 @@ def library_model_names() -> list[str]:
     names += [f"tv:{n}" for n in sorted(_tv_names())]
     encoders = smp.encoders.get_encoder_names()
     names += [f"smp:{arch}:{enc}" for arch in sorted(smp_arch_names().values()) for enc in encoders]
-    return names
+    return tuple(names)
 
 
 def create_library_model(

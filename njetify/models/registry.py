@@ -78,7 +78,7 @@ def list_models(pattern: str | None = None, *, libraries: bool = True) -> list[s
     if libraries:
         from .libraries import library_model_names
 
-        names += library_model_names()
+        names += list(library_model_names())
     if pattern is not None:
         if not isinstance(pattern, str):
             raise TypeError(f"list_models: pattern must be a glob string or None, got {pattern!r}")
