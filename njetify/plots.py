@@ -41,6 +41,13 @@ def _colors(n: int):
     return [cmap(i / max(1, n - 1) * 0.9) for i in range(n)]
 
 
+def _epoch_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch (0 = before fine-tuning)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_sigma(history: HistoryLike, path: str | os.PathLike) -> Path:
     """σ (pixels) of every N-Jet layer over the epochs, one line per layer (colour = depth).
 
@@ -60,7 +67,7 @@ def plot_sigma(history: HistoryLike, path: str | os.PathLike) -> Path:
         lo, hi = [d["sigma_min"] for _, d in pts], [d["sigma_max"] for _, d in pts]
         if any(a != b for a, b in zip(lo, hi)):
             ax.fill_between(ep, lo, hi, color=color, alpha=0.15)
-    ax.set_xlabel("epoch (0 = before fine-tuning)")
+    _epoch_axis(ax)
     ax.set_ylabel("σ (pixels)")
     ax.set_title("Learned scale σ per N-Jet layer")
     ax.grid(alpha=0.3)
@@ -139,7 +146,7 @@ def plot_curves(history: HistoryLike, path: str | os.PathLike) -> Path:
             pts = [(e, v) for e, v in h.metric(split, metric) if v is not None]
             if pts:
                 ax.plot(*zip(*pts), style, marker="o", ms=3, label=split)
-        ax.set_xlabel("epoch (0 = before fine-tuning)")
+        _epoch_axis(ax)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         if ax.lines:
