@@ -228,3 +228,31 @@ def test_recipes_drive_the_conversion(tmp_path):
     converted, report = convert(model, recipe=path, example_inputs=x)
     assert isinstance(converted.layer3[0].conv1, nn.Conv2d)
     assert type(converted.layer1[0].conv1).__name__ == "NJetConv2d" and converted.layer1[0].conv1.order == 2
+
+
+@pytest.mark.parametrize(
+    "model_name,kwargs,recipe,shape",
+    [
+        ("unet_small", {"width": 8}, "paper-unet-order2", (1, 3, 24, 24)),
+        ("unet_small", {"width": 8}, "paper-unet-order4", (1, 3, 24, 24)),
+        pytest.param("nin", {}, "paper-nin", (2, 3, 32, 32), marks=pytest.mark.slow),
+        pytest.param("allcnn", {}, "paper-allcnn", (2, 3, 32, 32), marks=pytest.mark.slow),
+        pytest.param("resnet32", {}, "paper-resnet32", (2, 3, 32, 32), marks=pytest.mark.slow),
+        pytest.param("resnet20", {}, "paper-resnet110", (2, 3, 32, 32), marks=pytest.mark.slow),
+    ],
+)
+def test_paper_recipes_convert_their_models(model_name, kwargs, recipe, shape):
+    from njetify.surgery import convert
+
+    torch.manual_seed(0)
+    model = njetify.create_model(model_name, **kwargs).eval()
+    x = torch.randn(shape)
+    converted, report = convert(model, recipe=recipe, example_inputs=x)
+    rec = load_recipe(recipe)
+    with torch.no_grad():
+        assert converted.eval()(x).shape == model(x).shape
+    njet = [m for m in converted.modules() if type(m).__name__ == "NJetConv2d"]
+    assert njet and all(m.order == rec.order for m in njet)
+    assert all(torch.allclose(m.sigma, torch.tensor(1.0)) for m in njet)  # σ₀ = 1 in the paper recipes
+    subsampled = report.select(kind="subsample", action="subsampled")
+    assert bool(subsampled) == (rec.subsample.mode == "safe")
