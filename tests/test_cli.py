@@ -88,6 +88,7 @@ def test_version_and_help(run):
 def test_models_and_recipes(run):
     res = run("models")
     assert res.exit_code == 0 and "resnet32" in res.stdout and "library models:" in res.stdout
+    assert max(len(line) for line in res.stdout.splitlines()) <= 80
     res = run("models", "resnet3", "--builtin", "--plain")
     assert res.exit_code == 0 and res.stdout.split() == ["resnet32"]
     res = run("models", "no-such-architecture-xyz")
@@ -97,6 +98,32 @@ def test_models_and_recipes(run):
     res = run("recipes", "paper-resnet32")
     assert res.exit_code == 0 and "order: 3" in res.stdout and "subsample:" in res.stdout
     assert_user_error(run("recipes", "paper-resnet23"), "paper-resnet32")
+
+
+@pytest.mark.slow
+def test_models_lists_library_names(run):
+    res = run("models", "tv:resnet1*")
+    assert res.exit_code == 0, res.output
+    assert "tv:resnet18" in res.stdout and "tv:resnet101" in res.stdout and "resnet32" not in res.stdout
+
+
+def test_console_script_converts_resnet32(tmp_path):
+    """The installed console script, offline, in a fresh directory: writes resnet32-njet.safetensors."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / ("njetify.exe" if os.name == "nt" else "njetify")
+    assert script.is_file(), f"console script not installed next to {sys.executable}"
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    proc = subprocess.run([str(script), "convert", "resnet32", "--order", "3"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "31 converted" in proc.stdout and "4 made safe" in proc.stdout
+    assert "MACs @3x32x32  68.9M → 75.9M" in proc.stdout
+    assert (tmp_path / "resnet32-njet.safetensors").is_file()
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 80
 
 
 def test_convert_writes_file_and_reports(run, tmp_path):

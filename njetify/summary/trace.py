@@ -111,6 +111,9 @@ class RFTracker(TorchFunctionMode):
         if (hi, wi) == (ho, wo) or name in _SHAPE_ONLY:
             return src
         ratio = (hi / max(ho, 1), wi / max(wo, 1))
+        picked = _pick_steps(name, args, kwargs, x)
+        if picked is not None:  # index_select / strided slicing: the real distance between picks
+            ratio = tuple(p if p is not None else q for p, q in zip(picked, ratio))
         if name in _AREA:  # each output pixel averages ⌈ratio⌉ input pixels
             spread = tuple(math.ceil(q) - 1 for q in ratio)
         elif name in _INTERP:  # bilinear reads 2 neighbours; antialiased downsizing reads ~2·ratio
@@ -121,6 +124,26 @@ class RFTracker(TorchFunctionMode):
         else:  # index_select, strided slicing: pick pixels
             spread = (0.0, 0.0)
         return src.resize(ratio, spread)
+
+
+def _pick_steps(name: str, args, kwargs, x: torch.Tensor):
+    """(step_h, step_w) of ``index_select`` / ``x[..., ::a, ::b]`` (None where not known), else None."""
+    if name == "index_select":
+        dim, idx = _arg(args, kwargs, 1, "dim"), _arg(args, kwargs, 2, "index")
+        dim = dim % x.dim() if isinstance(dim, int) else None
+        if dim not in (2, 3) or not isinstance(idx, torch.Tensor) or idx.numel() < 2:
+            return None
+        step = float(idx[-1] - idx[0]) / (idx.numel() - 1)
+        return (step, None) if dim == 2 else (None, step)
+    if name == "__getitem__" and len(args) > 1:
+        key = args[1] if isinstance(args[1], tuple) else (args[1],)
+        if Ellipsis in key:
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (x.dim() - len(key) + 1) + key[i + 1:]
+        steps = [k.step if isinstance(k, slice) and isinstance(k.step, int) else None for k in key[2:4]]
+        steps += [None] * (2 - len(steps))
+        return tuple(steps) if any(steps) else None
+    return None
 
 
 def _tensors(args, kwargs):
