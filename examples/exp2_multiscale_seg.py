@@ -1,6 +1,6 @@
 """Experiment 2 — segmentation of multi-scale objects (paper Exp. 1.1B, MNIST digits).
 
-``unet_small`` (width 8) as a plain CNN baseline against its N-Jet conversions with the
+``unet_small`` (width 4) as a plain CNN baseline against its N-Jet conversions with the
 built-in recipes ``paper-unet-order2`` and ``paper-unet-order4`` (σ₀ = 1, pooling kept),
 all trained from scratch on ``mnist-multiscale-seg`` with digit scales s ∈ {1}, {2}, {4}
 and the mixed {1, 2, 3, 4}. To fit the CPU budget the unit digit is 14 px (MNIST
@@ -105,10 +105,10 @@ def plot_layers(res: dict, path: Path) -> None:
 def main(argv=None) -> None:
     def extra(p):
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--width", type=int, default=8, help="unet_small width (channels of the first level)")
+        p.add_argument("--width", type=int, default=4, help="unet_small width (channels of the first level)")
 
     args = C.parse_args(__doc__.splitlines()[0], argv, extra)
-    n_train, n_val, epochs = (8, 4, 1) if args.quick else (300, 100, 3)
+    n_train, n_val, epochs = (8, 4, 1) if args.quick else (400, 100, 3)
     settings = {"1": (1,), "2": (2,)} if args.quick else SETTINGS
     run = C.Run(Path(__file__).name, [args.seed], args.quick)
     res: dict = {}
@@ -148,7 +148,7 @@ def main(argv=None) -> None:
     ltable = C.md_table(["layer"] + [f"o{kind[-1]} s∈{{{k}}}" for kind in MODELS[1:] for k in SETTINGS], lrows)
     text = f"""## Experiment 2 — segmentation of multi-scale objects (paper Exp. 1.1B, MNIST digits)
 
-Script: `examples/exp2_multiscale_seg.py`. `unet_small` (width {args.width}: 8/16/32 channels,
+Script: `examples/exp2_multiscale_seg.py`. `unet_small` (width {args.width}: {args.width}/{2 * args.width}/{4 * args.width} channels,
 two 2×2 max-pools) against its N-Jet conversions with the built-in recipes `paper-unet-order2` and
 `paper-unet-order4` (every 3×3 conv → N-Jet, σ₀ = 1, pooling kept), all trained from scratch
 on `mnist-multiscale-seg` (four digits per canvas, one per quadrant, 11 classes). The unit

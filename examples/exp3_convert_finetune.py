@@ -88,7 +88,7 @@ def main(argv=None) -> None:
         p.add_argument("--sigma-lr", type=float, default=0.05, help="fine-tuning learning rate of log σ (SGD)")
 
     args = C.parse_args(__doc__.splitlines()[0], argv, extra)
-    n_train, n_test, n_cal, epochs_pre, epochs_ft = (128, 64, 32, 1, 1) if args.quick else (4000, 2000, 256, 2, 3)
+    n_train, n_test, n_cal, epochs_pre, epochs_ft = (128, 64, 32, 1, 1) if args.quick else (2000, 1000, 256, 3, 3)
     run = C.Run(Path(__file__).name, [args.seed], args.quick)
     train_ds, test_ds = mnist32("train", n_train, args.data_dir), mnist32("test", n_test, args.data_dir)
 

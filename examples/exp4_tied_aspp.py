@@ -106,7 +106,7 @@ def main(argv=None) -> None:
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
 
     args = C.parse_args(__doc__.splitlines()[0], argv, extra)
-    n_train, n_val, epochs = (8, 4, 1) if args.quick else (800, 200, 5)
+    n_train, n_val, epochs = (8, 4, 1) if args.quick else (500, 150, 4)
     seeds = args.seeds[:1] if args.quick else args.seeds
     run = C.Run(Path(__file__).name, seeds, args.quick)
     scales = [UNIT * s for s in (1, 2, 3, 4)]
