@@ -114,7 +114,7 @@ def kazuto_deeplabv2_keys(num_classes=21, bn_counters=True):
 
     conv_bn("base.layer1.conv1", 64, 3, 7)
     cin = 64
-    for layer, (n, cout) in enumerate(zip((3, 4, 23, 3), (256, 512, 1024, 2048)), start=2):
+    for layer, (n, cout) in enumerate(zip((3, 4, 23, 3), (256, 512, 1024, 2048), strict=True), start=2):
         mid = cout // 4
         for b in range(1, n + 1):
             p = f"base.layer{layer}.block{b}"

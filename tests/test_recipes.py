@@ -88,6 +88,7 @@ def test_user_file_with_base_and_rules(tmp_path):
     s = rec.settings_for("layer3.0.conv1")
     assert (s.order, s.sigma_init, s.skip) == (4, 2.0, False)
     assert rec.settings_for("conv1").skip
+    assert recipe_to_dict(rec)["rules"][0] == {"match": "conv1", "skip": True}  # unset rule keys are left out
 
 
 @pytest.mark.parametrize(
