@@ -95,7 +95,7 @@ class TiedNJetConv2d(nn.Module):
         self.output_error: float | None = None
         self.size_capped = [False] * len(sig)
         self._warned = [False] * len(sig)
-        factory = {"device": device, "dtype": dtype}
+        factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         nf = B.num_basis(order)
         self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, nf, **factory))
         self.log_sigma = nn.Parameter(torch.tensor(sig, dtype=torch.float64).log().to(**factory), learn_sigma)

@@ -1,0 +1,203 @@
+"""ASPP detection and tying on the real DeepLab models (random weights), and in the pipeline."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from njetify import basis as B
+from njetify.layers.tied import TiedNJetBranch, TiedNJetConv2d
+from njetify.models.deeplabv2 import deeplabv2_resnet101
+from njetify.surgery.aspp import format_rows, tie_aspp
+
+
+def _out(y):
+    return y["out"] if isinstance(y, dict) else y
+
+
+def _check_tied(model, x, rows, *, path, rates, branch_params, k):
+    """One tied head with the expected rates, parameter count, shapes and σ gradients."""
+    tied_rows = [r for r in rows if r.action == "tied"]
+    assert len(tied_rows) == 1, format_rows(rows)
+    row = tied_rows[0]
+    assert row.path == path and row.rates == list(rates)
+    assert row.sigma0 == [r / 2 for r in rates]  # σ₀ = d·(k−1)/(2·extent) with k=3, extent 2
+    assert row.params_before == branch_params
+    owner = model.get_submodule(row.branches[0]).owner
+    assert isinstance(owner, TiedNJetConv2d) and owner.num_branches == k
+    assert row.params_after == owner.num_params()
+    assert all(isinstance(model.get_submodule(b), TiedNJetBranch) for b in row.branches)
+    model.train()
+    y = _out(model(x))
+    y.square().mean().backward()
+    g = owner.log_sigma.grad
+    assert g is not None and torch.all(torch.isfinite(g)) and torch.all(g != 0)
+    return y, owner
+
+
+@pytest.fixture(scope="module")
+def deeplabv2():
+    torch.manual_seed(0)
+    return deeplabv2_resnet101(num_classes=21)
+
+
+def test_deeplabv2_head(deeplabv2):
+    model = deeplabv2
+    x = torch.randn(2, 3, 33, 33)
+    model.eval()
+    with torch.no_grad():
+        before = model(x).shape
+    model, rows = tie_aspp(model, order=3)
+    nf = B.num_basis(3)
+    y, owner = _check_tied(model, x, rows, path="base.aspp", rates=(6, 12, 18, 24),
+                           branch_params=4 * 21 * 2048 * 9 + 4 * 21, k=4)
+    assert rows[0].params_after == nf * 21 * 2048 + 4 + 4 * 21
+    assert rows[0].merge == "sum" and rows[0].sizes == [13, 25, 37, 49]
+    assert y.shape == before
+    keys = [k for k in model.state_dict() if ".aspp." in k]
+    assert keys == ["base.aspp.c0.tied.alpha", "base.aspp.c0.tied.log_sigma", "base.aspp.c0.tied.bias"]
+
+
+def test_deeplabv2_msc_one_head():
+    torch.manual_seed(0)
+    m = deeplabv2_resnet101(num_classes=4, msc=True)
+    m, rows = tie_aspp(m)
+    assert [r.path for r in rows] == ["base.aspp"] and rows[0].action == "tied"
+
+
+@pytest.mark.parametrize("name", ["deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50",
+                                  pytest.param("deeplabv3_resnet101", marks=pytest.mark.slow)])
+def test_torchvision_deeplabv3(name):
+    import torchvision.models.segmentation as seg
+
+    torch.manual_seed(0)
+    model = getattr(seg, name)(weights=None, weights_backbone=None, num_classes=5)
+    cin = model.classifier[0].convs[1][0].in_channels
+    x = torch.randn(2, 3, 33, 33)
+    model.eval()
+    with torch.no_grad():
+        before = _out(model(x)).shape
+    model, rows = tie_aspp(model)
+    y, owner = _check_tied(model, x, rows, path="classifier.0.convs", rates=(12, 24, 36),
+                           branch_params=3 * 256 * cin * 9, k=3)
+    assert rows[0].merge == "concat" and y.shape == before
+    assert rows[0].params_after == 10 * 256 * cin + 3  # bias-free branches: α + 3 σ
+    assert isinstance(model.classifier[0].convs[1][1], nn.BatchNorm2d)  # per-branch BN kept
+
+
+@pytest.mark.parametrize("arch,path", [("DeepLabV3", "decoder.aspp.convs"), ("DeepLabV3Plus", "decoder.aspp.0.convs")])
+def test_smp_deeplab(arch, path):
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    model = getattr(smp, arch)(encoder_name="resnet18", encoder_weights=None, classes=3)
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        before = model(x).shape
+    model, rows = tie_aspp(model)
+    separable = arch == "DeepLabV3Plus"
+    params = 3 * 512 * 9 if separable else 3 * 256 * 512 * 9
+    y, owner = _check_tied(model, x, rows, path=path, rates=(12, 24, 36), branch_params=params, k=3)
+    assert y.shape == before
+    if separable:  # the depthwise part is tied, the pointwise conv stays
+        assert owner.groups == 512 and isinstance(model.get_submodule(f"{path}.1.0.1"), nn.Conv2d)
+
+
+class _Head(nn.Module):
+    """Summed dilated branches ``b.*``; with ``unused`` the last one is defined but never called;
+    with ``odd`` one more branch differs in out_channels."""
+
+    def __init__(self, odd=False, unused=False, same_rate=False):
+        super().__init__()
+        rates = (2, 2, 3) if same_rate else (1, 2, 3)
+        self.b = nn.ModuleList(nn.Conv2d(4, 6, 3, padding=r, dilation=r) for r in rates)
+        self.used = len(rates)
+        if odd:
+            self.b.append(nn.Conv2d(4, 7, 3, padding=4, dilation=4))
+            self.used += 1
+        if unused:
+            self.b.append(nn.Conv2d(4, 6, 3, padding=5, dilation=5))
+        self.odd = odd
+
+    def forward(self, x):
+        outs = [m(x) for m in self.b[: self.used]]
+        if self.odd:
+            return sum(outs[:-1]) + outs[-1][:, :6]
+        return sum(outs)
+
+
+def test_unused_and_mismatched_branches_are_reported():
+    model, rows = tie_aspp(_Head(odd=True, unused=True))
+    (row,) = rows
+    assert row.action == "tied" and row.branches == ["b.0", "b.1", "b.2"]
+    reasons = dict(row.skipped)
+    assert "out_channels" in reasons["b.3"] and "never runs" in reasons["b.4"]
+    assert isinstance(model.b[3], nn.Conv2d) and isinstance(model.b[4], nn.Conv2d)
+    assert "never runs" in format_rows(rows)
+
+
+def test_heads_that_cannot_be_tied():
+    class TwoDiffer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(4, 6, 3, padding=1)
+            self.b = nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2)
+
+        def forward(self, x):
+            return torch.cat([self.a(x), self.b(x)], 1)
+
+    with pytest.warns(UserWarning, match="no ASPP head"):
+        _, rows = tie_aspp(TwoDiffer())
+    assert rows[0].action == "skipped" and "groups" in rows[0].reason
+    with pytest.warns(UserWarning, match="no ASPP head"):
+        _, rows = tie_aspp(_Head(same_rate=True))
+    assert rows[0].action == "skipped" and "rate" in rows[0].reason
+
+
+def test_no_aspp_warns():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=2, dilation=2))
+    with pytest.warns(UserWarning, match="no ASPP head"):
+        out, rows = tie_aspp(model)
+    assert rows == [] and out is model and isinstance(model[2], nn.Conv2d)
+
+
+def test_data_aware_tying_reports_output_error():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AvgPool2d(3, 1, 1), _Head())
+    calib = [torch.randn(2, 3, 16, 16) for _ in range(2)]
+    ref = [model(x).detach() for x in calib]
+    ws, rows_ws = tie_aspp(__import__("copy").deepcopy(model))
+    da, rows_da = tie_aspp(model, calibration_data=calib)
+    assert rows_da[0].fit == "data-aware" and rows_ws[0].fit == "weight-space"
+    assert 0 <= rows_da[0].output_error < 1
+
+    def err(m):
+        with torch.no_grad():
+            return sum(float((m(x) - r).norm() / r.norm()) for x, r in zip(calib, ref))
+
+    assert err(da) < err(ws)
+
+
+def test_pipeline_ties_with_recipe_and_warns_without_aspp():
+    import njetify
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), _Head())
+    conv, report = njetify.convert(model, recipe="paper-deeplabv2-aspp", example_inputs=torch.randn(1, 3, 12, 12))
+    rows = report.select("aspp")
+    head = [r for r in rows if r.path == "1.b"]
+    assert head and head[0].action == "converted" and head[0].dilation == (1, 2, 3)
+    assert head[0].params_before == 3 * (6 * 4 * 9 + 6) and head[0].params_after == 10 * 6 * 4 + 3 + 18
+    assert {r.path for r in rows} >= {"1.b.0", "1.b.1", "1.b.2"}
+    assert isinstance(conv.get_submodule("1.b.1"), TiedNJetBranch)
+    assert isinstance(conv.get_submodule("0"), nn.Conv2d)  # convs: false — backbone untouched
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, report = njetify.convert(nn.Sequential(nn.Conv2d(3, 4, 3)), recipe="paper-deeplabv2-aspp")
+    assert any("no ASPP head" in str(w.message) for w in caught)
+    assert any("no ASPP head" in (r.reason or "") for r in report.select("aspp"))
