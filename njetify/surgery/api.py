@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from numbers import Real
 
@@ -12,6 +13,7 @@ from torch import nn
 from ..basis import MAX_ORDER
 from ..layers._checks import conv_kind
 from ..recipes.schema import Recipe
+from .aspp import aspp_pass
 from .calibrate import calibrate_pass
 from .context import PASSES, Pass, SurgeryContext, run_passes
 from .convs import conv_pass
@@ -23,8 +25,6 @@ from .trace import example_shapes, trace_pass
 from .util import count_params, evaluating, first_input, model_device_dtype, to_model
 
 SUBSAMPLE_MODES = ("safe", "keep")
-WHERE = ("original", "every_layer")
-INTERPOLATIONS = ("nearest", "bilinear", "area")
 
 
 def _shapes_pass(ctx: SurgeryContext) -> None:
@@ -77,6 +77,7 @@ def _out_shapes(out):
 PASSES[:] = [
     Pass("trace", trace_pass),
     Pass("shapes", _shapes_pass),
+    Pass("aspp", aspp_pass, lambda ctx: ctx.recipe.aspp.tie),  # ASPP tying (njetify/surgery/aspp.py)
     Pass("plan", plan_pass),
     Pass("convs", conv_pass),
     Pass("subsample", subsample_pass, lambda ctx: ctx.recipe.subsample.mode == "safe"),
@@ -88,44 +89,31 @@ PASSES[:] = [
 
 # ------------------------------------------------------------------ arguments
 def resolve_recipe(recipe=None, *, order=None, subsample=None, r=None) -> Recipe:
-    """The recipe to use: ``recipe`` (None, a Recipe, or a built-in name / YAML path) with the
-    keyword overrides applied; always a new object. Raises TypeError/ValueError naming the argument."""
-    if recipe is None:
-        rec = Recipe()
-    elif isinstance(recipe, Recipe):
-        rec = copy.deepcopy(recipe)
-    elif isinstance(recipe, str):
-        try:
-            from ..recipes import load_recipe
-        except ImportError:
-            raise ValueError(f"recipe={recipe!r}: recipe files need njetify.recipes.load_recipe, which is "
-                             "not available in this install; pass a njetify.recipes.Recipe") from None
-        rec = load_recipe(recipe)
-    else:
+    """The recipe to use: ``recipe`` (None: built-in ``default``; a Recipe; a built-in name or YAML
+    path) with the keyword overrides applied; always a new, checked object (see
+    :func:`njetify.recipes.resolve_recipe`). Raises TypeError/ValueError naming the argument."""
+    if recipe is not None and not isinstance(recipe, (Recipe, str, os.PathLike)):
         raise TypeError(f"recipe must be None, a njetify.recipes.Recipe or a str (built-in name or YAML path), "
                         f"got {type(recipe).__name__}")
     if order is not None:
-        rec.order = order
-    if subsample is not None:
-        rec.subsample.mode = subsample
-    if r is not None:
-        rec.subsample.r = r
-    _check_order("order", rec.order)
-    for rule in rec.rules:
-        if rule.order is not None:
-            _check_order(f"recipe rule {rule.match!r} order", rule.order)
+        _check_order("order", order)
+    if subsample is not None and subsample not in SUBSAMPLE_MODES:
+        raise ValueError(f"subsample must be one of {SUBSAMPLE_MODES}, got {subsample!r}")
+    if r is not None and not _valid_r(r):
+        raise ValueError(f"r must be 'auto' or a positive number (the paper uses 4), got {r!r}")
+    from ..recipes import resolve_recipe as _resolve
+
+    rec = _resolve(recipe, order=order, subsample=subsample, r=r)
     sub = rec.subsample
-    if sub.mode not in SUBSAMPLE_MODES:
-        raise ValueError(f"subsample must be one of {SUBSAMPLE_MODES}, got {sub.mode!r}")
-    if not (sub.r == "auto" or (isinstance(sub.r, Real) and not isinstance(sub.r, bool) and 0 < sub.r < float("inf"))):
-        raise ValueError(f"r must be 'auto' or a positive number (the paper uses 4), got {sub.r!r}")
-    if sub.where not in WHERE:
-        raise ValueError(f"recipe subsample.where must be one of {WHERE}, got {sub.where!r}")
     if sub.where == "every_layer" and sub.r == "auto":
         raise ValueError("r: subsample.where='every_layer' needs a numeric r (e.g. 4, as in the paper), got 'auto'")
-    if sub.interpolation not in INTERPOLATIONS:
-        raise ValueError(f"recipe subsample.interpolation must be one of {INTERPOLATIONS}, got {sub.interpolation!r}")
     return rec
+
+
+def _valid_r(r) -> bool:
+    if r == "auto":
+        return True
+    return isinstance(r, Real) and not isinstance(r, bool) and 0 < float(r) < float("inf")
 
 
 def _check_order(name: str, order) -> None:
@@ -144,9 +132,9 @@ def _as_tuple(example_inputs) -> tuple | None:
 
 
 def _recipe_dict(rec: Recipe) -> dict:
-    from dataclasses import asdict
+    from ..recipes import recipe_to_dict
 
-    return asdict(rec)
+    return recipe_to_dict(rec)
 
 
 # ------------------------------------------------------------------- public

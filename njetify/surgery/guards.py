@@ -63,7 +63,7 @@ def guard_pass(ctx: SurgeryContext) -> None:
         g.flatten.replace_input_with(src, new)
         graph.lint()
         gm.recompile()
-        size = f"{g.size[0]}x{g.size[1]}" if g.size else "inferred from in_features (square)"
+        size = f"its original {g.size[0]}x{g.size[1]}" if g.size else "the square size in_features implies"
         ctx.report.add(ReportRow(
             kind="guard", path=g.region.full_path(f"flatten_guard.{key}"), op=f"before {g.flatten.name}",
             action="inserted",

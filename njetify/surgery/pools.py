@@ -39,7 +39,8 @@ class PoolSpec:
 
     def describe(self) -> str:
         ceil = " ceil" if self.ceil_mode else ""
-        return f"{self.kind}pool {self.kernel}x{self.kernel} s{self.stride} p{self.padding}{ceil}"
+        pad = f" p{self.padding}" if self.padding else ""
+        return f"{self.kind} {self.kernel}x{self.kernel} s{self.stride}{pad}{ceil}"
 
 
 class StridelessPool2d(nn.Module):
@@ -53,26 +54,30 @@ class StridelessPool2d(nn.Module):
         self.spec = spec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s, e = self.spec, self.spec.extra
+        s = self.spec
+        h, w = x.shape[-2:]
+        # A map that σ made smaller than the window still gives one output (no crash at large σ).
+        dk = s.dilation * (s.kernel - 1) + 1
+        eh = max(s.extra, dk - h - 2 * s.padding)
+        ew = max(s.extra, dk - w - 2 * s.padding)
         if s.kind == "max":
-            if e:
-                x = F.pad(x, (0, e, 0, e), value=float("-inf"))
+            if eh or ew:
+                x = F.pad(x, (0, ew, 0, eh), value=float("-inf"))
             return F.max_pool2d(x, s.kernel, 1, s.padding, s.dilation)
-        if not e and s.divisor_override is None:
+        if not (eh or ew) and s.divisor_override is None:
             return F.avg_pool2d(x, s.kernel, 1, s.padding, False, s.count_include_pad)
         # Sum over each window divided by the count strided avg_pool uses for it.
-        sums = F.avg_pool2d(F.pad(x, (0, e, 0, e)), s.kernel, 1, s.padding, False, True, divisor_override=1)
+        sums = F.avg_pool2d(F.pad(x, (0, ew, 0, eh)), s.kernel, 1, s.padding, False, True, divisor_override=1)
         if s.divisor_override is not None:
             return sums / s.divisor_override
-        h, w = x.shape[-2:]
         p = s.padding
         ones = x.new_ones(1, 1, h, w)
         if s.count_include_pad:  # padding counts, the ceil-mode overhang does not
-            ones = F.pad(F.pad(ones, (p, p, p, p), value=1.0), (0, e, 0, e))
+            ones = F.pad(F.pad(ones, (p, p, p, p), value=1.0), (0, ew, 0, eh))
         else:
-            ones = F.pad(ones, (p, p + e, p, p + e))
+            ones = F.pad(ones, (p, p + ew, p, p + eh))
         counts = F.avg_pool2d(ones, s.kernel, 1, 0, False, True, divisor_override=1)
-        return sums / counts
+        return sums / counts.clamp_min(1)
 
     def extra_repr(self) -> str:
         return f"{self.spec.describe()} at stride 1"

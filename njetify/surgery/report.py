@@ -112,45 +112,35 @@ class ConversionReport:
         ]
         return "; ".join(parts)
 
-    def table(self, max_reason: int | None = None):
-        """A ``rich.table.Table`` with one line per row (fits 80 columns for short paths)."""
+    def table(self):
+        """A ``rich.table.Table``, one line per row; reasons are numbered footnotes (see
+        :meth:`footnotes`) so the table fits 80 columns for typical module paths."""
         from rich.table import Table
 
-        t = Table(title=self.summary(), title_justify="left", show_lines=False, pad_edge=False, expand=False)
-        for name, kw in (
-            ("module", {"overflow": "fold", "ratio": 3}),
-            ("op", {"no_wrap": True}),
-            ("action", {"no_wrap": True}),
-            ("N", {"justify": "right"}),
-            ("σ₀", {"justify": "right"}),
-            ("s", {"justify": "right"}),
-            ("err", {"justify": "right"}),
-            ("params", {"justify": "right", "no_wrap": True}),
-            ("reason", {"overflow": "fold", "ratio": 2}),
-        ):
-            t.add_column(name, **kw)
+        t = Table(box=None, pad_edge=False, padding=(0, 1), expand=False, header_style="bold")
+        t.add_column("module", overflow="fold", min_width=12)
+        for name in ("op", "action"):
+            t.add_column(name, no_wrap=True)
+        for name in ("N", "σ₀", "s", "err", "params", "#"):
+            t.add_column(name, justify="right", no_wrap=True)
+        marks = {reason: i for i, reason in enumerate(self.footnotes(), 1)}
         for r in self.rows:
-            reason = r.reason or ""
-            if max_reason and len(reason) > max_reason:
-                reason = reason[: max_reason - 1] + "…"
             t.add_row(
-                r.path,
-                r.op,
-                r.action,
-                _fmt(r.order),
-                _fmt(r.sigma0, ".3g"),
-                _fmt(r.size),
-                _fmt(r.fit_error, ".2g"),
-                _params(r),
-                reason,
+                r.path, r.op, r.action, _fmt(r.order), _fmt(r.sigma0, ".3g"), _fmt(r.size),
+                _fmt(r.fit_error, ".2f"), _params(r), str(marks[r.reason]) if r.reason else "",
             )
         return t
+
+    def footnotes(self) -> list[str]:
+        """The distinct reasons of the rows, in order of first appearance (the table's ``#``)."""
+        return list(dict.fromkeys(r.reason for r in self.rows if r.reason))
 
     def __rich__(self):
         from rich.console import Group
         from rich.text import Text
 
-        return Group(self.table(), *[Text("note: " + n) for n in self.notes])
+        notes = [Text(f"{i:>2}. {reason}") for i, reason in enumerate(self.footnotes(), 1)]
+        return Group(Text(self.summary()), self.table(), *notes, *[Text("note: " + n) for n in self.notes])
 
     def __str__(self) -> str:
         lines = [self.summary()]

@@ -69,6 +69,24 @@ class NJetGraphModule(fx.GraphModule):
     same state_dict keys), also after ``copy.deepcopy`` and pickling.
     """
 
+    def __getitem__(self, idx):
+        """Index like the traced ``nn.Sequential`` / ``nn.ModuleList`` (by position, original children only)."""
+        names = self.__dict__.get("_njet_seq_names")
+        if names is None:
+            raise TypeError(f"'{type(self).__name__}' object is not subscriptable")
+        if isinstance(idx, slice):
+            return [getattr(self, n) for n in names[idx]]
+        return getattr(self, names[idx])
+
+    def __bool__(self):
+        return True
+
+    def __len__(self):
+        names = self.__dict__.get("_njet_seq_names")
+        if names is None:
+            raise TypeError(f"object of type '{type(self).__name__}' has no len()")
+        return len(names)
+
     def __deepcopy__(self, memo):
         res = super().__deepcopy__(memo)
         _restore(res, copy.deepcopy(dict(self._modules), memo), copy.deepcopy(_extras(self), memo))
@@ -80,7 +98,8 @@ class NJetGraphModule(fx.GraphModule):
 
 
 def _extras(gm) -> dict:
-    return {k: gm.__dict__[k] for k in gm.__dict__.get("_njet_extra_attrs", ()) if k in gm.__dict__}
+    keys = tuple(gm.__dict__.get("_njet_extra_attrs", ())) + ("_njet_seq_names",)
+    return {k: gm.__dict__[k] for k in keys if k in gm.__dict__}
 
 
 def _restore(gm: nn.Module, children: dict, extras: dict) -> None:
@@ -89,7 +108,7 @@ def _restore(gm: nn.Module, children: dict, extras: dict) -> None:
             setattr(gm, name, child)
     for k, v in extras.items():
         gm.__dict__[k] = v
-    gm.__dict__["_njet_extra_attrs"] = tuple(extras)
+    gm.__dict__["_njet_extra_attrs"] = tuple(k for k in extras if k != "_njet_seq_names")
 
 
 def _rebuild(fn, args, children, extras):
@@ -110,6 +129,8 @@ def graph_module(root: nn.Module, graph: fx.Graph) -> NJetGraphModule:
             gm.register_buffer(name, b, persistent=name not in root._non_persistent_buffers_set)
     skip = set(gm.__dict__) | {"training", "forward"}
     extras = {k: v for k, v in root.__dict__.items() if not k.startswith("_") and k not in skip}
+    if isinstance(root, (nn.Sequential, nn.ModuleList)):
+        extras["_njet_seq_names"] = tuple(root._modules)
     _restore(gm, dict(root.named_children()), extras)
     gm.training = root.training
     return gm

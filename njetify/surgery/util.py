@@ -23,12 +23,13 @@ def evaluating(model: nn.Module):
 
 def count_params(module: nn.Module) -> int:
     """Number of distinct parameter elements of ``module``."""
-    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+    unique = {id(p): p for p in module.parameters() if not nn.parameter.is_lazy(p)}
+    return sum(p.numel() for p in unique.values())
 
 
 def own_params(module: nn.Module) -> int:
     """Number of parameter elements of ``module`` itself and its children."""
-    return sum(p.numel() for p in module.parameters())
+    return sum(p.numel() for p in module.parameters() if not nn.parameter.is_lazy(p))
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
