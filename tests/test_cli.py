@@ -91,7 +91,7 @@ def test_models_and_recipes(run):
     assert max(len(line) for line in res.stdout.splitlines()) <= 80
     res = run("models", "resnet3", "--builtin", "--plain")
     assert res.exit_code == 0 and res.stdout.split() == ["resnet32"]
-    res = run("models", "no-such-architecture-xyz")
+    res = run("models", "no-such-architecture-xyz", "--builtin")
     assert res.exit_code == 0 and "no model name matches" in res.stdout
     res = run("recipes")
     assert res.exit_code == 0 and "paper-resnet32" in res.stdout and "default" in res.stdout
@@ -107,6 +107,7 @@ def test_models_lists_library_names(run):
     assert "tv:resnet18" in res.stdout and "tv:resnet101" in res.stdout and "resnet32" not in res.stdout
 
 
+@pytest.mark.slow
 def test_console_script_converts_resnet32(tmp_path):
     """The installed console script, offline, in a fresh directory: writes resnet32-njet.safetensors."""
     import os

@@ -24,14 +24,18 @@ _EPILOG = (
 @command(app, "bake", epilog=_EPILOG)
 def bake(
     converted: Path = typer.Argument(..., help="A file written by 'njetify convert' or 'finetune'."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o",
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="PATH",
                                        help="Baked model, .pt2 or .pt (default: <name>-baked.pt2)."),
-    onnx: Optional[Path] = typer.Option(None, "--onnx", help="Also export ONNX here (checked with onnxruntime)."),
+    onnx: Optional[Path] = typer.Option(None, "--onnx", metavar="PATH", help="Also export ONNX here (checked with onnxruntime)."),
     size: Optional[str] = InputSizeOption,
     debug: bool = DebugOption,
 ) -> None:
-    """Freeze a converted model for deployment: N-Jet layers → nn.Conv2d, safe-subsampling →
-    fixed resizes at the learned sizes. Checks that the outputs are unchanged."""
+    """Freeze σ for deployment: plain convolutions and fixed resizes.
+
+    Every N-Jet layer becomes an nn.Conv2d with its current filter, every
+    safe-subsampling a fixed resize at its learned size; the outputs are checked
+    to be unchanged.
+    """
     import torch
 
     from ..bake import bake as bake_model

@@ -68,33 +68,35 @@ def _calibration(name: str, data_dir: Path, batches: int, batch_size: int, downl
 @command(app, "convert", epilog=_EPILOG)
 def convert(
     model: str = typer.Argument(..., help="A model name (see 'njetify models'): built-in, timm:, tv:, smp:."),
-    order: Optional[int] = typer.Option(None, "--order", "-n", min=0, max=8,
+    order: Optional[int] = typer.Option(None, "--order", "-n", min=0, max=8, metavar="N",
                                         help="Derivative order N of the N-Jet layers (default: the recipe's, 3)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", metavar="NAME|PATH",
+    recipe: Optional[str] = typer.Option(None, "--recipe", metavar="NAME|PATH",
                                          help="A built-in recipe (see 'njetify recipes') or a YAML file."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Local checkpoint to load first."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", metavar="PATH", help="Local checkpoint to load first."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Library pretrained weights (downloads)."),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Output classes."),
-    in_chans: Optional[int] = typer.Option(None, "--in-chans", min=1, help="Input channels."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, metavar="N", help="Output classes."),
+    in_chans: Optional[int] = typer.Option(None, "--in-chans", min=1, metavar="N", help="Input channels."),
     size: Optional[str] = InputSizeOption,
-    subsample: Optional[Subsample] = typer.Option(None, "--subsample", help="safe: learned subsampling; keep: strides stay."),
+    subsample: Optional[Subsample] = typer.Option(None, "--subsample", metavar="safe|keep", help="safe: learned subsampling; keep: strides stay."),
     r: Optional[str] = typer.Option(None, "--r", metavar="auto|FLOAT",
                                     help="Safe-subsampling r: auto keeps the original sizes at σ₀; the paper uses 4."),
     calibrate: Optional[str] = typer.Option(None, "--calibrate", metavar="DATASET",
                                             help="Data-aware fit on a few batches of DATASET (mnist, cifar10, ...)."),
-    calibrate_batches: int = typer.Option(4, "--calibrate-batches", min=1, help="Batches for --calibrate."),
-    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="Where data sets live."),
+    calibrate_batches: int = typer.Option(4, "--calibrate-batches", min=1, metavar="N", help="Batches for --calibrate."),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", metavar="DIR", help="Where data sets live."),
     download: bool = typer.Option(False, "--download", help="Download the --calibrate data set if missing."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: <model>-njet.safetensors)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="PATH", help="Output file (default: MODEL-njet.safetensors)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Convert and report, write nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON only (for scripts)."),
     debug: bool = DebugOption,
 ) -> None:
-    """Convert MODEL: k×k convolutions → N-Jet layers, strided ops → safe-subsampling.
+    """Convert MODEL to an N-Jet network and save it.
 
-    Prints one row per convolution and subsampling site, parameters and MACs before and
-    after, and the largest output difference to the original on a random input. Works
-    offline for built-in models.
+    k×k convolutions become N-Jet layers, strided convolutions and pooling
+    become safe-subsampling. Prints one row per convolution and subsampling
+    site, parameters and MACs before and after, and the largest output
+    difference to the original on a random input. Built-in models need no
+    download.
     """
     import torch
 

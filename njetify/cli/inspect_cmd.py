@@ -33,7 +33,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON only."),
     debug: bool = DebugOption,
 ) -> None:
-    """Per-layer σ, filter size, feature-map size and receptive field of a converted model."""
+    """Per-layer σ, filter size, feature-map size and receptive field."""
     from ..summary import default_input_size, summarize
 
     model = load_converted(converted)

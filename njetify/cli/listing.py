@@ -27,7 +27,11 @@ def models(
     plain: bool = typer.Option(False, "--plain", help="One name per line, nothing else."),
     debug: bool = DebugOption,
 ) -> None:
-    """List the model names [bold]convert[/] accepts: built-ins, [cyan]timm:[/], [cyan]tv:[/], [cyan]smp:[/]."""
+    """List the model names that convert accepts.
+
+    Built-in architectures (no download needed) and library models with a
+    prefix: [cyan]timm:[/], [cyan]tv:[/] (torchvision), [cyan]smp:[/] (segmentation-models-pytorch).
+    """
     from ..models import list_models, model_entry
 
     glob = pattern
@@ -68,3 +72,42 @@ def models(
 
     con.print(f"\nlibrary models matching {pattern!r}: " + ", ".join(f"{v} {k}:" for k, v in counts.items()))
     con.print(Columns(libs, padding=(0, 2)))
+
+
+_RECIPES_EPILOG = (
+    "Examples:\n\n"
+    "  njetify recipes                 the built-in recipes\n\n"
+    "  njetify recipes paper-resnet32  one recipe as YAML (copy it to make your own)\n\n"
+    "  njetify recipes my.yaml         check a recipe file and print it resolved"
+)
+
+
+@command(app, "recipes", epilog=_RECIPES_EPILOG)
+def recipes(
+    name: Optional[str] = typer.Argument(None, help="A built-in name or a YAML path: print it as YAML."),
+    debug: bool = DebugOption,
+) -> None:
+    """List the built-in recipes, or print one as YAML."""
+    from ..recipes import list_recipes, load_recipe, recipe_to_yaml
+
+    con = console()
+    if name is not None:
+        with user_errors(what="recipe"):
+            rec = load_recipe(name)
+        typer.echo(recipe_to_yaml(rec), nl=False)
+        return
+    from rich.table import Table
+
+    t = Table(title="built-in recipes (use with --recipe NAME)", title_justify="left", box=None,
+              pad_edge=False, header_style="bold")
+    t.add_column("name", no_wrap=True, style="cyan")
+    t.add_column("N", justify="right")
+    t.add_column("subsample", no_wrap=True)
+    t.add_column("description", overflow="fold")
+    for n in list_recipes():
+        rec = load_recipe(n)
+        sub = rec.subsample.mode if rec.subsample.mode == "keep" else f"safe r={rec.subsample.r}"
+        if rec.subsample.mode == "safe" and rec.subsample.where == "every_layer":
+            sub += " all"
+        t.add_row(n, str(rec.order), sub, rec.description)
+    con.print(t)
