@@ -9,7 +9,8 @@ Steps:
   2. tie its ASPP with :func:`njetify.surgery.aspp.tie_aspp` — weight-space and data-aware
      (``--calib`` training batches) — and measure mIoU right after tying;
   3. fine-tune the data-aware tied model (``--finetune`` steps; σ with its own lr) and
-     print σ per branch and val mIoU every ``--every`` steps.
+     print σ per branch and val mIoU every ``--every`` steps;
+  4. with ``--control``: train the untied model for the same extra steps, for comparison.
 
 Run: ``uv run python examples/aspp_mnist_seg.py`` (about 2–3 min on 2 CPU cores).
 MNIST is read from ``--data`` (torchvision layout), never downloaded.
@@ -98,7 +99,7 @@ def train(model, loader, steps, lr, sigma_lr=None, log=None, every=0):
         loss.backward()
         opt.step()
         if log is not None and every and step % every == 0:
-            log(step, float(loss))
+            log(step, loss.item())
     return model
 
 
@@ -119,6 +120,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--sigma-lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--control", action="store_true",
+                    help="also train the untied model for the fine-tuning steps (same budget, for comparison)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -152,9 +155,13 @@ def main(argv=None) -> dict:
         print(f"  fine-tune step {step:4d}: loss {loss:.3f}  σ {history[-1][1]}  val mIoU {history[-1][2]:.4f}")
 
     train(da, loader, args.finetune, args.lr, args.sigma_lr, log, args.every)
+    control = None
+    if args.control:
+        control = miou(train(model, loader, args.finetune, args.lr), val)
+        print(f"control: untied model trained {args.finetune} more steps: val mIoU {control:.4f}")
     print(f"done in {time.perf_counter() - t0:.0f}s")
     return {"original": base, "tied_weight_space": ws_miou, "tied_data_aware": da_miou, "history": history,
-            "rows": [r.to_dict() for r in rows]}
+            "control": control, "rows": [r.to_dict() for r in rows]}
 
 
 if __name__ == "__main__":

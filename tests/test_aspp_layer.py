@@ -146,7 +146,7 @@ def test_views_state_dict_deepcopy_and_to_convs():
     fresh = TiedNJetConv2d(6, 4, [1.0, 1.0])
     nn.ModuleDict({"a": fresh.branches[0], "b": fresh.branches[1]}).load_state_dict(holder.state_dict())
     torch.testing.assert_close(fresh.sigma, tied.sigma)
-    assert isinstance(holder["b"], TiedNJetBranch) and float(holder["b"].sigma) == pytest.approx(float(tied.sigma[1]))
+    assert isinstance(holder["b"], TiedNJetBranch) and holder["b"].sigma.item() == pytest.approx(tied.sigma[1].item())
 
 
 def test_max_size_cap_warns_and_is_recorded():

@@ -201,3 +201,29 @@ def test_pipeline_ties_with_recipe_and_warns_without_aspp():
         _, report = njetify.convert(nn.Sequential(nn.Conv2d(3, 4, 3)), recipe="paper-deeplabv2-aspp")
     assert any("no ASPP head" in str(w.message) for w in caught)
     assert any("no ASPP head" in (r.reason or "") for r in report.select("aspp"))
+
+
+@pytest.mark.parametrize("msc", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_create_model_with_kazuto_checkpoint_then_convert(tmp_path, msc):
+    """``create_model("deeplabv2_resnet101", weights=PATH)`` + ``convert(recipe="paper-deeplabv2-aspp")``."""
+    import njetify
+    from njetify.models import create_model
+
+    torch.manual_seed(0)
+    ckpt = deeplabv2_resnet101(num_classes=21, msc=True).state_dict()  # kazuto1011 keys: base.…
+    path = tmp_path / "deeplabv2_resnet101_msc-vocaug.pth"
+    torch.save(ckpt, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = create_model("deeplabv2_resnet101", weights=path, msc=msc)
+    assert torch.equal(model.base.aspp.c2.weight, ckpt["base.aspp.c2.weight"])
+    x = torch.randn(1, 3, 33, 33)
+    conv, report = njetify.convert(model, recipe="paper-deeplabv2-aspp", example_inputs=x)
+    (head,) = [r for r in report.select("aspp") if r.path == "base.aspp"]
+    assert head.action == "converted" and head.params_before == 4 * 21 * 2048 * 9 + 4 * 21
+    assert head.params_after == 10 * 21 * 2048 + 4 + 4 * 21
+    assert report.params_before - report.params_after == head.params_before - head.params_after
+    assert not report.select("conv", "converted")  # the backbone stays as it was
+    conv.eval()
+    with torch.no_grad():
+        assert conv(x).shape == (1, 21, 5, 5)

@@ -103,6 +103,7 @@ class TiedNJetConv2d(nn.Module):
         fan_in = in_channels // groups * nf
         nn.init.uniform_(self.alpha, -math.sqrt(3.0 / fan_in), math.sqrt(3.0 / fan_in))
         object.__setattr__(self, "_branches", tuple(TiedNJetBranch(self, k) for k in range(len(sig))))
+        self._mix_cache: list | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -174,8 +175,7 @@ class TiedNJetConv2d(nn.Module):
                 return F.conv2d(x, w, bias, 1, pad, 1, self.groups)
             return F.conv2d(self._pad(x, pad), w, bias, 1, 0, 1, self.groups)
         o, nf = self.out_channels, self.alpha.shape[-1]
-        mix = self.alpha.permute(0, 2, 1).reshape(o * nf, -1, 1, 1)  # channel o·F + f
-        m = F.conv2d(x, mix, None, 1, 0, 1, self.groups)  # (N, O·F, H, W)
+        m = self._mixed(x)  # (N, O·F, H, W), channel o·F + f
         g1 = self.basis_1d(k)  # (N+1, s)
         ix, iy = B._order_index(self.order, g1.device)
         gy = g1.index_select(0, iy).repeat(o, 1).unsqueeze(1).unsqueeze(-1)  # (O·F, 1, s, 1)
@@ -188,6 +188,31 @@ class TiedNJetConv2d(nn.Module):
             m = F.conv2d(m, gx, None, 1, 0, 1, o * nf)
         out = m.unflatten(1, (o, nf)).sum(2)
         return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+    def _mixed(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` mixed by α (1×1 conv C → O·F). Branches read the same input and share α, so the
+        result is computed once per input and reused by the other branches of the same forward
+        (kept until all K have used it, or the input, α or the grad mode changes)."""
+        key = (x._version, self.alpha._version, self.alpha.data_ptr(), torch.is_grad_enabled())
+        cache = self._mix_cache
+        if cache is not None and cache[0] is x and cache[1] == key:
+            cache[3] -= 1
+            if cache[3] <= 0:
+                self._mix_cache = None
+            return cache[2]
+        o, nf = self.out_channels, self.alpha.shape[-1]
+        mix = self.alpha.permute(0, 2, 1).reshape(o * nf, -1, 1, 1)
+        m = F.conv2d(x, mix, None, 1, 0, 1, self.groups)
+        self._mix_cache = [x, key, m, self.num_branches - 1] if self.num_branches > 1 else None
+        return m
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_mix_cache": None}  # never copy or pickle a cached activation
+
+    def _apply(self, fn, *args, **kwargs):
+        self._mix_cache = None
+        return super()._apply(fn, *args, **kwargs)
 
     def _use_dense(self, size: int) -> bool:
         if self.mode != "auto":
@@ -344,7 +369,7 @@ class TiedNJetBranch(nn.Module):
 
     def extra_repr(self) -> str:
         o = self.owner
-        return f"branch {self.index}/{o.num_branches}, sigma={float(self.sigma):.3g}, size={self.kernel_size[0]}"
+        return f"branch {self.index}/{o.num_branches}, sigma={float(self.sigma.detach()):.3g}, size={self.kernel_size[0]}"
 
 
 def check_tieable(convs) -> None:
