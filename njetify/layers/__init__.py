@@ -2,5 +2,6 @@
 
 from .njet_conv import NJetConv2d
 from .safe_subsample import SafeSubsample
+from .tied import TiedNJetBranch, TiedNJetConv2d
 
-__all__ = ["NJetConv2d", "SafeSubsample"]
+__all__ = ["NJetConv2d", "SafeSubsample", "TiedNJetBranch", "TiedNJetConv2d"]
