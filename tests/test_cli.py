@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from njetify.cli import app
 from njetify.models import registry
 
 TINY = "tinynet_cli_test"
+MNIST_ROOT = "/work/shared/data"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -154,6 +156,17 @@ def test_convert_dry_run_and_json(run, tmp_path):
     assert st["params_before"] == sum(p.numel() for p in TinyNet().parameters())
     assert st["macs_before"] > 0 and st["macs_after"] > 0 and st["max_abs_diff"] >= 0
     assert list(tmp_path.iterdir()) == []  # --dry-run writes nothing
+
+
+@pytest.mark.skipif(not (Path(MNIST_ROOT) / "MNIST" / "raw").is_dir(), reason="MNIST not at /work/shared/data")
+def test_convert_calibrated_on_mnist(run):
+    """--calibrate takes the input size and channels from the data set and fits data-aware."""
+    res = run("convert", TINY, "--calibrate", "mnist", "--data-dir", MNIST_ROOT, "--calibrate-batches", "2",
+              "--dry-run", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["input_size"] == [1, 28, 28]
+    assert doc["report"]["calibration"]["fit"] != "weight-space" and doc["report"]["calibration"]["batches"] == 2
 
 
 def test_convert_keep_subsample_and_in_chans(run):
