@@ -117,7 +117,7 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     model = njetify.create_model("resnet20", num_classes=10, in_chans=1)
     C.train(model, train_ds, None, task="classification", epochs=epochs_pre, lr=0.05, sigma_lr=0.0,
-            batch_size=128, seed=args.seed, optimizer="sgd", weight_decay=5e-4)
+            batch_size=32, seed=args.seed, optimizer="sgd", weight_decay=5e-4)
     acc = {"original": C.evaluate(model, test_ds, "classification")}
     print(f"original ResNet-20: {acc['original']:.2f}%", flush=True)
 
@@ -136,7 +136,7 @@ def main(argv=None) -> None:
         conv, report = njetify.convert(model, order=3, subsample="safe", calibration_data=cal, example_inputs=example)
     print(report, flush=True)
     hist = C.train(conv, train_ds, test_ds, task="classification", epochs=epochs_ft, lr=0.01, sigma_lr=args.sigma_lr,
-                   batch_size=128, seed=args.seed, optimizer="sgd", weight_decay=5e-4, evaluate_first=True)
+                   batch_size=32, seed=args.seed, optimizer="sgd", weight_decay=5e-4, evaluate_first=True)
     rows = hist.epochs
     for row in rows:
         print(f"epoch {row['epoch']}: val acc {row['val']['acc']:.2f}%", flush=True)
@@ -169,13 +169,13 @@ def main(argv=None) -> None:
 
 Script: `examples/exp3_convert_finetune.py`. A CIFAR ResNet-20 (`create_model("resnet20",
 in_chans=1)`, {n_params[0]:,} parameters) trained from scratch for {epochs_pre} epochs (SGD 0.05,
-momentum 0.9, cosine) on {n_train} MNIST digits zero-padded to 32×32, then converted with
+momentum 0.9, cosine, batch 32) on {n_train} MNIST digits zero-padded to 32×32, then converted with
 `njetify.convert(model, order=3, subsample="safe", calibration_data=...)` — order 3 and
 safe-subsampling as in `paper-resnet32`, but σ₀ from the 3×3 kernels (0.5) and r = "auto"
 so that the converted network starts where the trained one was ({n_cal} calibration
 images, data-aware fit; {n_params[1]:,} parameters after conversion). Fine-tuned with
 `njetify.train.fit` (SGD lr 0.01, σ lr {args.sigma_lr}, cosine over {epochs_ft} epochs, batch
-128). Test accuracy on {n_test} MNIST test digits:
+32). Test accuracy on {n_test} MNIST test digits:
 
 {C.md_table(["model", "test accuracy (%)"], acc_rows)}
 
