@@ -108,7 +108,7 @@ def main(argv=None) -> None:
         p.add_argument("--width", type=int, default=4, help="unet_small width (channels of the first level)")
 
     args = C.parse_args(__doc__.splitlines()[0], argv, extra)
-    n_train, n_val, epochs = (8, 4, 1) if args.quick else (400, 100, 3)
+    n_train, n_val, epochs = (8, 4, 1) if args.quick else (150, 80, 2)
     settings = {"1": (1,), "2": (2,)} if args.quick else SETTINGS
     run = C.Run(Path(__file__).name, [args.seed], args.quick)
     res: dict = {}
