@@ -166,7 +166,7 @@ Learned σ per layer (px; o2/o4 = order 2/4):
 
 ![sigma per layer]({Path('img') / img2.name})
 
-{reading(res)}
+{reading(res, epochs * -(-n_train // 4), n_train)}
 
 {run.footer()}
 """
@@ -174,7 +174,7 @@ Learned σ per layer (px; o2/o4 = order 2/4):
     print(f"wrote {md}, {img1}, {img2}")
 
 
-def reading(res: dict) -> str:
+def reading(res: dict, steps: int, n_train: int) -> str:
     """Which of the paper's two findings hold in these numbers (computed from them)."""
     o2 = [res[k]["njet-order2"]["mean_sigma"] for k in ("1", "2", "4")]
     o4 = [res[k]["njet-order4"]["mean_sigma"] for k in ("1", "2", "4")]
@@ -187,8 +187,8 @@ def reading(res: dict) -> str:
     s2 = (f"from s = 1 to s = 4 the baseline's mIoU changes by {-drop_b:+.1f} points and the best N-Jet model's "
           f"by {-drop_n:+.1f}")
     return (f"**Reading.** {s1}; {s2}. The paper's claim is that the fixed 3×3 receptive field of the baseline "
-            "cannot cover large digits while a learned σ can. These runs are short (a few hundred AdamW steps on a "
-            "few hundred canvases, one seed), so mIoU differences of a few points are within run-to-run noise; "
+            f"cannot cover large digits while a learned σ can. These runs are very short ({steps} AdamW steps on "
+            f"{n_train} canvases, one seed), so mIoU differences of a few points are within run-to-run noise; "
             "with so little training the digit *identity* (10 of the 11 classes) is only partly learned, which "
             "keeps every mIoU well below the paper's.")
 
