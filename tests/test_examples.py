@@ -76,7 +76,7 @@ def test_exp2_quick(tmp_path):
     for key in ("1", "2"):
         assert 0.0 <= res[key]["baseline"]["miou"] <= 100.0
         assert res[key]["baseline"]["layers"] == {}  # the baseline has no N-Jet layer
-        assert len(res[key]["njet-order2"]["layers"]) == 12  # every 3×3 conv of unet_small (levels=3)
+        assert len(res[key]["njet-order2"]["layers"]) == 10  # every 3×3 conv of unet_small (levels=3)
         assert res[key]["njet-order4"]["mean_sigma"] > 0
 
 
