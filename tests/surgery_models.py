@@ -71,17 +71,30 @@ class MnistCNN(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, stride=2, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.conv1 = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
-        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
-        self.fc = nn.Linear(32 * 7 * 7, 10)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 7 * 7, 10)
 
     def forward(self, x):
         x = F.relu(self.conv1(x))
         x = self.pool(F.relu(self.conv2(x)))
         x = F.relu(self.conv3(x))
         return self.fc(x.flatten(1))
+
+
+def leaf_shapes(model, x, skip=()):
+    """``{path: output shape}`` of every leaf module not of a type in ``skip``, and the output."""
+    shapes, handles = {}, []
+    for name, m in model.named_modules():
+        if name and not list(m.children()) and not isinstance(m, skip):
+            handles.append(m.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape))))
+    with torch.no_grad():
+        out = model(x)
+    for h in handles:
+        h.remove()
+    return shapes, out
 
 
 class DataDependent(nn.Module):

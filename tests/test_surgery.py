@@ -16,21 +16,13 @@ from njetify.recipes import Recipe, Rule
 from njetify.surgery import FlattenGuard, StridelessPool2d
 from njetify.surgery.pools import PoolSpec
 
-from surgery_models import DataDependent, InceptionDown, MnistCNN, NothingTraces, PlainCNN, TinyResNet
+from surgery_models import DataDependent, InceptionDown, MnistCNN, NothingTraces, PlainCNN, TinyResNet, leaf_shapes
 
 
 def _leaf_shapes(model, x):
     """Output shape of every leaf module that is neither a conv nor a pool nor new (BN, ReLU, Linear...)."""
-    shapes, handles = {}, []
     skip = (nn.Conv2d, NJetConv2d, nn.MaxPool2d, nn.AvgPool2d, StridelessPool2d, SafeSubsample, FlattenGuard)
-    for name, m in model.named_modules():
-        if name and not list(m.children()) and not isinstance(m, skip):
-            handles.append(m.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape))))
-    with torch.no_grad():
-        out = model(x)
-    for h in handles:
-        h.remove()
-    return shapes, out
+    return leaf_shapes(model, x, skip)
 
 
 @pytest.mark.parametrize("make, size", [
