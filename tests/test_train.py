@@ -239,3 +239,32 @@ def test_tied_aspp_branches_are_sigma_layers():
     assert layers["b1"]["size"] == tied.kernel_size(1)[0]
     assert layers["b0"]["sigma"] != layers["b1"]["sigma"]
     assert h.epochs[0]["layers"]["b1"]["sigma"] == pytest.approx(1.0)
+
+
+class SegNet(nn.Module):
+    """Converted-style segmentation net: N-Jet layers, a safe-subsampling, bilinear upsampling back."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = NJetConv2d(1, 8, order=2, sigma=0.8)
+        self.sub = SafeSubsample(self.c1, stride=2)
+        self.c2 = NJetConv2d(8, 8, order=2, sigma=0.8)
+        self.out = nn.Conv2d(8, 11, 1)
+
+    def forward(self, x):
+        return self.out(F.relu(self.c2(F.relu(self.sub(self.c1(x))))))  # half size: fit() upsamples
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/work/shared/data/MNIST/raw"), reason="no MNIST")
+def test_mnist_multiscale_seg_end_to_end():
+    from njetify.data import get_dataset
+
+    opts = dict(scales=1, seed=0)
+    tr = get_dataset("mnist-multiscale-seg", "train", "/work/shared/data", length=24, **opts)
+    va = get_dataset("mnist-multiscale-seg", "val", "/work/shared/data", length=8, **opts)
+    torch.manual_seed(0)
+    h = fit(SegNet(), tr, va, task="segmentation", epochs=1, batch_size=8, lr=0.05, **FAST)
+    assert h.meta["num_classes"] == 11 and h.meta["feature_sizes_original"] == {"sub": [28, 28]}
+    v = h.epochs[-1]["val"]
+    assert 0 <= v["miou"] <= 100 and 0 <= v["pixel_acc"] <= 100
+    assert v["loss"] < h.epochs[0]["val"]["loss"]  # 3 steps: the loss moves before the argmax does

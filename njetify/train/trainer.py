@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,12 +19,12 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.loaders import make_loader
 from ..recipes import FinetuneConfig
 from . import distributed as D
-from .checkpoint import BEST, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TASKS, amp_dtype, deterministic_mode, resolve_config, seed_everything
 from .history import History, feature_sizes, layer_snapshot, njet_modules, subsample_modules
 from .metrics import ClassificationMeter, SegmentationMeter, inverse_frequency_weights
 from .optim import build_optimizer, build_scheduler, current_lrs, sigma_parameters
 from .progress import TrainProgress
+from .resume import CheckpointMixin
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -100,7 +101,7 @@ def fit(
         D.teardown(info)
 
 
-class _Trainer:
+class _Trainer(CheckpointMixin):
     def __init__(self, model, train_data, val_data, task, cfg, out_dir, info, progress, evaluate_first, callbacks):
         self.task, self.cfg, self.info, self.callbacks = task, cfg, info, callbacks
         self.out = None if out_dir is None else Path(out_dir)
@@ -139,6 +140,9 @@ class _Trainer:
     # ----------------------------------------------------------------- setup
     def _loader(self, data, train: bool) -> DataLoader:
         if isinstance(data, DataLoader):
+            if self.info.distributed and not hasattr(data.sampler, "set_epoch"):
+                warnings.warn("fit: a DataLoader without a distributed sampler was given under torchrun: every "
+                              "rank sees the whole data set; pass the Dataset instead to shard it", stacklevel=4)
             return data
         return make_loader(data, self.local_bs, train=train, seed=self.cfg.seed, rank=self.info.rank,
                            world_size=self.info.world_size, num_workers=self.cfg.num_workers,
@@ -355,76 +359,6 @@ class _Trainer:
         if row["throughput"]:
             parts.append(f"{row['throughput']:,.0f} img/s")
         self.progress.log("  ".join(parts))
-
-    # ---------------------------------------------------------- checkpoints
-    def _save_checkpoint(self, partial_time: float, best: bool = False) -> None:
-        if self.out is None:
-            return
-        meters = self._gather_meters()
-        if self.info.is_main:
-            state = {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "rng": rng_state(),
-                "state": asdict(self.state),
-                "meters": meters,  # one per rank: the running sums of the current epoch
-                "train_time": self.train_time + partial_time,
-                "history": self.history.to_dict(),
-                "config": asdict(self.cfg),
-                "task": self.task,
-            }
-            self.last_ckpt = save_checkpoint(self.out / LAST, state)
-            if best:
-                save_checkpoint(self.out / BEST, state)
-        else:
-            self.last_ckpt = self.out / LAST
-        D.barrier(self.info)
-
-    def _gather_meters(self) -> list[torch.Tensor]:
-        """The running metric sums of every rank (index = rank)."""
-        if not self.info.distributed:
-            return [self.meter.sums.clone()]
-        local = self.meter.sums.to(self.device)
-        out = [torch.empty_like(local) for _ in range(self.info.world_size)]
-        dist.all_gather(out, local)
-        return [t.cpu() for t in out]
-
-    def _maybe_resume(self, resume) -> bool:
-        if resume is False or resume is None:
-            return False
-        if resume is True or resume == "auto":
-            if self.out is None:
-                raise ValueError("resume needs out_dir (the checkpoint is out_dir/last.pt)")
-            path = self.out / LAST
-            if not path.is_file():
-                if resume == "auto":
-                    return False
-                raise FileNotFoundError(f"resume=True but there is no checkpoint at {path}")
-        else:
-            path = Path(resume)
-        ck = load_checkpoint(path, map_location=self.device)
-        if ck.get("task", self.task) != self.task:
-            raise ValueError(f"checkpoint {path} is for task {ck['task']!r}, not {self.task!r}")
-        self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
-        self.scaler.load_state_dict(ck["scaler"])
-        meters = ck["meters"]
-        if len(meters) != self.info.world_size:
-            if ck["state"]["batch"]:
-                raise ValueError(f"checkpoint {path} was written mid-epoch by {len(meters)} process(es); "
-                                 f"resume it with the same number (now {self.info.world_size}) or from an epoch end")
-        else:
-            self.meter.load_state_dict({"sums": meters[self.info.rank]})
-        self.train_time = ck["train_time"]
-        self.state = TrainState(**{**ck["state"], "stopped": None})
-        self.history = History.from_dict(ck["history"])
-        set_rng_state(ck["rng"])
-        self.last_ckpt = path
-        self.progress.log(f"resumed from {path}: epoch {self.state.epoch}, step {self.state.step}")
-        return True
 
 
 def _logits(out) -> torch.Tensor:

@@ -1,0 +1,149 @@
+"""Training-step throughput and memory: CIFAR ResNet-32 converted with ``paper-resnet32`` vs the original.
+
+For every variant — original, converted with ``subsample="keep"``, converted with
+``subsample="safe"`` — and every execution setting (fp32, channels_last, bf16 autocast,
+both), one training step is forward + cross-entropy + backward + SGD step on a
+``(batch, 3, 32, 32)`` batch. Printed: images/s, the slowdown ``original img/s ÷
+converted img/s`` (the paper reports ~2× for its N-Jet NiN; the target here is ≤ 1.5×
+with ``keep``), and memory:
+
+* CUDA: peak allocated memory during the step (``torch.cuda.max_memory_allocated``);
+* CPU: bytes of the tensors autograd saves for backward (activation memory, each storage
+  counted once) — the part of training memory the conversion changes.
+
+Rounds are interleaved across variants so that load on a shared machine hits them alike;
+the median round is reported.
+
+    uv run python benchmarks/train_step.py                    # CPU, batch 128
+    uv run python benchmarks/train_step.py --device cuda --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import njetify
+
+SETTINGS = {"fp32": (False, False), "channels_last": (True, False), "bf16": (False, True),
+            "channels_last+bf16": (True, True)}
+
+
+def build(variant: str) -> nn.Module:
+    """``original`` resnet32, or converted with the paper-resnet32 recipe and ``subsample`` = variant."""
+    torch.manual_seed(0)
+    model = njetify.create_model("resnet32", num_classes=10)
+    if variant == "original":
+        return model
+    return njetify.njetify(model, recipe="paper-resnet32", subsample=variant)
+
+
+def saved_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> int:
+    """Bytes autograd saves for backward in one forward (each storage once)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        try:
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x).float(), y)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
+class Case:
+    def __init__(self, variant: str, setting: str, batch: int, device: torch.device):
+        self.variant, self.setting = variant, setting
+        cl, self.bf16 = SETTINGS[setting]
+        self.model = build(variant).to(device).train()
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(batch, 3, 32, 32, generator=g).to(device)
+        self.y = torch.randint(0, 10, (batch,), generator=g).to(device)
+        if cl:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.device = device
+        self.times: list[float] = []
+        self.memory = 0
+
+    def step(self) -> None:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = F.cross_entropy(self.model(self.x).float(), self.y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def measure_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.step()
+            torch.cuda.synchronize()
+            self.memory = torch.cuda.max_memory_allocated()
+        else:
+            self.memory = saved_bytes(self.model, self.x, self.y, self.bf16)
+
+    def timed(self, steps: int) -> None:
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        t = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        sync()
+        self.times.append((time.perf_counter() - t) / steps)
+
+    @property
+    def ips(self) -> float:
+        return self.x.shape[0] / statistics.median(self.times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=2, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {list(SETTINGS)}")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    settings = args.settings.split(",")
+    cases = [Case(v, s, args.batch, device) for s in settings for v in ("original", "keep", "safe")]
+    for c in cases:
+        c.step()  # warm-up (allocations, σ host reads, autotuning)
+        c.measure_memory()
+    for _ in range(args.rounds):
+        for c in cases:
+            c.timed(args.steps)
+    mem_kind = "peak MiB" if device.type == "cuda" else "saved-for-backward MiB"
+    print(f"resnet32, batch {args.batch}, 32×32, device {device} ({torch.get_num_threads()} threads), "
+          f"median of {args.rounds} rounds × {args.steps} steps")
+    print(f"{'setting':<20}{'model':<10}{'img/s':>9}{'slowdown':>10}{mem_kind:>24}{'mem ratio':>11}")
+    for s in settings:
+        row = [c for c in cases if c.setting == s]
+        base = row[0]
+        for c in row:
+            print(f"{s:<20}{c.variant:<10}{c.ips:>9.1f}{base.ips / c.ips:>9.2f}×{c.memory / 2**20:>24.1f}"
+                  f"{c.memory / base.memory:>10.2f}×")
+    fp = {c.variant: c for c in cases if c.setting == settings[0]}
+    print(f"\n{settings[0]}: converted/original slowdown keep {fp['original'].ips / fp['keep'].ips:.2f}× "
+          f"(target ≤ 1.5×), safe {fp['original'].ips / fp['safe'].ips:.2f}×")
+
+
+if __name__ == "__main__":
+    main()
