@@ -44,6 +44,13 @@ def _shapes_pass(ctx: SurgeryContext) -> None:
         raise ValueError(f"example_inputs: the original model fails on them ({type(e).__name__}: {e})") from None
 
 
+def _aspp_pass(ctx: SurgeryContext) -> None:
+    """ASPP tying (issue 5), imported lazily: see :func:`njetify.surgery.aspp.aspp_pass`."""
+    from .aspp import aspp_pass
+
+    aspp_pass(ctx)
+
+
 def _finish_pass(ctx: SurgeryContext) -> None:
     """Totals, modes of the new modules, and a check run on the example inputs."""
     for m in ctx.model.modules():
@@ -79,6 +86,7 @@ PASSES[:] = [
     Pass("shapes", _shapes_pass),
     Pass("aspp", aspp_pass, lambda ctx: ctx.recipe.aspp.tie),  # ASPP tying (njetify/surgery/aspp.py)
     Pass("plan", plan_pass),
+    Pass("aspp", _aspp_pass, lambda ctx: bool(ctx.recipe.aspp.tie)),
     Pass("convs", conv_pass),
     Pass("subsample", subsample_pass, lambda ctx: ctx.recipe.subsample.mode == "safe"),
     Pass("guards", guard_pass, lambda ctx: ctx.recipe.subsample.mode == "safe"),

@@ -1,0 +1,138 @@
+"""Conversion cost and training-step cost of njetify's surgery (CPU, random weights).
+
+Prints two tables:
+
+1. conversion time (min / median of ``--repeats`` runs) and peak extra memory (RSS
+   sampled every 2 ms during the conversion, minus the RSS before it) for timm
+   resnet50 and efficientnet_b0;
+2. one SGD training step of converted vs original torchvision resnet18 at 64×64,
+   batch 32, for ``subsample="safe"`` and ``"keep"`` — as a ratio against the
+   original measured in the same run (steps interleaved, median of ``--steps``).
+
+Run: ``uv run python benchmarks/convert.py [--repeats 3] [--steps 5] [--threads N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import njetify
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakRSS:
+    """Context manager: ``.peak`` = highest RSS (MiB) seen minus the RSS at entry."""
+
+    def __enter__(self):
+        self.base = self.peak_abs = _rss_mib()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak_abs = max(self.peak_abs, _rss_mib())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak_abs = max(self.peak_abs, _rss_mib())
+        self.peak = self.peak_abs - self.base
+
+
+def bench_conversion(repeats: int) -> list[dict]:
+    import timm
+
+    rows = []
+    for name in ("resnet50", "efficientnet_b0"):
+        torch.manual_seed(0)
+        model = timm.create_model(name).eval()
+        times, peaks = [], []
+        for _ in range(repeats):
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                conv, report = njetify.convert(model)
+                times.append(time.perf_counter() - t0)
+            peaks.append(mem.peak)
+            del conv
+        rows.append({
+            "model": f"timm/{name}", "params_mib": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+            "min_s": min(times), "median_s": statistics.median(times), "peak_mib": max(peaks),
+            "converted": report.converted, "sites": len(report.select("subsample", "subsampled")),
+        })
+    return rows
+
+
+def _step(model, opt, x, y):
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def bench_training(steps: int) -> list[dict]:
+    import torchvision
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 64, 64)
+    y = torch.randint(0, 1000, (32,))
+    orig = torchvision.models.resnet18().train()
+    models = {"original": orig}
+    for mode in ("safe", "keep"):
+        models[mode] = njetify.njetify(orig, subsample=mode).train()
+    opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in models.items()}
+    for k in models:  # warm-up
+        _step(models[k], opts[k], x, y)
+    times = {k: [] for k in models}
+    for _ in range(steps):  # interleaved, so load changes hit every model alike
+        for k in models:
+            t0 = time.perf_counter()
+            _step(models[k], opts[k], x, y)
+            times[k].append(time.perf_counter() - t0)
+    base = statistics.median(times["original"])
+    return [{"model": k, "median_s": statistics.median(v), "ratio": statistics.median(v) / base}
+            for k, v in times.items()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3, help="conversions per model (default 3)")
+    ap.add_argument("--steps", type=int, default=5, help="timed training steps per model (default 5)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    console = Console()
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+                  f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    t = Table(title="conversion (random weights, no calibration)")
+    for c in ("model", "weights MiB", "min s", "median s", "peak extra RSS MiB", "convs", "safe sites"):
+        t.add_column(c, justify="right" if c != "model" else "left")
+    for r in bench_conversion(args.repeats):
+        t.add_row(r["model"], f"{r['params_mib']:.0f}", f"{r['min_s']:.2f}", f"{r['median_s']:.2f}",
+                  f"{r['peak_mib']:.0f}", str(r["converted"]), str(r["sites"]))
+    console.print(t)
+    t = Table(title="training step, torchvision resnet18, 64x64, batch 32 (SGD)")
+    for c in ("model", "median s/step", "ratio vs original"):
+        t.add_column(c, justify="right" if c != "model" else "left")
+    for r in bench_training(args.steps):
+        t.add_row(r["model"] if r["model"] == "original" else f"njetify subsample={r['model']!r}",
+                  f"{r['median_s']:.3f}", f"{r['ratio']:.2f}x")
+    console.print(t)
+
+
+if __name__ == "__main__":
+    main()
