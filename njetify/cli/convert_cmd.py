@@ -46,13 +46,16 @@ def default_out(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") + "-njet.safetensors"
 
 
-def _calibration(name: str, data_dir: Path, batches: int, batch_size: int, download: bool):
+def _calibration(name: str, data_dir: Path, batches: int, batch_size: int, download: bool, image_size: int):
+    """The first ``batches`` batches of the training split of ``name`` (folder images at ``image_size``)."""
     from ..data import dataset_info, get_dataset
 
-    with user_errors(ValueError, FileNotFoundError, what="--calibrate"):
-        ds = get_dataset(name, "train", data_dir, download=download, augment=False) \
-            if not name.startswith("folder:") else get_dataset(name, "train", augment=False)
-        info = dataset_info(name, ds)
+    with user_errors(ValueError, FileNotFoundError, TypeError, what="--calibrate"):
+        if name.startswith("folder:"):
+            ds = get_dataset(name, "train", augment=False, image_size=image_size)
+        else:
+            ds = get_dataset(name, "train", data_dir, download=download, augment=False)
+        info = dataset_info(name, ds, image_size=image_size)
     import torch
 
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True,
@@ -118,7 +121,8 @@ def convert(
         weights = existing_file(weights, "--weights")
     batches, info = (None, None)
     if calibrate is not None:
-        batches, info = _calibration(calibrate, data_dir, calibrate_batches, 16, download)
+        batches, info = _calibration(calibrate, data_dir, calibrate_batches, 16, download,
+                                     shape[-1] if shape else 224)
         if shape is None and info.input_size is not None:
             shape = (in_chans or info.in_channels, *info.input_size)
     if in_chans is None and shape is not None and shape[0] != 3:

@@ -88,8 +88,13 @@ def finetune(
     from ..recipes import FinetuneConfig, load_recipe
     from ..train import fit
 
+    import torch
+
     from ..summary import default_input_size
 
+    if device is not None:
+        with user_errors(RuntimeError, what="--device"):
+            torch.device(device)
     model = load_converted(converted)
     train, val, info = _datasets(data, data_dir, download, default_input_size(model)[-1])
     _check_fit(model, info, train[0][0])
