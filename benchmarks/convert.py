@@ -115,11 +115,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(width=max(100, Console().width))
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
                   f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     t = Table(title="conversion (random weights, no calibration)")
-    for c in ("model", "weights MiB", "min s", "median s", "peak extra RSS MiB", "convs", "safe sites"):
+    for c in ("model", "weights MiB", "min s", "median s", "peak +MiB", "convs", "sites"):
         t.add_column(c, justify="right" if c != "model" else "left")
     for r in bench_conversion(args.repeats):
         t.add_row(r["model"], f"{r['params_mib']:.0f}", f"{r['min_s']:.2f}", f"{r['median_s']:.2f}",
