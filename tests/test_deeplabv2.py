@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from njetify.models.deeplabv2 import check_checkpoint_classes, deeplabv2_resnet101
+from njetify.models.deeplabv2 import MSC, check_checkpoint_classes, deeplabv2_resnet101
 
 
 def _cbr_keys(prefix: str, in_ch: int, out_ch: int, k: int) -> dict[str, tuple]:
@@ -82,24 +82,26 @@ def test_structure_matches_reference():
 def test_forward_shapes_plain_msc_upsample():
     torch.manual_seed(0)
     x = torch.randn(1, 3, 33, 33)
+    model = deeplabv2_resnet101(num_classes=5).eval()
     with torch.no_grad():
-        y = deeplabv2_resnet101(num_classes=5).eval()(x)
-        assert y.shape == (1, 5, 5, 5)  # OS 8 with ceil_mode pooling: 33 → 17 → 9 → 5
-        y = deeplabv2_resnet101(num_classes=5, msc=True).eval()(x)
-        assert y.shape == (1, 5, 5, 5)
-        y = deeplabv2_resnet101(num_classes=5, in_chans=1, upsample=True).eval()(x[:, :1])
-        assert y.shape == (1, 5, 33, 33)
+        assert model(x).shape == (1, 5, 5, 5)  # OS 8 with ceil_mode pooling: 33 → 17 → 9 → 5
+        assert MSC(model.base).eval()(x).shape == (1, 5, 5, 5)
+        assert MSC(model.base, (), upsample=True).eval()(x).shape == (1, 5, 33, 33)
+    gray = deeplabv2_resnet101(num_classes=5, in_chans=1, msc=True)
+    assert gray.base.layer1.conv1.conv.weight.shape == (64, 1, 7, 7) and gray.scales == (0.5, 0.75)
 
 
 def test_msc_fuses_by_max_and_return_all():
     torch.manual_seed(0)
-    m = deeplabv2_resnet101(num_classes=3, msc=True, return_all=True)
-    m.base.freeze_bn()
+    base = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.Conv2d(4, 3, 3, 4, 1))  # a tiny stand-in, OS 8
+    m = MSC(base, return_all=True).train()
     x = torch.randn(1, 3, 33, 33)
-    outs = m(x)
-    assert isinstance(outs, list) and len(outs) == 4  # full, 0.5, 0.75, fused
-    full = outs[0]
-    assert torch.all(outs[-1] >= full - 1e-6)
+    full, half, three_quarter, fused = m(x)
+    assert full.shape == fused.shape == (1, 3, 5, 5) and half.shape[-1] < three_quarter.shape[-1] < 5
+    resize = [torch.nn.functional.interpolate(p, size=(5, 5), mode="bilinear", align_corners=False)
+              for p in (half, three_quarter)]
+    torch.testing.assert_close(fused, torch.stack([full, *resize]).max(0)[0])
+    assert m.eval()(x).shape == (1, 3, 5, 5)  # eval: the fused logits only
 
 
 def test_check_checkpoint_classes():
