@@ -24,7 +24,13 @@ from .layers.safe_subsample import _EPS, _picks
 from .layers.tied import TiedNJetBranch
 
 __all__ = [
-    "FixedSubsample", "Conv2dDynamicSame", "bake", "freeze_subsampling", "export_onnx", "check_onnx", "save_baked",
+    "Conv2dDynamicSame",
+    "FixedSubsample",
+    "bake",
+    "check_onnx",
+    "export_onnx",
+    "freeze_subsampling",
+    "save_baked",
 ]
 
 

@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from njetify.bake import (
-    Conv2dDynamicSame, FixedSubsample, bake, check_onnx, export_onnx, freeze_subsampling, save_baked,
+    Conv2dDynamicSame,
+    FixedSubsample,
+    bake,
+    check_onnx,
+    export_onnx,
+    freeze_subsampling,
+    save_baked,
 )
 from njetify.layers import NJetConv2d, SafeSubsample
 from njetify.layers.tied import TiedNJetConv2d

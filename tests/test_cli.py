@@ -120,7 +120,7 @@ def test_console_script_converts_resnet32(tmp_path):
     script = Path(sys.executable).parent / ("njetify.exe" if os.name == "nt" else "njetify")
     assert script.is_file(), f"console script not installed next to {sys.executable}"
     env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
-    proc = subprocess.run([str(script), "convert", "resnet32", "--order", "3"], cwd=tmp_path, env=env,
+    proc = subprocess.run([str(script), "convert", "resnet32", "--order", "3"], check=False, cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "31 converted" in proc.stdout and "4 made safe" in proc.stdout

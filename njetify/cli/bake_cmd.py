@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -24,10 +23,10 @@ _EPILOG = (
 @command(app, "bake", epilog=_EPILOG)
 def bake(
     converted: Path = typer.Argument(..., help="A file written by 'njetify convert' or 'finetune'."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="PATH",
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="PATH",
                                        help="Baked model, .pt2 or .pt (default: <name>-baked.pt2)."),
-    onnx: Optional[Path] = typer.Option(None, "--onnx", metavar="PATH", help="Also export ONNX here (checked with onnxruntime)."),
-    size: Optional[str] = InputSizeOption,
+    onnx: Path | None = typer.Option(None, "--onnx", metavar="PATH", help="Also export ONNX here (checked with onnxruntime)."),
+    size: str | None = InputSizeOption,
     debug: bool = DebugOption,
 ) -> None:
     """Freeze σ for deployment: plain convolutions and fixed resizes.
@@ -62,12 +61,12 @@ def bake(
     factors = sorted({round(m.factor, 4) for m in baked.modules() if isinstance(m, FixedSubsample)})
     rows = [
         ("convs", ", ".join(f"{n}× {k}x{k}" for k, n in sorted(counts.items())) or "none"),
-        ("resizes", f"{sum(isinstance(m, FixedSubsample) for m in baked.modules())} fixed, factors "
-                    f"{', '.join(map(str, factors)) or '-'}"),
+        ("resizes", (f"{sum(isinstance(m, FixedSubsample) for m in baked.modules())} fixed, factors "
+                     f"{', '.join(map(str, factors)) or '-'}")),
         ("params", pct(stats.params_before, stats.params_after)),
         (f"MACs @{'x'.join(map(str, shape))}", pct(stats.macs_before, stats.macs_after)),
-        ("check", f"max |Δ| vs converted {stats.max_abs_diff:.3g} on a random "
-                  f"{'x'.join(map(str, x.shape))} batch"),
+        ("check", (f"max |Δ| vs converted {stats.max_abs_diff:.3g} on a random "
+                   f"{'x'.join(map(str, x.shape))} batch")),
         ("saved", f"{out} ({out.stat().st_size / 1e6:.2f} MB)"),
     ]
     if onnx is not None:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from .errors import UserError, handle_errors, user_errors
 
 __all__ = [
-    "console", "command", "DebugOption", "InputSizeOption", "input_size", "existing_file", "fmt_count",
+    "DebugOption",
+    "InputSizeOption",
+    "command",
+    "console",
+    "existing_file",
+    "fmt_count",
+    "input_size",
     "load_converted",
 ]
 
@@ -47,7 +52,7 @@ def command(app: typer.Typer, name: str, **kwargs):
     return decorator
 
 
-def input_size(text: Optional[str], default=None) -> tuple[int, int, int] | None:
+def input_size(text: str | None, default=None) -> tuple[int, int, int] | None:
     """Parse ``--input-size`` (``None`` gives ``default``); a bad value is a :class:`UserError`."""
     if text is None:
         return default

@@ -6,7 +6,6 @@ import json
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -29,7 +28,7 @@ class Subsample(str, Enum):
     keep = "keep"
 
 
-def _parse_r(text: Optional[str]):
+def _parse_r(text: str | None):
     if text is None or text == "auto":
         return text
     try:
@@ -71,24 +70,24 @@ def _calibration(name: str, data_dir: Path, batches: int, batch_size: int, downl
 @command(app, "convert", epilog=_EPILOG)
 def convert(
     model: str = typer.Argument(..., help="A model name (see 'njetify models'): built-in, timm:, tv:, smp:."),
-    order: Optional[int] = typer.Option(None, "--order", "-n", min=0, max=8, metavar="N",
+    order: int | None = typer.Option(None, "--order", "-n", min=0, max=8, metavar="N",
                                         help="Derivative order N of the N-Jet layers (default: the recipe's, 3)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", metavar="NAME|PATH",
+    recipe: str | None = typer.Option(None, "--recipe", metavar="NAME|PATH",
                                          help="A built-in recipe (see 'njetify recipes') or a YAML file."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", metavar="PATH", help="Local checkpoint to load first."),
+    weights: Path | None = typer.Option(None, "--weights", "-w", metavar="PATH", help="Local checkpoint to load first."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Library pretrained weights (downloads)."),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, metavar="N", help="Output classes."),
-    in_chans: Optional[int] = typer.Option(None, "--in-chans", min=1, metavar="N", help="Input channels."),
-    size: Optional[str] = InputSizeOption,
-    subsample: Optional[Subsample] = typer.Option(None, "--subsample", metavar="safe|keep", help="safe: learned subsampling; keep: strides stay."),
-    r: Optional[str] = typer.Option(None, "--r", metavar="auto|FLOAT",
+    num_classes: int | None = typer.Option(None, "--num-classes", min=1, metavar="N", help="Output classes."),
+    in_chans: int | None = typer.Option(None, "--in-chans", min=1, metavar="N", help="Input channels."),
+    size: str | None = InputSizeOption,
+    subsample: Subsample | None = typer.Option(None, "--subsample", metavar="safe|keep", help="safe: learned subsampling; keep: strides stay."),
+    r: str | None = typer.Option(None, "--r", metavar="auto|FLOAT",
                                     help="Safe-subsampling r: auto keeps the original sizes at σ₀; the paper uses 4."),
-    calibrate: Optional[str] = typer.Option(None, "--calibrate", metavar="DATASET",
+    calibrate: str | None = typer.Option(None, "--calibrate", metavar="DATASET",
                                             help="Data-aware fit on a few batches of DATASET (mnist, cifar10, ...)."),
     calibrate_batches: int = typer.Option(4, "--calibrate-batches", min=1, metavar="N", help="Batches for --calibrate."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", metavar="DIR", help="Where data sets live."),
     download: bool = typer.Option(False, "--download", help="Download the --calibrate data set if missing."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="PATH", help="Output file (default: MODEL-njet.safetensors)."),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="PATH", help="Output file (default: MODEL-njet.safetensors)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Convert and report, write nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON only (for scripts)."),
     debug: bool = DebugOption,
@@ -177,12 +176,12 @@ def _print(model, shape, report, stats, path, dry_run) -> None:
         ("fit", f"{report.calibration.get('fit')}"),
         ("params", pct(stats.params_before, stats.params_after)),
         (f"MACs @{size}", pct(stats.macs_before, stats.macs_after)),
-        ("output", f"max |Δ| {stats.max_abs_diff:.3g} (max |y| {stats.max_abs_output:.3g}, rel {rel:.2g}) "
-                   f"on a random {'x'.join(map(str, stats.input_shape))} batch"),
+        ("output", (f"max |Δ| {stats.max_abs_diff:.3g} (max |y| {stats.max_abs_output:.3g}, rel {rel:.2g}) "
+                    f"on a random {'x'.join(map(str, stats.input_shape))} batch")),
     ]
     if tuple(stats.output_shape_before) != tuple(stats.output_shape_after):
-        rows.append(("shape", f"[red]output {stats.output_shape_after} differs from the original "
-                              f"{stats.output_shape_before}[/]"))
+        rows.append(("shape", (f"[red]output {stats.output_shape_after} differs from the original "
+                               f"{stats.output_shape_before}[/]")))
     rows.append(("saved", "nothing (--dry-run)" if dry_run else f"{path} ({_mb(path)})"))
     con.print(kv_table(rows, title=f"{model} → N-Jet"))
 

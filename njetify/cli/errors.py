@@ -18,7 +18,7 @@ import warnings
 import click
 import typer
 
-__all__ = ["UserError", "handle_errors", "user_errors", "is_offline_error", "EXIT_USER", "EXIT_INTERNAL"]
+__all__ = ["EXIT_INTERNAL", "EXIT_USER", "UserError", "handle_errors", "is_offline_error", "user_errors"]
 
 EXIT_USER = 2
 EXIT_INTERNAL = 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -70,27 +69,26 @@ def finetune(
                                   "mnist-multiscale-seg."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", metavar="DIR", help="Where data sets live."),
     download: bool = typer.Option(False, "--download", help="Download the data set if missing (needs internet)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, metavar="N", help="Epochs (default: the recipe's)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, metavar="N", help="Global batch size."),
-    lr: Optional[float] = typer.Option(None, "--lr", metavar="LR", help="Learning rate of the weights."),
-    sigma_lr: Optional[float] = typer.Option(None, "--sigma-lr", metavar="LR", help="Learning rate of the σ's."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, metavar="N", help="Stop after this many steps."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
+    epochs: int | None = typer.Option(None, "--epochs", "-e", min=1, metavar="N", help="Epochs (default: the recipe's)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", "-b", min=1, metavar="N", help="Global batch size."),
+    lr: float | None = typer.Option(None, "--lr", metavar="LR", help="Learning rate of the weights."),
+    sigma_lr: float | None = typer.Option(None, "--sigma-lr", metavar="LR", help="Learning rate of the σ's."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, metavar="N", help="Stop after this many steps."),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR",
                                        help="Run folder (default: <model>-finetune)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
-    device: Optional[str] = typer.Option(None, "--device", metavar="DEV", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    device: str | None = typer.Option(None, "--device", metavar="DEV", help="cpu, cuda, cuda:1 (default: cuda if available)."),
     debug: bool = DebugOption,
 ) -> None:
     """Fine-tune a converted model: weights and σ's learn.
 
     Rich progress bars, a checkpoint per epoch, a history file, a final summary.
     """
-    from ..recipes import FinetuneConfig, load_recipe
-    from ..train import fit
-
     import torch
 
+    from ..recipes import FinetuneConfig, load_recipe
     from ..summary import default_input_size
+    from ..train import fit
 
     if device is not None:
         with user_errors(RuntimeError, what="--device"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,10 +25,10 @@ _EPILOG = (
 @command(app, "inspect", epilog=_EPILOG)
 def inspect(
     converted: Path = typer.Argument(..., help="A file written by 'njetify convert' or 'finetune'."),
-    size: Optional[str] = InputSizeOption,
-    plot: Optional[Path] = typer.Option(None, "--plot", metavar="DIR",
+    size: str | None = InputSizeOption,
+    plot: Path | None = typer.Option(None, "--plot", metavar="DIR",
                                         help="Write PNGs: σ per layer, feature-map sizes, one layer's filters."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="N-Jet layer whose filters --plot draws."),
+    layer: str | None = typer.Option(None, "--layer", help="N-Jet layer whose filters --plot draws."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON only."),
     debug: bool = DebugOption,
 ) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from .app import app
@@ -21,7 +19,7 @@ _MODELS_EPILOG = (
 
 @command(app, "models", epilog=_MODELS_EPILOG)
 def models(
-    pattern: Optional[str] = typer.Argument(
+    pattern: str | None = typer.Argument(
         None, help="Glob on model names (case-insensitive); without * or ? it matches names containing it."),
     builtin: bool = typer.Option(False, "--builtin", help="Only the built-in architectures."),
     plain: bool = typer.Option(False, "--plain", help="One name per line, nothing else."),
@@ -84,7 +82,7 @@ _RECIPES_EPILOG = (
 
 @command(app, "recipes", epilog=_RECIPES_EPILOG)
 def recipes(
-    name: Optional[str] = typer.Argument(None, help="A built-in name or a YAML path: print it as YAML."),
+    name: str | None = typer.Argument(None, help="A built-in name or a YAML path: print it as YAML."),
     debug: bool = DebugOption,
 ) -> None:
     """List the built-in recipes, or print one as YAML."""

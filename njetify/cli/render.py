@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .common import fmt_count
 
-__all__ = ["report_tables", "kv_table", "pct"]
+__all__ = ["kv_table", "pct", "report_tables"]
 
 
 def _table(title: str):
@@ -67,7 +67,7 @@ def kv_table(rows: list[tuple[str, str]], title: str | None = None):
     return t
 
 
-def pct(before: int | float | None, after: int | float | None) -> str:
+def pct(before: float | None, after: float | None) -> str:
     """``"1.2M → 1.3M (+8.3%)"``."""
     if before is None or after is None:
         return "-"

@@ -10,6 +10,15 @@ from .core import LayerInfo, ModelSummary, count_macs, parse_input_size, summari
 from .trace import RF, MacCounter, RFTracker
 
 __all__ = [
-    "Comparison", "LayerInfo", "MacCounter", "ModelSummary", "RF", "RFTracker", "compare_models",
-    "count_macs", "default_input_size", "parse_input_size", "summarize",
+    "RF",
+    "Comparison",
+    "LayerInfo",
+    "MacCounter",
+    "ModelSummary",
+    "RFTracker",
+    "compare_models",
+    "count_macs",
+    "default_input_size",
+    "parse_input_size",
+    "summarize",
 ]

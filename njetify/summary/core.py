@@ -19,7 +19,7 @@ from ..layers import NJetConv2d, SafeSubsample
 from ..layers.tied import TiedNJetBranch
 from .trace import MacCounter, RFTracker
 
-__all__ = ["LayerInfo", "ModelSummary", "summarize", "count_macs", "parse_input_size"]
+__all__ = ["LayerInfo", "ModelSummary", "count_macs", "parse_input_size", "summarize"]
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from .core import ModelSummary
 
-__all__ = ["plot_sigmas", "plot_feature_sizes", "plot_filters", "plot_all", "as_history"]
+__all__ = ["as_history", "plot_all", "plot_feature_sizes", "plot_filters", "plot_sigmas"]
 
 
 def _plt():

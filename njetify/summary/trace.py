@@ -31,14 +31,14 @@ class RF:
     rf: tuple[float, float] = (1.0, 1.0)
     jump: tuple[float, float] = (1.0, 1.0)
 
-    def merge(self, other: "RF") -> "RF":
+    def merge(self, other: RF) -> RF:
         return RF(tuple(map(max, self.rf, other.rf)), tuple(map(max, self.jump, other.jump)))
 
-    def window(self, k: tuple[int, int], stride: tuple[int, int], dilation=(1, 1)) -> "RF":
+    def window(self, k: tuple[int, int], stride: tuple[int, int], dilation=(1, 1)) -> RF:
         rf = tuple(r + (kk - 1) * d * j for r, kk, d, j in zip(self.rf, k, dilation, self.jump))
         return RF(rf, tuple(j * s for j, s in zip(self.jump, stride)))
 
-    def resize(self, ratio: tuple[float, float], spread: tuple[float, float]) -> "RF":
+    def resize(self, ratio: tuple[float, float], spread: tuple[float, float]) -> RF:
         rf = tuple(r + s * j for r, s, j in zip(self.rf, spread, self.jump))
         return RF(rf, tuple(j * q for j, q in zip(self.jump, ratio)))
 
@@ -163,9 +163,9 @@ class MacCounter(TorchFunctionMode):
     normalisation and pooling are not counted (the usual convention).
     """
 
-    _CONVS = {"conv1d", "conv2d", "conv3d"}
-    _TCONVS = {"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
-    _MATMULS = {"linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "__matmul__"}
+    _CONVS = frozenset({"conv1d", "conv2d", "conv3d"})
+    _TCONVS = frozenset({"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
+    _MATMULS = frozenset({"linear", "matmul", "mm", "bmm", "addmm", "baddbmm", "__matmul__"})
 
     def __init__(self):
         super().__init__()
