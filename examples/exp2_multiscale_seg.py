@@ -208,8 +208,8 @@ def reading(res: dict, steps: int, n_train: int, floor: float) -> str:
     return (f"**Reading.** {s0}{s1}; {s2}. The paper's claim is that the fixed 3×3 receptive field of the baseline "
             f"cannot cover large digits while a learned σ can. These runs are very short ({steps} AdamW steps on "
             f"{n_train} canvases, one seed), so mIoU differences of a few points are within run-to-run noise, "
-            "and every mIoU stays far below the paper's. To run the experiment at a size where the U-Nets learn the "
-            "digits (hours on this CPU, minutes on a GPU): `--width 16 --n-train 2000 --epochs 20 --batch-size 8`.")
+            "and every mIoU stays far below the paper's. A longer run (not measured here) is a matter of options, e.g. "
+            "`--width 16 --n-train 2000 --epochs 20 --batch-size 8`.")
 
 
 if __name__ == "__main__":
