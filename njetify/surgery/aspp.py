@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from ..layers.tied import TiedNJetConv2d
+from ..layers.tied import TiedNJetBranch, TiedNJetConv2d
 from .aspp_detect import AsppHead, AsppSkip, find_heads, trace_regions
 
 #: Default filter-size cap of :func:`tie_aspp`: 127 px covers rate 63 at extent 2 (σ₀ 31.5).
@@ -260,7 +260,9 @@ def aspp_pass(ctx) -> None:
                     fit_error=r.branch_errors[k] if r.branch_errors else None,
                     reason=f"filter capped at max_size={r.max_size}" if path in r.capped else None,
                 ))
-    if not heads:
+    if not heads and any(isinstance(m, TiedNJetBranch) for m in ctx.model.modules()):
+        report.note("aspp: the model's ASPP branches are already tied")
+    elif not heads:
         msg = "recipe aspp.tie: true, but no ASPP head (parallel dilated convs meeting in a sum/concat) was found"
         warnings.warn(f"njetify: {msg}", stacklevel=3)
         report.note(msg)
