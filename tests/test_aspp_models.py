@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from njetify import basis as B
@@ -53,7 +52,7 @@ def test_deeplabv2_head(deeplabv2):
         before = model(x).shape
     model, rows = tie_aspp(model, order=3)
     nf = B.num_basis(3)
-    y, owner = _check_tied(model, x, rows, path="base.aspp", rates=(6, 12, 18, 24),
+    y, _ = _check_tied(model, x, rows, path="base.aspp", rates=(6, 12, 18, 24),
                            branch_params=4 * 21 * 2048 * 9 + 4 * 21, k=4)
     assert rows[0].params_after == nf * 21 * 2048 + 4 + 4 * 21
     assert rows[0].merge == "sum" and rows[0].sizes == [13, 25, 37, 49]
@@ -82,7 +81,7 @@ def test_torchvision_deeplabv3(name):
     with torch.no_grad():
         before = _out(model(x)).shape
     model, rows = tie_aspp(model)
-    y, owner = _check_tied(model, x, rows, path="classifier.0.convs", rates=(12, 24, 36),
+    y, _ = _check_tied(model, x, rows, path="classifier.0.convs", rates=(12, 24, 36),
                            branch_params=3 * 256 * cin * 9, k=3)
     assert rows[0].merge == "concat" and y.shape == before
     assert rows[0].params_after == 10 * 256 * cin + 3  # bias-free branches: α + 3 σ

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import basis as B
-from ._checks import check_channels, check_choice, check_order, check_positive, conv_kind
+from ._checks import check_channels, check_choice, check_order, check_positive
+from ._tied_checks import check_tieable, conv_trim
 from .njet_conv import PADDING_MODES
 from .tied_fit import TiedMoments, joint_data_aware_fit, joint_weight_fit, tap_offsets
 
@@ -111,7 +112,7 @@ class TiedNJetConv2d(nn.Module):
         return self.log_sigma.shape[0]
 
     @property
-    def branches(self) -> tuple["TiedNJetBranch", ...]:
+    def branches(self) -> tuple[TiedNJetBranch, ...]:
         """The K branch views (modules that evaluate one branch each)."""
         return self._branches
 
@@ -250,7 +251,7 @@ class TiedNJetConv2d(nn.Module):
         *,
         inputs=None,
         **kwargs,
-    ) -> "TiedNJetConv2d":
+    ) -> TiedNJetConv2d:
         """Tie K convolutions that read the same input (DESIGN §5).
 
         σ_k = d_k·(k−1)/(2·extent) unless ``sigmas`` are given. α is the joint least-squares
@@ -269,7 +270,7 @@ class TiedNJetConv2d(nn.Module):
             sigmas = [c.dilation[0] * (c.kernel_size[0] - 1) / (2.0 * extent) for c in convs]
         layer = cls(
             c0.in_channels, c0.out_channels, sigmas, order=order, extent=extent, groups=c0.groups,
-            bias=c0.bias is not None, trims=[_trim(c) for c in convs], padding_mode=c0.padding_mode,
+            bias=c0.bias is not None, trims=[conv_trim(c) for c in convs], padding_mode=c0.padding_mode,
             device=c0.weight.device, dtype=c0.weight.dtype, **kwargs,
         )
         layer.fit_([c.weight for c in convs], [c.dilation[0] for c in convs], inputs=inputs)
@@ -369,44 +370,5 @@ class TiedNJetBranch(nn.Module):
 
     def extra_repr(self) -> str:
         o = self.owner
-        return f"branch {self.index}/{o.num_branches}, sigma={float(self.sigma.detach()):.3g}, size={self.kernel_size[0]}"
-
-
-def check_tieable(convs) -> None:
-    """Raise ``ValueError`` naming the first difference that keeps ``convs`` from being tied."""
-    if len(convs) < 1:
-        raise ValueError("convs must hold at least one nn.Conv2d, got none")
-    for i, c in enumerate(convs):
-        kind = conv_kind(c)
-        if kind is None:
-            raise TypeError(f"convs[{i}] must be an nn.Conv2d, got {type(c).__name__}")
-        if kind != "ok":
-            raise ValueError(f"convs[{i}] cannot be tied: {kind}")
-        if c.stride[0] != 1:
-            raise ValueError(f"convs[{i}] cannot be tied: stride {c.stride[0]} (tied branches run at stride 1)")
-    reason = tie_mismatch(convs)
-    if reason:
-        raise ValueError(f"convs cannot be tied: {reason}")
-
-
-def tie_mismatch(convs) -> str | None:
-    """The first attribute in which ``convs`` differ (as a sentence), or None when they can share α."""
-    c0 = convs[0]
-    for attr in ("in_channels", "out_channels", "groups", "padding_mode"):
-        vals = [getattr(c, attr) for c in convs]
-        if any(v != vals[0] for v in vals):
-            return f"branches differ in {attr} ({', '.join(map(str, vals))})"
-    has_bias = [c.bias is not None for c in convs]
-    if any(b != has_bias[0] for b in has_bias):
-        return f"branches differ in bias ({', '.join(map(str, has_bias))})"
-    del c0
-    return None
-
-
-def _trim(conv: nn.Conv2d) -> int:
-    dense = conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
-    if conv.padding == "same":
-        return 0
-    if conv.padding == "valid":
-        return (dense - 1) // 2
-    return (dense - 1) // 2 - conv.padding[0]
+        sigma = float(self.sigma.detach())
+        return f"branch {self.index}/{o.num_branches}, sigma={sigma:.3g}, size={self.kernel_size[0]}"

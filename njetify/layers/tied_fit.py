@@ -157,7 +157,7 @@ def _basis_responses(x, g1, orders, half) -> torch.Tensor:
 
 def _tap_responses(x, offsets) -> torch.Tensor:
     """``x`` at every tap offset with zero padding: ``(n, c, T, h, w)``; P_t(y, x) = x(y + dy_t, x + dx_t)."""
-    n, c, h, w = x.shape
+    h, w = x.shape[-2:]
     r = int(offsets.abs().max())
     xp = F.pad(x, (r, r, r, r))
     return torch.stack([xp[..., r + dy : r + dy + h, r + dx : r + dx + w] for dy, dx in offsets.tolist()], 2)

@@ -21,13 +21,13 @@ bilinearly resized to the input size.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DeepLabV2", "MSC", "deeplabv2_resnet101", "check_checkpoint_classes", "ASPP_RATES"]
+__all__ = ["ASPP_RATES", "MSC", "DeepLabV2", "check_checkpoint_classes", "deeplabv2_resnet101"]
 
 #: ASPP dilation rates of DeepLab v2 (Chen et al., TPAMI 2018: "ASPP-L").
 ASPP_RATES = (6, 12, 18, 24)

@@ -13,14 +13,15 @@ Depthwise-separable branches (smp DeepLabV3Plus) tie their depthwise convs.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..layers.tied import TiedNJetBranch, TiedNJetConv2d
-from .aspp_detect import AsppHead, AsppSkip, find_heads, trace_regions
+from .aspp_detect import AsppHead, find_heads, trace_regions
 
 #: Default filter-size cap of :func:`tie_aspp`: 127 px covers rate 63 at extent 2 (σ₀ 31.5).
 #: Tied branches are evaluated separably, so the cost grows linearly with the size.

@@ -20,7 +20,8 @@ from torch import fx, nn
 
 from ..layers import NJetConv2d
 from ..layers._checks import conv_kind
-from ..layers.tied import TiedNJetBranch, TiedNJetConv2d, tie_mismatch
+from ..layers._tied_checks import tie_mismatch
+from ..layers.tied import TiedNJetBranch, TiedNJetConv2d
 
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add, builtins.sum, torch.sum}
 _ADD_METHODS = {"add", "add_", "__add__", "__iadd__", "__radd__"}
@@ -128,7 +129,7 @@ def find_heads(graph: fx.Graph, root: nn.Module, prefix: str = "") -> tuple[list
 
 def _select(paths, mods, kind) -> tuple[AsppHead | None, AsppSkip | None]:
     """Keep the largest set of branches that can share α; report the others."""
-    sig = lambda m: (m.in_channels, m.out_channels, m.groups, m.bias is not None, m.padding_mode)  # noqa: E731
+    sig = lambda m: (m.in_channels, m.out_channels, m.groups, m.bias is not None, m.padding_mode)
     by_sig: dict[tuple, list[int]] = {}
     for i, m in enumerate(mods):
         by_sig.setdefault(sig(m), []).append(i)
