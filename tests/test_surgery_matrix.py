@@ -15,13 +15,13 @@ tvm = pytest.importorskip("torchvision.models")
 
 FAST = {
     "timm/resnet18": lambda: timm.create_model("resnet18"),
+    "tv/mobilenet_v3_small": lambda: tvm.mobilenet_v3_small(),
+}
+SLOW = {
     "timm/mobilenetv3_small_100": lambda: timm.create_model("mobilenetv3_small_100"),
     "timm/convnext_atto": lambda: timm.create_model("convnext_atto"),
     "tv/resnet18": lambda: tvm.resnet18(),
-}
-SLOW = {
     "timm/regnetx_002": lambda: timm.create_model("regnetx_002"),
-    "tv/mobilenet_v3_small": lambda: tvm.mobilenet_v3_small(),
     "timm/resnet50d": lambda: timm.create_model("resnet50d"),
     "timm/efficientnet_b0": lambda: timm.create_model("efficientnet_b0"),
     "timm/densenet121": lambda: timm.create_model("densenet121"),

@@ -13,7 +13,6 @@ from torch import nn
 from ..basis import MAX_ORDER
 from ..layers._checks import conv_kind
 from ..recipes.schema import Recipe
-from .aspp import aspp_pass
 from .calibrate import calibrate_pass
 from .context import PASSES, Pass, SurgeryContext, run_passes
 from .convs import conv_pass
@@ -84,7 +83,6 @@ def _out_shapes(out):
 PASSES[:] = [
     Pass("trace", trace_pass),
     Pass("shapes", _shapes_pass),
-    Pass("aspp", aspp_pass, lambda ctx: ctx.recipe.aspp.tie),  # ASPP tying (njetify/surgery/aspp.py)
     Pass("plan", plan_pass),
     Pass("aspp", _aspp_pass, lambda ctx: bool(ctx.recipe.aspp.tie)),
     Pass("convs", conv_pass),
@@ -211,7 +209,6 @@ def convert(
         msg = f"{type(model).__name__} has no convertible convolution: returned unchanged"
         warnings.warn(f"njetify: {msg}", stacklevel=2)
         report.tracing["mode"] = "none"
-        report.note(msg)
         conv_pass(ctx)  # rows that say why each conv was kept
         ctx.model = work  # conv_pass converted nothing
         report.params_after = report.params_before
