@@ -167,6 +167,13 @@ def test_copy_inplace_mode_dtype_and_deepcopy():
     assert clone.state_dict().keys() == conv.state_dict().keys()
     assert type(clone.layer1) is type(model.layer1)  # container classes survive the copy
     assert "layer1.conv1.alpha" in conv.state_dict() and "layer1.bn1.running_mean" in conv.state_dict()
+    buf = io.BytesIO()
+    torch.save(conv, buf)  # whole-model pickling keeps the hierarchy too
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert type(loaded.layer1) is type(model.layer1) and type(loaded).__name__ == "TinyResNet"
+    x = torch.randn(1, 3, 33, 33, dtype=torch.float64)
+    torch.testing.assert_close(loaded(x), conv(x))
     train_model = TinyResNet().train()
     assert njetify.njetify(train_model).training
     same = njetify.njetify(train_model, inplace=True)

@@ -94,7 +94,7 @@ class NJetGraphModule(fx.GraphModule):
 
     def __reduce__(self):
         fn, args = super().__reduce__()[:2]
-        return (_rebuild, (fn, args, dict(self._modules), _extras(self)))
+        return (_rebuild, (fn, args, dict(self._modules), _extras(self), type(self).__name__))
 
 
 def _extras(gm) -> dict:
@@ -111,9 +111,9 @@ def _restore(gm: nn.Module, children: dict, extras: dict) -> None:
     gm.__dict__["_njet_extra_attrs"] = tuple(k for k in extras if k != "_njet_seq_names")
 
 
-def _rebuild(fn, args, children, extras):
+def _rebuild(fn, args, children, extras, class_name="GraphModule"):
     plain = fn(*args)
-    gm = NJetGraphModule(plain, plain.graph, class_name=type(plain).__name__)
+    gm = NJetGraphModule(plain, plain.graph, class_name=class_name)
     _restore(gm, children, extras)
     return gm
 
