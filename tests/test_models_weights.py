@@ -164,3 +164,13 @@ def test_kazuto_checkpoint_variants():
     report = load_weights(model, coco)  # COCO-Stuff head into a 21-class model: head skipped, reported
     assert sorted(m[0] for m in report.mismatched) == [f"base.aspp.c{i}.{p}" for i in range(4) for p in ("bias", "weight")]
     assert report.missing == [] and report.unexpected == []
+
+
+def test_create_model_rejects_checkpoint_with_other_classes(tmp_path):
+    """A COCO-Stuff (182-class) DeepLab v2 checkpoint asked for as a 21-class model: one clear error."""
+    path = tmp_path / "coco.pth"
+    torch.save({f"base.aspp.c{i}.weight": torch.zeros(182, 2048, 3, 3) for i in range(4)}, path)
+    with pytest.raises(ValueError, match=r"predicts 182 classes, but num_classes=21.*pass num_classes=182"):
+        create_model("deeplabv2_resnet101", weights=path)
+    with pytest.raises(ValueError, match=r"predicts 182 classes, but num_classes=21"):
+        create_model("deeplabv2_resnet101", num_classes=21, weights=path)

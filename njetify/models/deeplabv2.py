@@ -196,8 +196,8 @@ def deeplabv2_resnet101(
     return MSC(base, scales if msc else (), upsample=upsample, return_all=return_all)
 
 
-def check_checkpoint_classes(state_dict: Mapping[str, torch.Tensor], num_classes: int) -> int | None:
-    """Check that a DeepLab v2 checkpoint's ASPP predicts ``num_classes`` classes.
+def check_checkpoint_classes(state_dict: Mapping[str, torch.Tensor], num_classes: int | None) -> int | None:
+    """Check that a DeepLab v2 checkpoint's ASPP predicts ``num_classes`` classes (None: 21).
 
     Looks for ``aspp.c0.weight`` under any prefix (``base.``, ``module.base.``, …).
 
@@ -207,6 +207,7 @@ def check_checkpoint_classes(state_dict: Mapping[str, torch.Tensor], num_classes
     Raises:
         ValueError: naming both numbers when they differ.
     """
+    num_classes = 21 if num_classes is None else num_classes
     for key, value in state_dict.items():
         if key == "aspp.c0.weight" or key.endswith(".aspp.c0.weight"):
             found = int(value.shape[0])

@@ -30,13 +30,18 @@ class ModelEntry:
     name: str
     fn: Callable[..., nn.Module]
     description: str
+    #: ``check_weights(state_dict, num_classes)`` (num_classes None: the builder's default) raises
+    #: ValueError when a checkpoint cannot fit the requested model, e.g. a head for other classes.
+    check_weights: Callable[..., object] | None = None
 
 
 _BUILTINS: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, description: str = "", overwrite: bool = False):
+def register_model(name: str, *, description: str = "", overwrite: bool = False, check_weights=None):
     """Decorator registering a builder ``fn(num_classes=None, in_chans=None, **kwargs) -> nn.Module``.
+
+    ``check_weights(state_dict, num_classes)`` (optional) vets a ``weights=`` checkpoint before it loads.
 
     ``name`` must not contain ``:`` (reserved for library prefixes). Registering a
     name twice with a different function raises unless ``overwrite=True``.
@@ -51,7 +56,7 @@ def register_model(name: str, *, description: str = "", overwrite: bool = False)
         if old is not None and old.fn is not fn and not overwrite:
             raise ValueError(f"register_model: {name!r} is already registered (by {old.fn.__module__}); pass overwrite=True")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _BUILTINS[name] = ModelEntry(name, fn, description or (doc[0] if doc else ""))
+        _BUILTINS[name] = ModelEntry(name, fn, description or (doc[0] if doc else ""), check_weights)
         return fn
 
     return decorator
@@ -147,9 +152,12 @@ def create_model(
     if weights is not None:
         import warnings
 
-        from .weights import load_weights
+        from .weights import load_weights, read_state_dict
 
-        report = load_weights(model, weights)
+        state = read_state_dict(weights)
+        if entry is not None and entry.check_weights is not None:
+            entry.check_weights(state, num_classes)
+        report = load_weights(model, state)
         if not report.ok:
             warnings.warn(f"create_model({name!r}, weights=...): {report.summary()}", stacklevel=2)
     setattr(
