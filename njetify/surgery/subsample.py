@@ -8,7 +8,7 @@ becomes a :class:`StridelessPool2d` in ``stride1_pool``.
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 
 from ..layers import SafeSubsample
 from .context import SurgeryContext
