@@ -2,8 +2,8 @@
 
 Prints two tables:
 
-1. conversion time (min / median of ``--repeats`` runs) and peak extra memory (RSS
-   sampled every 2 ms during the conversion, minus the RSS before it) for timm
+1. conversion time (min / median of ``--repeats`` runs) and peak extra memory of the
+   first conversion (RSS sampled every 2 ms, minus the RSS before it; one process per model) for timm
    resnet50 and efficientnet_b0;
 2. one SGD training step of converted vs original torchvision resnet18 at 64×64,
    batch 32, for ``subsample="safe"`` and ``"keep"`` — as a ratio against the
@@ -15,8 +15,11 @@ Run: ``uv run python benchmarks/convert.py [--repeats 3] [--steps 5] [--threads 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -55,26 +58,33 @@ class PeakRSS:
 
 
 def bench_conversion(repeats: int) -> list[dict]:
-    import timm
-
+    """Each model in a fresh process, so memory freed by one model does not hide the next one's peak."""
     rows = []
     for name in ("resnet50", "efficientnet_b0"):
-        torch.manual_seed(0)
-        model = timm.create_model(name).eval()
-        times, peaks = [], []
-        for _ in range(repeats):
-            with PeakRSS() as mem:
-                t0 = time.perf_counter()
-                conv, report = njetify.convert(model)
-                times.append(time.perf_counter() - t0)
-            peaks.append(mem.peak)
-            del conv
-        rows.append({
-            "model": f"timm/{name}", "params_mib": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
-            "min_s": min(times), "median_s": statistics.median(times), "peak_mib": max(peaks),
-            "converted": report.converted, "sites": len(report.select("subsample", "subsampled")),
-        })
+        out = subprocess.run([sys.executable, __file__, "--one", name, "--repeats", str(repeats)],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return rows
+
+
+def _convert_one(name: str, repeats: int) -> dict:
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    times, peaks = [], []
+    for _ in range(repeats):
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            conv, report = njetify.convert(model)
+            times.append(time.perf_counter() - t0)
+        peaks.append(mem.peak)
+        del conv
+    return {
+        "model": f"timm/{name}", "params_mib": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+        "min_s": min(times), "median_s": statistics.median(times), "peak_mib": peaks[0],
+        "converted": report.converted, "sites": len(report.select("subsample", "subsampled")),
+    }
 
 
 def _step(model, opt, x, y):
@@ -112,9 +122,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="conversions per model (default 3)")
     ap.add_argument("--steps", type=int, default=5, help="timed training steps per model (default 5)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one model, JSON out
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.one:
+        print(json.dumps(_convert_one(args.one, args.repeats)))
+        return
     console = Console(width=max(100, Console().width))
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
                   f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
