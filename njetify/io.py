@@ -23,6 +23,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .surgery.report import REPORT_ATTR
+
 __all__ = ["save", "load", "read_metadata", "FORMAT_VERSION", "META_KEY"]
 
 #: Version of the file layout; :func:`load` refuses files with a higher number.
@@ -30,7 +32,7 @@ FORMAT_VERSION = 1
 #: safetensors metadata key that holds the JSON document.
 META_KEY = "njetify"
 #: Attributes on a model that :func:`save` reads when no explicit argument is given.
-SOURCE_ATTR, REPORT_ATTR, META_ATTR = "njetify_source", "njetify_report", "njetify_meta"
+SOURCE_ATTR, META_ATTR = "njetify_source", "njetify_meta"
 
 
 # --------------------------------------------------------------------------- helpers

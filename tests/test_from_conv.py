@@ -110,3 +110,11 @@ def test_explicit_sigma_and_kwargs():
     conv = nn.Conv2d(2, 2, 3, padding=1)
     layer = NJetConv2d.from_conv(conv, order=2, sigma=1.0, learn_sigma=False, max_size=7)
     assert layer.kernel_size == (5, 5) and not layer.log_sigma.requires_grad and layer.max_size == 7
+
+
+def test_from_conv_with_sigma_per_channel():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    layer = NJetConv2d.from_conv(conv, order=4, sigma_per="channel")
+    assert layer.sigma.shape == (4,) and layer.fit_error < 1e-5
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(layer(x), conv(x), atol=1e-5, rtol=1e-4)

@@ -204,3 +204,12 @@ def test_corrupt_and_incompatible_files(saved, tmp_path):
         load(garbage)
     with pytest.raises(FileNotFoundError):
         load(tmp_path / "missing.safetensors")
+
+
+def test_save_needs_no_report_argument(tmp_path):
+    """convert() leaves its report on the model, so save(model, path) is enough."""
+    converted, _ = convert(njetify.create_model("resnet20"))
+    path = save(converted, tmp_path / "plain.safetensors")
+    loaded = load(path)
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(converted.eval()(x), loaded.eval()(x))

@@ -69,7 +69,7 @@ def test_safe_subsample_errors():
         SafeSubsample(NJetConv2d(2, 2), 1)
 
 
-def test_fit_rejects_per_channel_sigma():
-    layer = NJetConv2d(2, 2, sigma_per="channel")
-    with pytest.raises(ValueError, match="sigma_per='layer'"):
+def test_fit_rejects_unequal_per_channel_sigma():
+    layer = NJetConv2d(2, 2, sigma=[0.5, 1.0], sigma_per="channel")
+    with pytest.raises(ValueError, match="per-channel σ differ"):
         layer.fit_(torch.randn(2, 2, 3, 3))

@@ -257,3 +257,11 @@ def test_paper_recipes_convert_their_models(model_name, kwargs, recipe, shape):
     assert all(torch.allclose(m.sigma, torch.tensor(1.0)) for m in njet)  # σ₀ = 1 in the paper recipes
     subsampled = report.select(kind="subsample", action="subsampled")
     assert bool(subsampled) == (rec.subsample.mode == "safe")
+
+
+def test_convert_rejects_a_rule_that_matches_no_module():
+    from njetify import convert, create_model
+    from njetify.recipes import Recipe, RecipeError, Rule
+
+    with pytest.raises(RecipeError, match=r"rules\[0\]\.match: 'layer9\.\*' matches no module of CifarResNet"):
+        convert(create_model("resnet20"), recipe=Recipe(rules=[Rule(match="layer9.*", order=2)]))

@@ -318,9 +318,12 @@ class NJetConv2d(nn.Module):
         With ``inputs`` (a tensor or an iterable of tensors reaching this layer) the
         fit is data-aware. Returns and stores the relative weight-space error.
         """
-        if self.sigma_per != "layer":
-            raise ValueError("NJetConv2d.fit_: fitting needs sigma_per='layer' (one basis for all outputs)")
         basis = self.basis()
+        if self.sigma_per == "channel":  # one basis for all outputs only while all σ are equal
+            if not torch.allclose(self.log_sigma, self.log_sigma[:1].expand_as(self.log_sigma)):
+                raise ValueError("NJetConv2d.fit_: per-channel σ differ; fitting needs one σ for all outputs "
+                                 "(fit at sigma_per='layer', then set the σ per channel)")
+            basis = basis[0]
         if inputs is None or kernel.shape[-1] > basis.shape[-1]:
             alpha, err = weight_space_fit(kernel, basis)
         else:

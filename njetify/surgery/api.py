@@ -12,13 +12,14 @@ from torch import nn
 
 from ..basis import MAX_ORDER
 from ..layers._checks import conv_kind
+from ..recipes import validate_rules_against
 from ..recipes.schema import Recipe
 from .calibrate import calibrate_pass
 from .context import PASSES, Pass, SurgeryContext, run_passes
 from .convs import conv_pass
 from .guards import guard_pass
 from .plan import plan_pass
-from .report import ConversionReport
+from .report import REPORT_ATTR, ConversionReport
 from .subsample import subsample_pass
 from .trace import example_shapes, trace_pass
 from .util import count_params, evaluating, first_input, model_device_dtype, to_model
@@ -177,6 +178,7 @@ def convert(
     if not isinstance(inplace, bool):
         raise TypeError(f"inplace must be a bool, got {inplace!r}")
     rec = resolve_recipe(recipe, order=order, subsample=subsample, r=r)
+    validate_rules_against(rec, model)  # a rule glob that matches no module is a recipe error
     examples = _as_tuple(example_inputs)
     report = ConversionReport(
         recipe=_recipe_dict(rec),
@@ -212,8 +214,10 @@ def convert(
         conv_pass(ctx)  # rows that say why each conv was kept
         ctx.model = work  # conv_pass converted nothing
         report.params_after = report.params_before
+        setattr(work, REPORT_ATTR, report)
         return work, report
     run_passes(ctx)
+    setattr(ctx.model, REPORT_ATTR, report)  # what njetify.save needs to rebuild the model
     return ctx.model, report
 
 

@@ -9,6 +9,10 @@ from typing import Any
 ACTIONS = ("converted", "subsampled", "kept", "skipped", "inserted")
 
 
+
+#: Attribute of a converted model that holds its ConversionReport (``njetify.save`` reads it).
+REPORT_ATTR = "njetify_report"
+
 @dataclass
 class ReportRow:
     """One convolution, subsampling site or inserted module.
