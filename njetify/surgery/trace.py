@@ -20,7 +20,7 @@ import sys
 import torch
 from torch import fx, nn
 
-from ..layers import NJetConv2d, SafeSubsample
+from ..layers import NJetConv2d, SafeSubsample, TiedNJetBranch, TiedNJetConv2d
 from .context import Region, SurgeryContext
 
 #: Module types never traced through: their semantics are handled (or kept) as a whole.
@@ -32,6 +32,8 @@ LEAF_TYPES: tuple[type, ...] = (
     nn.modules.pooling._AdaptiveMaxPoolNd,
     NJetConv2d,
     SafeSubsample,
+    TiedNJetBranch,
+    TiedNJetConv2d,
 )
 
 
