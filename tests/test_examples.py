@@ -80,6 +80,7 @@ def test_exp2_quick(tmp_path):
         assert res[key]["njet-order4"]["mean_sigma"] > 0
 
 
+@pytest.mark.slow  # three conversions with calibration and two trainings of a ResNet-20: ~1 CPU-minute
 @needs_mnist
 def test_exp3_quick(tmp_path):
     data = _run("exp3_convert_finetune", "exp3", ["exp3_sigma_fmaps.png"], tmp_path)
