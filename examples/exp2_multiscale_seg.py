@@ -32,6 +32,7 @@ NAME = "exp2"
 UNIT = 0.5  # unit digit = 14 px
 SETTINGS = {"1": (1,), "2": (2,), "4": (4,), "1,2,3,4": (1, 2, 3, 4)}
 MODELS = ("baseline", "njet-order2", "njet-order4")
+COLORS = {"baseline": "tab:blue", "njet-order2": "tab:orange", "njet-order4": "tab:green"}
 
 
 def make_model(kind: str, width: int, seed: int):
@@ -63,9 +64,9 @@ def plot(res: dict, path: Path) -> None:
     keys = list(SETTINGS)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for kind in MODELS:
-        axes[0].plot(keys, [res[k][kind]["miou"] for k in keys], marker="o", label=kind)
+        axes[0].plot(keys, [res[k][kind]["miou"] for k in keys], marker="o", label=kind, color=COLORS[kind])
         if kind != "baseline":
-            axes[1].plot(keys, [res[k][kind]["mean_sigma"] for k in keys], marker="o", label=kind)
+            axes[1].plot(keys, [res[k][kind]["mean_sigma"] for k in keys], marker="o", label=kind, color=COLORS[kind])
     axes[0].set_xlabel("digit scale s (× 14 px)")
     axes[0].set_ylabel("validation mIoU (%)")
     axes[0].set_title("mIoU vs object scale")
