@@ -164,10 +164,12 @@ def main(argv=None) -> None:
     def extra(p):
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
         p.add_argument("--sigma-lr", type=float, default=0.01, help="learning rate of log σ (AdamW)")
+        p.add_argument("--n-train", type=int, default=1500, help="training digits per run (full mode)")
+        p.add_argument("--epochs", type=int, default=3, help="epochs per run (full mode)")
 
     args = C.parse_args(__doc__.splitlines()[0], argv, extra)
     seeds = args.seeds
-    n_train, n_test, epochs = (64, 64, 1) if args.quick else (1500, 1000, 3)
+    n_train, n_test, epochs = (64, 64, 1) if args.quick else (args.n_train, 1000, args.epochs)
     if args.quick:
         seeds = seeds[:2]
     run = C.Run(Path(__file__).name, seeds, args.quick)
