@@ -6,7 +6,9 @@ both), one training step is forward + cross-entropy + backward + SGD step on a
 ``(batch, 3, 32, 32)`` batch. Printed: images/s, the slowdown ``original img/s ÷
 converted img/s`` (the paper reports ~2× for its N-Jet NiN; the target here is ≤ 1.5×
 with ``keep``; ``keep-baked`` separates the cost of the larger materialised kernels from the
-N-Jet machinery, DESIGN §7), and memory:
+N-Jet machinery, DESIGN §7; ``keep-fixed`` freezes σ: the recipe's σ₀ = 1 sits on a filter-size
+boundary, so the first SGD step that grows σ turns every 5×5 filter into 7×7 — the "filters"
+column shows the sizes after the run), and memory:
 
 * CUDA: peak allocated memory during the step (``torch.cuda.max_memory_allocated``);
 * CPU: bytes of the tensors autograd saves for backward (activation memory, each storage
@@ -43,7 +45,12 @@ def build(variant: str) -> nn.Module:
     model = njetify.create_model("resnet32", num_classes=10)
     if variant == "original":
         return model
-    model = njetify.njetify(model, recipe="paper-resnet32", subsample=variant.removesuffix("-baked"))
+    base = variant.removesuffix("-baked").removesuffix("-fixed")
+    model = njetify.njetify(model, recipe="paper-resnet32", subsample=base)
+    if variant.endswith("-fixed"):  # σ frozen at σ₀: filter sizes cannot grow during the steps
+        for m in model.modules():
+            if isinstance(m, njetify.NJetConv2d):
+                m.log_sigma.requires_grad_(False)
     if variant.endswith("-baked"):
         for name, m in list(model.named_modules()):
             if isinstance(m, njetify.NJetConv2d):
@@ -126,8 +133,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--variants", default="original,keep,safe,keep-baked",
-                   help="comma-separated: original (first), keep, safe, keep-baked")
+    p.add_argument("--variants", default="original,keep,keep-fixed,keep-baked,safe",
+                   help="comma-separated: original (first), keep, keep-fixed, keep-baked, safe")
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {list(SETTINGS)}")
     args = p.parse_args()
     if args.threads:
@@ -147,19 +154,31 @@ def main() -> None:
     mem_kind = "peak MiB" if device.type == "cuda" else "saved-for-backward MiB"
     print(f"resnet32, batch {args.batch}, 32×32, device {device} ({torch.get_num_threads()} threads), "
           f"median of {args.rounds} rounds × {args.steps} steps")
-    print(f"{'setting':<20}{'model':<10}{'img/s':>9}{'slowdown':>10}{mem_kind:>24}{'mem ratio':>11}")
+    print(f"{'setting':<20}{'model':<11}{'img/s':>9}{'slowdown':>10}{mem_kind:>24}{'mem ratio':>11}  filters")
     for s in settings:
         row = [c for c in cases if c.setting == s]
         base = row[0]
         for c in row:
-            print(f"{s:<20}{c.variant:<10}{c.ips:>9.1f}{base.ips / c.ips:>9.2f}×{c.memory / 2**20:>24.1f}"
-                  f"{c.memory / base.memory:>10.2f}×")
+            print(f"{s:<20}{c.variant:<11}{c.ips:>9.1f}{base.ips / c.ips:>9.2f}×{c.memory / 2**20:>24.1f}"
+                  f"{c.memory / base.memory:>10.2f}×  {kernel_sizes(c.model)}")
     fp = {c.variant: c for c in cases if c.setting == settings[0]}
     if "keep" in fp:
         print(f"\n{settings[0]}: converted/original slowdown keep {fp['original'].ips / fp['keep'].ips:.2f}× "
               "(target ≤ 1.5×)" + (f", safe {fp['original'].ips / fp['safe'].ips:.2f}×" if "safe" in fp else ""))
-    if "keep" in fp and "keep-baked" in fp:
-        print(f"N-Jet overhead over plain convs with the same kernels: {fp['keep-baked'].ips / fp['keep'].ips:.2f}×")
+    if "keep-fixed" in fp and "keep-baked" in fp:
+        print(f"N-Jet machinery over plain convs with the same kernels (σ fixed): "
+              f"{fp['keep-baked'].ips / fp['keep-fixed'].ips:.2f}×")
+
+
+def kernel_sizes(model: nn.Module) -> str:
+    """Counts of the 3×3+ conv kernel sizes in ``model`` now, e.g. ``31×7``."""
+    sizes: dict[int, int] = {}
+    for m in model.modules():
+        k = m.kernel_size[0] if isinstance(m, njetify.NJetConv2d) else (
+            m.kernel_size[0] if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1 else None)
+        if k is not None:
+            sizes[k] = sizes.get(k, 0) + 1
+    return ", ".join(f"{n}×{k}" for k, n in sorted(sizes.items()))
 
 
 if __name__ == "__main__":
