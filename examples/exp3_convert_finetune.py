@@ -164,7 +164,6 @@ def main(argv=None) -> None:
            "sigma_lr": args.sigma_lr, "params": n_params}
     C.save_json(args.out, NAME, {"meta": run.meta(), "config": cfg, "accuracy": acc,
                                  "history": hist.to_dict(), "final_layers": layer_snapshot(conv)})
-    gain = rows[-1]["val"]["acc"] - acc["original"]
     text = f"""## Experiment 3 — convert a trained network, then fine-tune (paper Fig. 7)
 
 Script: `examples/exp3_convert_finetune.py`. A CIFAR ResNet-20 (`create_model("resnet20",

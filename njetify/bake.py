@@ -16,11 +16,11 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import NJetConv2d, SafeSubsample
-from .layers.safe_subsample import _EPS, _picks
+from .layers.padding import Conv2dDynamicSame
+from .layers.safe_subsample import resize_by, subsampled_size
 from .layers.tied import TiedNJetBranch
 
 __all__ = [
@@ -54,58 +54,13 @@ class FixedSubsample(nn.Module):
 
     def output_size(self, length: int) -> int:
         """Output side for an input side of ``length`` pixels."""
-        return max(1, math.ceil(length * self.factor - _EPS))
+        return subsampled_size(length, self.factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        oh, ow = self.output_size(h), self.output_size(w)
-        if (oh, ow) == (h, w):
-            return x
-        if self.interpolation == "nearest":
-            f = self.factor
-            return x.index_select(-2, _picks(oh, h, f, x.device)).index_select(-1, _picks(ow, w, f, x.device))
-        if self.interpolation == "area":
-            return F.adaptive_avg_pool2d(x, (oh, ow))
-        return F.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=False, antialias=True)
+        return resize_by(x, self.factor, self.interpolation)
 
     def extra_repr(self) -> str:
         return f"factor={self.factor:.6g}, interpolation={self.interpolation!r}"
-
-
-class Conv2dDynamicSame(nn.Conv2d):
-    """``nn.Conv2d`` with TensorFlow "SAME" padding computed from the input size.
-
-    The baked form of an N-Jet layer with ``padding="dynamic_same"`` (from timm's
-    ``Conv2dSame``): total padding ``max((⌈L/stride⌉−1)·stride + k − L, 0)`` per side pair,
-    the smaller half first. Shapes: ``(N, C_in, H, W)`` → ``(N, C_out, ⌈H/stride⌉, ⌈W/stride⌉)``.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size, stride = self.kernel_size[0], self.stride[0]
-        pads = []
-        for length in (x.shape[-1], x.shape[-2]):
-            total = max((math.ceil(length / stride) - 1) * stride + size - length, 0)
-            pads += [total // 2, total - total // 2]
-        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-        x = F.pad(x, pads, mode=mode)
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-
-def _njet_to_conv(layer: NJetConv2d) -> nn.Conv2d:
-    if layer.padding == "same":
-        return layer.to_conv()
-    with torch.no_grad():
-        w = layer.filters().detach().clone()
-    conv = Conv2dDynamicSame(
-        layer.in_channels, layer.out_channels, w.shape[-1], stride=layer.stride, padding=0,
-        groups=layer.groups, bias=layer.bias is not None, padding_mode=layer.padding_mode,
-        device=w.device, dtype=w.dtype,
-    )
-    with torch.no_grad():
-        conv.weight.copy_(w)
-        if layer.bias is not None:
-            conv.bias.copy_(layer.bias)
-    return conv
 
 
 def _set(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -159,7 +114,7 @@ def bake(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         if not path:
             continue
         if isinstance(m, NJetConv2d):
-            _set(model, path, _njet_to_conv(m).train(m.training))
+            _set(model, path, m.to_conv().train(m.training))
         elif isinstance(m, TiedNJetBranch):
             owner = m.owner
             if id(owner) not in tied_convs:

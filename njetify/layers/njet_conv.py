@@ -13,6 +13,7 @@ from torch import nn
 
 from .. import basis as B
 from ..fit import PatchMoments, data_aware_fit, dense_kernel, weight_space_fit
+from .padding import Conv2dDynamicSame, tf_same_pads
 from ._checks import (
     check_channels,
     check_choice,
@@ -219,11 +220,7 @@ class NJetConv2d(nn.Module):
         if self.padding == "same":
             p = half - self.trim
             return [p, p, p, p]
-        pads = []
-        for length in (hw[1], hw[0]):
-            total = max((math.ceil(length / self.stride) - 1) * self.stride + size - length, 0)
-            pads += [total // 2, total - total // 2]
-        return pads
+        return tf_same_pads(hw[0], hw[1], size, self.stride)
 
     def extra_repr(self) -> str:
         sig = self.sigma.detach()
@@ -339,18 +336,16 @@ class NJetConv2d(nn.Module):
     def to_conv(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` with the materialised filter: identical outputs, for deployment.
 
-        ``padding="dynamic_same"`` layers need the input size and cannot be expressed as a
-        plain conv; they raise ``ValueError``.
+        ``padding="dynamic_same"`` layers become a :class:`Conv2dDynamicSame` (TF "SAME"
+        padding from the input size, as timm's ``Conv2dSame``).
         """
-        if self.padding != "same":
-            raise ValueError("NJetConv2d.to_conv: padding='dynamic_same' has no plain nn.Conv2d equivalent")
         with torch.no_grad():
             w = self.filters().detach().clone()
         size = w.shape[-1]
-        pad = (size - 1) // 2 - self.trim
+        pad = (size - 1) // 2 - self.trim if self.padding == "same" else 0
         if pad < 0:
             raise ValueError(f"NJetConv2d.to_conv: the filter ({size} px) is smaller than the trim {self.trim}")
-        conv = nn.Conv2d(
+        conv = (nn.Conv2d if self.padding == "same" else Conv2dDynamicSame)(
             self.in_channels, self.out_channels, size, stride=self.stride, padding=pad,
             groups=self.groups, bias=self.bias is not None, padding_mode=self.padding_mode,
             device=w.device, dtype=w.dtype,

@@ -87,23 +87,33 @@ class SafeSubsample(nn.Module):
 
     def output_size(self, length: int) -> int:
         """Side of the output for an input side of ``length`` pixels, at the current σ."""
-        return max(1, math.ceil(length * self.factor - _EPS))
+        return subsampled_size(length, self.factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        oh, ow = self.output_size(h), self.output_size(w)
-        if (oh, ow) == (h, w):
-            return x
-        if self.interpolation == "nearest":
-            f = self.factor
-            return x.index_select(-2, _picks(oh, h, f, x.device)).index_select(-1, _picks(ow, w, f, x.device))
-        if self.interpolation == "area":
-            return F.adaptive_avg_pool2d(x, (oh, ow))
-        return F.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=False, antialias=True)
+        return resize_by(x, self.factor, self.interpolation)
 
     def extra_repr(self) -> str:
         src = "fixed" if self._source is None else f"source={self.source_name or '?'}, r={self.r:.4g}"
         return f"stride={self.stride}, factor={self.factor:.4g}, {src}, interpolation={self.interpolation!r}"
+
+
+def subsampled_size(length: int, factor: float) -> int:
+    """``⌈length · factor⌉`` (at least 1): the side after subsampling by ``factor``."""
+    return max(1, math.ceil(length * factor - _EPS))
+
+
+def resize_by(x: torch.Tensor, factor: float, interpolation: str = "nearest") -> torch.Tensor:
+    """Resize ``(N, C, H, W)`` to ``(N, C, ⌈H·f⌉, ⌈W·f⌉)``; ``"nearest"`` picks pixels
+    ``⌊i/f⌋`` (top-left aligned, exactly a strided op's at f = 1/stride)."""
+    h, w = x.shape[-2:]
+    oh, ow = subsampled_size(h, factor), subsampled_size(w, factor)
+    if (oh, ow) == (h, w):
+        return x
+    if interpolation == "nearest":
+        return x.index_select(-2, _picks(oh, h, factor, x.device)).index_select(-1, _picks(ow, w, factor, x.device))
+    if interpolation == "area":
+        return F.adaptive_avg_pool2d(x, (oh, ow))
+    return F.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=False, antialias=True)
 
 
 def _picks(out: int, length: int, factor: float, device) -> torch.Tensor:

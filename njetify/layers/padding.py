@@ -1,0 +1,33 @@
+"""TensorFlow "SAME" padding, shared by N-Jet layers and their baked form."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def tf_same_pads(height: int, width: int, size: int, stride: int) -> list[int]:
+    """Pads ``[left, right, top, bottom]`` for a ``size``×``size`` kernel: per axis
+    ``max((⌈L/stride⌉−1)·stride + size − L, 0)`` in total, the smaller half first."""
+    pads = []
+    for length in (width, height):
+        total = max((math.ceil(length / stride) - 1) * stride + size - length, 0)
+        pads += [total // 2, total - total // 2]
+    return pads
+
+
+class Conv2dDynamicSame(nn.Conv2d):
+    """``nn.Conv2d`` with TensorFlow "SAME" padding computed from the input size.
+
+    The baked form of an N-Jet layer with ``padding="dynamic_same"`` (from timm's
+    ``Conv2dSame``). Shapes: ``(N, C_in, H, W)`` → ``(N, C_out, ⌈H/stride⌉, ⌈W/stride⌉)``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = tf_same_pads(x.shape[-2], x.shape[-1], self.kernel_size[0], self.stride[0])
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        x = F.pad(x, pads, mode=mode)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
