@@ -13,21 +13,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from ._blocks import GlobalPoolNet, conv_relu
 from .registry import register_model
 
 __all__ = ["AllCNN"]
 
 
-def _conv(cin: int, cout: int, k: int, stride: int = 1, padding: int | None = None, bn: bool = False) -> list[nn.Module]:
-    pad = k // 2 if padding is None else padding
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride=stride, padding=pad, bias=not bn)]
-    if bn:
-        layers.append(nn.BatchNorm2d(cout))
-    layers.append(nn.ReLU(inplace=True))
-    return layers
-
-
-class AllCNN(nn.Module):
+class AllCNN(GlobalPoolNet):
     """All-CNN-C. Input ``(N, in_chans, H, W)`` (32×32 in the paper) → logits ``(N, num_classes)``.
 
     Args:
@@ -44,25 +36,15 @@ class AllCNN(nn.Module):
         dropout: float = 0.5,
         batch_norm: bool = False,
     ):
-        super().__init__()
         bn = batch_norm
-        self.features = nn.Sequential(
+        super().__init__(nn.Sequential(
             nn.Dropout(input_dropout),
-            *_conv(in_chans, 96, 3, bn=bn), *_conv(96, 96, 3, bn=bn), *_conv(96, 96, 3, stride=2, bn=bn),
+            *conv_relu(in_chans, 96, 3, bn=bn), *conv_relu(96, 96, 3, bn=bn), *conv_relu(96, 96, 3, stride=2, bn=bn),
             nn.Dropout(dropout),
-            *_conv(96, 192, 3, bn=bn), *_conv(192, 192, 3, bn=bn), *_conv(192, 192, 3, stride=2, bn=bn),
+            *conv_relu(96, 192, 3, bn=bn), *conv_relu(192, 192, 3, bn=bn), *conv_relu(192, 192, 3, stride=2, bn=bn),
             nn.Dropout(dropout),
-            *_conv(192, 192, 3, padding=0, bn=bn), *_conv(192, 192, 1, bn=bn), *_conv(192, num_classes, 1, bn=bn),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-    def forward(self, x):
-        return self.pool(self.features(x)).flatten(1)
+            *conv_relu(192, 192, 3, padding=0, bn=bn), *conv_relu(192, 192, 1, bn=bn), *conv_relu(192, num_classes, 1, bn=bn),
+        ))
 
 
 @register_model("allcnn", description="All-CNN-C (Springenberg et al. 2015), 1.37M params")

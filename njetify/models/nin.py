@@ -13,20 +13,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from ._blocks import GlobalPoolNet, conv_relu
 from .registry import register_model
 
 __all__ = ["NiN"]
 
 
-def _conv(cin: int, cout: int, k: int, batch_norm: bool) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=k // 2, bias=not batch_norm)]
-    if batch_norm:
-        layers.append(nn.BatchNorm2d(cout))
-    layers.append(nn.ReLU(inplace=True))
-    return layers
-
-
-class NiN(nn.Module):
+class NiN(GlobalPoolNet):
     """NiN for CIFAR. Input ``(N, in_chans, H, W)`` (32×32 in the paper) → logits ``(N, num_classes)``.
 
     Args:
@@ -35,26 +28,16 @@ class NiN(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, dropout: float = 0.5, batch_norm: bool = False):
-        super().__init__()
         bn = batch_norm
-        self.features = nn.Sequential(
-            *_conv(in_chans, 192, 5, bn), *_conv(192, 160, 1, bn), *_conv(160, 96, 1, bn),
+        super().__init__(nn.Sequential(
+            *conv_relu(in_chans, 192, 5, bn=bn), *conv_relu(192, 160, 1, bn=bn), *conv_relu(160, 96, 1, bn=bn),
             nn.MaxPool2d(3, stride=2, padding=1),
             nn.Dropout(dropout),
-            *_conv(96, 192, 5, bn), *_conv(192, 192, 1, bn), *_conv(192, 192, 1, bn),
+            *conv_relu(96, 192, 5, bn=bn), *conv_relu(192, 192, 1, bn=bn), *conv_relu(192, 192, 1, bn=bn),
             nn.AvgPool2d(3, stride=2, padding=1),
             nn.Dropout(dropout),
-            *_conv(192, 192, 3, bn), *_conv(192, 192, 1, bn), *_conv(192, num_classes, 1, bn),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-    def forward(self, x):
-        return self.pool(self.features(x)).flatten(1)
+            *conv_relu(192, 192, 3, bn=bn), *conv_relu(192, 192, 1, bn=bn), *conv_relu(192, num_classes, 1, bn=bn),
+        ))
 
 
 @register_model("nin", description="Network in Network, CIFAR version (Lin et al. 2014), 0.97M params")
