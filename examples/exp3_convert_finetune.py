@@ -108,16 +108,25 @@ def main(argv=None) -> None:
     def extra(p):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--sigma-lr", type=float, default=0.05, help="fine-tuning learning rate of log σ (SGD)")
+        p.add_argument("--n-pretrain", type=int, default=12000, help="MNIST digits the original is trained on")
+        p.add_argument("--epochs-pretrain", type=int, default=4)
+        p.add_argument("--n-finetune", type=int, default=2000, help="digits per fine-tuning epoch (a subset)")
+        p.add_argument("--epochs-finetune", type=int, default=3)
 
     args = C.parse_args(__doc__.splitlines()[0], argv, extra)
-    n_train, n_test, n_cal, epochs_pre, epochs_ft = (128, 64, 32, 1, 1) if args.quick else (2000, 1000, 256, 3, 3)
+    if args.quick:
+        n_pre, n_train, n_test, n_cal, epochs_pre, epochs_ft = 128, 128, 64, 32, 1, 1
+    else:
+        n_pre, n_train, n_test, n_cal = args.n_pretrain, args.n_finetune, 1000, 256
+        epochs_pre, epochs_ft = args.epochs_pretrain, args.epochs_finetune
     run = C.Run(Path(__file__).name, [args.seed], args.quick)
-    train_ds, test_ds = mnist32("train", n_train, args.data_dir), mnist32("test", n_test, args.data_dir)
+    pre_ds, test_ds = mnist32("train", n_pre, args.data_dir), mnist32("test", n_test, args.data_dir)
+    train_ds = TensorDataset(*(t[:n_train] for t in pre_ds.tensors))  # fine-tuning: the first n_train of them
 
     torch.manual_seed(args.seed)
     model = njetify.create_model("resnet20", num_classes=10, in_chans=1)
-    C.train(model, train_ds, None, task="classification", epochs=epochs_pre, lr=0.05, sigma_lr=0.0,
-            batch_size=32, seed=args.seed, optimizer="sgd", weight_decay=5e-4)
+    pre_hist = C.train(model, pre_ds, None, task="classification", epochs=epochs_pre, lr=0.05, sigma_lr=0.0,
+                       batch_size=32, seed=args.seed, optimizer="sgd", weight_decay=5e-4)
     acc = {"original": C.evaluate(model, test_ds, "classification")}
     print(f"original ResNet-20: {acc['original']:.2f}%", flush=True)
 
@@ -160,7 +169,7 @@ def main(argv=None) -> None:
     site_rows = [[s, "×".join(map(str, orig_sizes[s])), "×".join(map(str, rows[-1]["feature_sizes"][s])),
                   hist.meta["subsample_sources"].get(s, "?")] for s in orig_sizes]
     n_params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in conv.parameters()))
-    cfg = {"n_train": n_train, "n_test": n_test, "n_cal": n_cal, "epochs_pre": epochs_pre, "epochs_ft": epochs_ft,
+    cfg = {"n_pretrain": n_pre, "n_train": n_train, "n_test": n_test, "n_cal": n_cal, "epochs_pre": epochs_pre, "epochs_ft": epochs_ft,
            "sigma_lr": args.sigma_lr, "params": n_params}
     C.save_json(args.out, NAME, {"meta": run.meta(), "config": cfg, "accuracy": acc,
                                  "history": hist.to_dict(), "final_layers": layer_snapshot(conv)})
@@ -168,13 +177,14 @@ def main(argv=None) -> None:
 
 Script: `examples/exp3_convert_finetune.py`. A CIFAR ResNet-20 (`create_model("resnet20",
 in_chans=1)`, {n_params[0]:,} parameters) trained from scratch for {epochs_pre} epochs (SGD 0.05,
-momentum 0.9, cosine, batch 32) on {n_train} MNIST digits zero-padded to 32×32, then converted with
+momentum 0.9, cosine, batch 32; last-epoch training loss {pre_hist.epochs[-1]['train']['loss']:.3f}, training accuracy {pre_hist.epochs[-1]['train']['acc']:.1f}%) on {n_pre} MNIST
+digits zero-padded to 32×32, then converted with
 `njetify.convert(model, order=3, subsample="safe", calibration_data=...)` — order 3 and
 safe-subsampling as in `paper-resnet32`, but σ₀ from the 3×3 kernels (0.5) and r = "auto"
 so that the converted network starts where the trained one was ({n_cal} calibration
 images, data-aware fit; {n_params[1]:,} parameters after conversion). Fine-tuned with
-`njetify.train.fit` (SGD lr 0.01, σ lr {args.sigma_lr}, cosine over {epochs_ft} epochs, batch
-32). Test accuracy on {n_test} MNIST test digits:
+`njetify.train.fit` (SGD lr 0.01, σ lr {args.sigma_lr}, cosine over {epochs_ft} epochs of the first
+{n_train} of those digits, batch 32). Test accuracy on {n_test} MNIST test digits:
 
 {C.md_table(["model", "test accuracy (%)"], acc_rows)}
 

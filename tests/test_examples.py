@@ -64,8 +64,20 @@ def test_exp1_quick(tmp_path):
     assert {r["scale"] for r in data["runs"]} == {1.0, 1.5, 2.0}
     for r in data["runs"]:
         assert len(r["sigma"]) == 3 and all(s > 0 for s in r["sigma"])
+        assert r["sigma_cascade"][0] == pytest.approx(r["sigma"][0])
+        assert r["sigma_cascade"][0] < r["sigma_cascade"][1] < r["sigma_cascade"][2]
         assert 0.0 <= r["test_acc"] <= 100.0
     assert _finite(data["runs"])
+
+
+def test_exp1_cascade_scale():
+    """σ_j on a map subsampled by (1/2)^(σ_i/r) spans σ_j·2^(σ_i/r) input pixels; scales add in quadrature."""
+    cascade_sigmas = _load("exp1_sigma_follows_scale").cascade_sigmas
+    assert cascade_sigmas([2.0]) == [2.0]
+    got = cascade_sigmas([1.0, 2.0, 3.0], r=4.0)
+    step2 = 2.0 ** (1.0 / 4.0)
+    step3 = step2 * 2.0 ** (2.0 / 4.0)
+    assert got == pytest.approx([1.0, math.sqrt(1 + (2 * step2) ** 2), math.sqrt(1 + (2 * step2) ** 2 + (3 * step3) ** 2)])
 
 
 @needs_mnist
