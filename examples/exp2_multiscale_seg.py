@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,25 +26,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 import njetify  # noqa: E402
+from njetify.basis import filter_size  # noqa: E402
 from njetify.data import get_dataset  # noqa: E402
+from njetify.recipes import load_recipe  # noqa: E402
 from njetify.train import layer_snapshot  # noqa: E402
 
 NAME = "exp2"
 UNIT = 0.5  # unit digit = 14 px
+MAX_SIZE = 9  # px cap on the N-Jet filters: a 13×13 filter on a 112 px canvas would triple the run time
 SETTINGS = {"1": (1,), "2": (2,), "4": (4,), "1,2,3,4": (1, 2, 3, 4)}
 MODELS = ("baseline", "njet-order2", "njet-order4")
 COLORS = {"baseline": "tab:blue", "njet-order2": "tab:orange", "njet-order4": "tab:green"}
 
 
-def make_model(kind: str, width: int, seed: int):
-    """``unet_small`` (11 classes, 1 channel) or its N-Jet conversion with a built-in paper recipe."""
+def make_model(kind: str, width: int, seed: int, max_size: int | None = MAX_SIZE):
+    """``unet_small`` (11 classes, 1 channel) or its N-Jet conversion with a built-in paper recipe,
+    N-Jet filters capped at ``max_size`` px."""
     torch.manual_seed(seed)
     net = njetify.create_model("unet_small", num_classes=11, in_chans=1, width=width)
     if kind == "baseline":
         return net
+    recipe = replace(load_recipe(f"paper-unet-{kind.split('-')[1]}"), max_size=max_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        net, _ = njetify.convert(net, recipe=f"paper-unet-{kind.split('-')[1]}")
+        net, _ = njetify.convert(net, recipe=recipe)
     return net
 
 
@@ -107,9 +113,10 @@ def main(argv=None) -> None:
     def extra(p):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--width", type=int, default=8, help="unet_small width (channels of the first level)")
-        p.add_argument("--n-train", type=int, default=600, help="training canvases per scale setting")
+        p.add_argument("--n-train", type=int, default=500, help="training canvases per scale setting")
         p.add_argument("--epochs", type=int, default=4)
         p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--max-size", type=int, default=MAX_SIZE, help="cap on the N-Jet filter size in px")
         p.add_argument("--class-weights", choices=["none", "inverse_frequency"], default="inverse_frequency")
 
     args = C.parse_args(__doc__.splitlines()[0], argv, extra)
@@ -123,7 +130,7 @@ def main(argv=None) -> None:
         val_ds, _ = data(scales, "val", n_val, args.data_dir, args.seed)
         res[key] = {"canvas": canvas, "floor_miou": bg_miou(val_ds)}
         for kind in MODELS:
-            model = make_model(kind, args.width, args.seed)
+            model = make_model(kind, args.width, args.seed, args.max_size)
             C.train(model, train_ds, None, task="segmentation", epochs=epochs, lr=3e-3, sigma_lr=0.03,
                     batch_size=bs, class_weights=cw, seed=args.seed)
             layers = layer_snapshot(model)
@@ -139,7 +146,7 @@ def main(argv=None) -> None:
     plot(res, img1)
     plot_layers(res, img2)
     cfg = {"n_train": n_train, "n_val": n_val, "epochs": epochs, "width": args.width, "unit_px": 28 * UNIT,
-           "lr": 3e-3, "sigma_lr": 0.03, "batch_size": bs, "class_weights": cw}
+           "lr": 3e-3, "sigma_lr": 0.03, "batch_size": bs, "class_weights": cw, "max_size": args.max_size}
     C.save_json(args.out, NAME, {"meta": run.meta(), "config": cfg, "results": res})
 
     rows = []
@@ -152,11 +159,16 @@ def main(argv=None) -> None:
     names = list(res["1"]["njet-order2"]["layers"])
     lrows = [[n] + [f"{res[k][kind]['layers'][n]['sigma']:.2f}" for kind in MODELS[1:] for k in SETTINGS] for n in names]
     ltable = C.md_table(["layer"] + [f"o{kind[-1]} s∈{{{k}}}" for kind in MODELS[1:] for k in SETTINGS], lrows)
+    capped = [f"{kind} s∈{{{k}}} {n}" for k in SETTINGS for kind in MODELS[1:]
+              for n, v in res[k][kind]["layers"].items() if filter_size(v["sigma"]) > args.max_size]
+    capped_txt = (f"reached in this run by {len(capped)} of {len(SETTINGS) * 2 * len(names)} layers: larger σ "
+                  "truncate the basis" if capped else "never reached in this run")
     text = f"""## Experiment 2 — segmentation of multi-scale objects (paper Exp. 1.1B, MNIST digits)
 
 Script: `examples/exp2_multiscale_seg.py`. `unet_small` (width {args.width}: {args.width}/{2 * args.width}/{4 * args.width} channels,
 two 2×2 max-pools) against its N-Jet conversions with the built-in recipes `paper-unet-order2` and
-`paper-unet-order4` (every 3×3 conv → N-Jet, σ₀ = 1, pooling kept), all trained from scratch
+`paper-unet-order4` (every 3×3 conv → N-Jet, σ₀ = 1, pooling kept; filters capped at {args.max_size} px,
+{capped_txt}), all trained from scratch
 on `mnist-multiscale-seg` (four digits per canvas, one per quadrant, 11 classes). The unit
 digit is 14 px (s = 4: 56 px digits on a 112 px canvas; the canvas is the dataset's default,
 2 × the largest digit). {n_train} training canvases, {n_val} validation canvases (MNIST test
