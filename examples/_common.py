@@ -185,10 +185,10 @@ Reproductions of the central findings of Pintea et al., "Resolution learning in 
 convolutional networks using scale-space theory", IEEE TIP 2021, with njetify, on data
 that ships (MNIST). Each section is written by the script named in it (`examples/`);
 rerun a script to regenerate its section and figures. All runs are on CPU and sized for
-a 2-core machine (2–5 CPU-minutes each), so training sets are subsampled and
-schedules are short: the numbers show trends, not the paper's absolute accuracies, and
-each section says where its result differs from the paper. The wall times in the footers
-were measured while other jobs shared the machine.
+a 2-core machine (each script's full mode finishes in under 30 minutes there), so training
+sets are subsampled and schedules are short: the numbers show trends, not the paper's
+absolute accuracies, and each section says where its result differs from the paper. Each
+footer gives the command, seeds, date, wall time and thread count of its run.
 """
 
 
