@@ -113,7 +113,7 @@ def main(argv=None) -> None:
     def extra(p):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--width", type=int, default=8, help="unet_small width (channels of the first level)")
-        p.add_argument("--n-train", type=int, default=500, help="training canvases per scale setting")
+        p.add_argument("--n-train", type=int, default=1000, help="training canvases per scale setting")
         p.add_argument("--epochs", type=int, default=4)
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--max-size", type=int, default=MAX_SIZE, help="cap on the N-Jet filter size in px")
