@@ -6,7 +6,7 @@ and a v2 ASPP head of four biased 3×3 convs with rates 1/2/3/4 whose outputs ar
 
 Steps:
   1. train the original model (``--steps`` SGD steps) and measure val mIoU;
-  2. tie its ASPP with :func:`njetify.surgery.aspp.tie_aspp` — weight-space and data-aware
+  2. tie its ASPP with :func:`njetify.tie_aspp` — weight-space and data-aware
      (``--calib`` training batches) — and measure mIoU right after tying;
   3. fine-tune the data-aware tied model (``--finetune`` steps; σ with its own lr) and
      print σ per branch and val mIoU every ``--every`` steps;
@@ -19,7 +19,6 @@ MNIST is read from ``--data`` (torchvision layout), never downloaded.
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import torch
@@ -28,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from njetify.data.synthetic import MnistMultiscaleSeg
-from njetify.surgery.aspp import format_rows, tie_aspp
+from njetify import tie_aspp
 
 NUM_CLASSES = 11
 IGNORE = 255
@@ -139,13 +138,13 @@ def main(argv=None) -> dict:
     base = miou(model, val)
     print(f"original: val mIoU {base:.4f} after {args.steps} steps ({time.perf_counter() - t0:.0f}s)")
 
-    ws, rows = tie_aspp(copy.deepcopy(model), order=args.order)
+    ws, _ = tie_aspp(model, order=args.order)
     ws_miou = miou(ws, val)
     calib = [x for x, _ in [next(iter(DataLoader(train_set, batch_size=args.batch, shuffle=True)))
                             for _ in range(args.calib)]]
-    da, rows = tie_aspp(copy.deepcopy(model), order=args.order, calibration_data=calib)
+    da, report = tie_aspp(model, order=args.order, calibration_data=calib)
     da_miou = miou(da, val)
-    print(format_rows(rows))
+    print(report)
     print(f"tied (weight-space fit): val mIoU {ws_miou:.4f}; tied (data-aware fit): val mIoU {da_miou:.4f}")
 
     history = [(0, sigmas(da), da_miou)]
@@ -161,7 +160,7 @@ def main(argv=None) -> dict:
         print(f"control: untied model trained {args.finetune} more steps: val mIoU {control:.4f}")
     print(f"done in {time.perf_counter() - t0:.0f}s")
     return {"original": base, "tied_weight_space": ws_miou, "tied_data_aware": da_miou, "history": history,
-            "control": control, "rows": [r.to_dict() for r in rows]}
+            "control": control, "report": report.to_dict()}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 A small DeepLab-v2-style network (three 3×3 conv-BN-ReLU, output stride 4, then an ASPP
 head of four parallel dilated 3×3 convs with rates 1/2/4/6 whose class logits are summed,
 bilinear upsampling) on ``mnist-multiscale-seg`` with mixed digit scales. Baseline: the
-untied head. Tied: the same network after ``njetify.surgery.aspp.tie_aspp`` (order 3):
+untied head. Tied: the same network after ``njetify.tie_aspp`` (order 3):
 the four branches share one α and keep a σ each (σ₀ = rate/2). Both are trained from
 scratch with the same schedule. Reported: validation mIoU, parameters of the head and
 the learned σ per branch.
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 from njetify.data import get_dataset  # noqa: E402
-from njetify.surgery.aspp import tie_aspp  # noqa: E402
+from njetify import tie_aspp  # noqa: E402
 from njetify.train import layer_snapshot  # noqa: E402
 
 NAME = "exp4"
@@ -145,9 +145,9 @@ def main(argv=None) -> None:
             if kind == "tied":
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    model, rows = tie_aspp(model, order=3)
-                if not any(r.action == "tied" for r in rows):
-                    raise RuntimeError(f"tie_aspp did not tie the head: {rows}")
+                    model, report = tie_aspp(model, order=3)
+                if not report.select("aspp", "tied"):
+                    raise RuntimeError(f"tie_aspp did not tie the head:\n{report}")
             params = head_params(model)
             C.train(model, train_ds, None, task="segmentation", epochs=epochs, lr=3e-3, sigma_lr=0.03,
                     batch_size=8, class_weights="inverse_frequency", seed=seed)

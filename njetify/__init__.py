@@ -17,7 +17,7 @@ from .models import create_model, list_models
 from .recipes import list_recipes, load_recipe
 from .summary import summarize
 from .surgery import ConversionReport, convert, njetify
-from .surgery.aspp import tie_aspp
+from .surgery import tie_aspp
 
 __version__ = "0.1.0"
 

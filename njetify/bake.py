@@ -11,17 +11,14 @@ parameter, and exports to ONNX (:func:`export_onnx`).
 from __future__ import annotations
 
 import copy
-import math
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .layers import NJetConv2d, SafeSubsample
-from .layers.padding import Conv2dDynamicSame
-from .layers.safe_subsample import resize_by, subsampled_size
-from .layers.tied import TiedNJetBranch
+from .layers import Conv2dDynamicSame, FixedSubsample, SafeSubsample, carries_sigma
+from .modes import evaluating
 
 __all__ = [
     "Conv2dDynamicSame",
@@ -34,44 +31,10 @@ __all__ = [
 ]
 
 
-class FixedSubsample(nn.Module):
-    """A :class:`SafeSubsample` frozen at ``factor``: side L → ``⌈L·factor⌉`` pixels.
-
-    Same size rule, same pixel picks (nearest) or the same resize (bilinear, area) as
-    the SafeSubsample it replaces, so outputs are identical for any input size.
-    Shapes: ``(N, C, H, W)`` → ``(N, C, ⌈H·f⌉, ⌈W·f⌉)``.
-    """
-
-    def __init__(self, factor: float, interpolation: str = "nearest", stride: int | None = None):
-        super().__init__()
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < math.inf:
-            raise ValueError(f"FixedSubsample: factor must be a positive number, got {factor!r}")
-        if interpolation not in ("nearest", "bilinear", "area"):
-            raise ValueError(f"FixedSubsample: interpolation must be 'nearest', 'bilinear' or 'area', got {interpolation!r}")
-        self.factor = float(factor)
-        self.interpolation = interpolation
-        self.stride = stride
-
-    def output_size(self, length: int) -> int:
-        """Output side for an input side of ``length`` pixels."""
-        return subsampled_size(length, self.factor)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return resize_by(x, self.factor, self.interpolation)
-
-    def extra_repr(self) -> str:
-        return f"factor={self.factor:.6g}, interpolation={self.interpolation!r}"
-
-
 def _set(model: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, name, new)
-
-
-def _fixed(m: SafeSubsample, at: str) -> FixedSubsample:
-    factor = m.factor if at == "learned" else 1.0 / m.stride
-    return FixedSubsample(factor, m.interpolation, m.stride)
 
 
 def freeze_subsampling(model: nn.Module, at: str = "learned", *, inplace: bool = False) -> nn.Module:
@@ -86,7 +49,7 @@ def freeze_subsampling(model: nn.Module, at: str = "learned", *, inplace: bool =
         model = copy.deepcopy(model)
     for path, m in list(model.named_modules(remove_duplicate=False)):
         if isinstance(m, SafeSubsample):
-            _set(model, path, _fixed(m, at))
+            _set(model, path, m.frozen(at))
     return model
 
 
@@ -109,20 +72,18 @@ def bake(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         raise TypeError(f"bake: model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
-    tied_convs: dict[int, list[nn.Conv2d]] = {}
+    done: list[str] = []
     for path, m in list(model.named_modules(remove_duplicate=False)):
-        if not path:
-            continue
-        if isinstance(m, NJetConv2d):
-            _set(model, path, m.to_conv().train(m.training))
-        elif isinstance(m, TiedNJetBranch):
-            owner = m.owner
-            if id(owner) not in tied_convs:
-                tied_convs[id(owner)] = owner.to_convs()
-            _set(model, path, tied_convs[id(owner)][m.index].train(m.training))
+        if not path or any(path.startswith(d + ".") for d in done):
+            continue  # inside a module baked already (an N-Jet layer's subsampling)
+        if carries_sigma(m):
+            _set(model, path, m.baked())
         elif isinstance(m, SafeSubsample):
-            _set(model, path, _fixed(m, "learned").train(m.training))
-    left = [(p, type(m).__name__) for p, m in model.named_modules() if hasattr(m, "log_sigma")]
+            _set(model, path, m.frozen())
+        else:
+            continue
+        done.append(path)
+    left = [(p, type(m).__name__) for p, m in model.named_modules() if carries_sigma(m) or hasattr(m, "log_sigma")]
     if left:
         names = ", ".join(f"{p} ({t})" for p, t in left[:5])
         raise ValueError(f"bake: cannot freeze {len(left)} module(s) with a learned σ: {names}")
@@ -145,25 +106,20 @@ def export_onnx(
     if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
         shape = getattr(example_input, "shape", None)
         raise ValueError(f"export_onnx: example_input must be a tensor (N, C, H, W), got shape {shape}")
-    left = [p for p, m in model.named_modules() if hasattr(m, "log_sigma")]
+    left = [p for p, m in model.named_modules() if carries_sigma(m)]
     if left:
         raise ValueError(f"export_onnx: bake the model first ({len(left)} module(s) still learn σ, e.g. {left[0]})")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     import warnings
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about shapes turned into constants
-            torch.onnx.export(
-                model, (example_input,), str(path), input_names=["input"], output_names=["output"],
-                dynamic_axes=axes, opset_version=opset, dynamo=False,
-            )
-    finally:
-        model.train(was_training)
+    with evaluating(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shapes turned into constants
+        torch.onnx.export(
+            model, (example_input,), str(path), input_names=["input"], output_names=["output"],
+            dynamic_axes=axes, opset_version=opset, dynamo=False,
+        )
     return path
 
 
@@ -175,9 +131,8 @@ def check_onnx(path: str | os.PathLike, model: nn.Module, example_input: torch.T
         raise ImportError("check_onnx needs onnxruntime: pip install 'njetify[onnx]'") from None
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: example_input.detach().cpu().numpy()})[0]
-    with torch.no_grad():
-        ref = model.eval()(example_input)
-    ref = _first_tensor(ref)
+    with evaluating(model):
+        ref = _first_tensor(model(example_input))
     return float((torch.from_numpy(got) - ref.detach().cpu()).abs().max())
 
 
@@ -207,13 +162,8 @@ def save_baked(model: nn.Module, path: str | os.PathLike, example_input: torch.T
     if suffix != ".pt2":
         torch.save(model, path)
         return path
-    was_training = model.training
-    model.eval()
-    try:
-        shapes = ({0: torch.export.Dim("batch", min=1)},) if example_input.shape[0] > 1 else None
-        with torch.no_grad():
-            program = torch.export.export(model, (example_input,), dynamic_shapes=shapes)
-    finally:
-        model.train(was_training)
+    shapes = ({0: torch.export.Dim("batch", min=1)},) if example_input.shape[0] > 1 else None
+    with evaluating(model):
+        program = torch.export.export(model, (example_input,), dynamic_shapes=shapes)
     torch.export.save(program, str(path))
     return path

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .layers import sigma_layers
 from .surgery.report import REPORT_ATTR
 
 __all__ = ["save", "load", "read_metadata", "FORMAT_VERSION", "META_KEY"]
@@ -58,7 +59,7 @@ def _module_fingerprint(model: nn.Module) -> dict[str, Any]:
 
 
 def _has_njet_layers(model: nn.Module) -> bool:
-    return any(hasattr(m, "log_sigma") for m in model.modules())
+    return bool(sigma_layers(model))
 
 
 def _recipe_dict(recipe) -> dict | None:

@@ -11,25 +11,31 @@ from torch import nn
 from njetify import basis as B
 from njetify.layers.tied import TiedNJetBranch, TiedNJetConv2d
 from njetify.models.deeplabv2 import deeplabv2_resnet101
-from njetify.surgery.aspp import format_rows, tie_aspp
+from njetify import tie_aspp
 
 
 def _out(y):
     return y["out"] if isinstance(y, dict) else y
 
 
-def _check_tied(model, x, rows, *, path, rates, branch_params, k):
+def _heads(report, action="tied"):
+    return [r for r in report.select("aspp") if r.action == action]
+
+
+def _check_tied(model, x, report, *, path, rates, branch_params, k):
     """One tied head with the expected rates, parameter count, shapes and σ gradients."""
-    tied_rows = [r for r in rows if r.action == "tied"]
-    assert len(tied_rows) == 1, format_rows(rows)
+    tied_rows = _heads(report)
+    assert len(tied_rows) == 1, str(report)
     row = tied_rows[0]
-    assert row.path == path and row.rates == list(rates)
-    assert row.sigma0 == [r / 2 for r in rates]  # σ₀ = d·(k−1)/(2·extent) with k=3, extent 2
+    assert row.path == path and row.extra["rates"] == list(rates) and row.dilation == tuple(rates)
+    assert row.extra["sigma0"] == [r / 2 for r in rates]  # σ₀ = d·(k−1)/(2·extent) with k=3, extent 2
     assert row.params_before == branch_params
-    owner = model.get_submodule(row.branches[0]).owner
+    owner = model.get_submodule(row.extra["branches"][0]).owner
     assert isinstance(owner, TiedNJetConv2d) and owner.num_branches == k
     assert row.params_after == owner.num_params()
-    assert all(isinstance(model.get_submodule(b), TiedNJetBranch) for b in row.branches)
+    assert all(isinstance(model.get_submodule(b), TiedNJetBranch) for b in row.extra["branches"])
+    branch_rows = [r for r in report.select("conv", "converted") if r.extra.get("head") == path]
+    assert [r.path for r in branch_rows] == row.extra["branches"]  # one ordinary conv row per branch
     model.train()
     y = _out(model(x))
     y.square().mean().backward()
@@ -50,12 +56,13 @@ def test_deeplabv2_head(deeplabv2):
     model.eval()
     with torch.no_grad():
         before = model(x).shape
-    model, rows = tie_aspp(model, order=3)
+    model, report = tie_aspp(model, order=3)
     nf = B.num_basis(3)
-    y, _ = _check_tied(model, x, rows, path="base.aspp", rates=(6, 12, 18, 24),
-                           branch_params=4 * 21 * 2048 * 9 + 4 * 21, k=4)
-    assert rows[0].params_after == nf * 21 * 2048 + 4 + 4 * 21
-    assert rows[0].merge == "sum" and rows[0].sizes == [13, 25, 37, 49]
+    y, _ = _check_tied(model, x, report, path="base.aspp", rates=(6, 12, 18, 24),
+                       branch_params=4 * 21 * 2048 * 9 + 4 * 21, k=4)
+    (row,) = _heads(report)
+    assert row.params_after == nf * 21 * 2048 + 4 + 4 * 21
+    assert row.extra["merge"] == "sum" and row.extra["sizes"] == [13, 25, 37, 49]
     assert y.shape == before
     keys = [k for k in model.state_dict() if ".aspp." in k]
     assert keys == ["base.aspp.c0.tied.alpha", "base.aspp.c0.tied.log_sigma", "base.aspp.c0.tied.bias"]
@@ -64,8 +71,8 @@ def test_deeplabv2_head(deeplabv2):
 def test_deeplabv2_msc_one_head():
     torch.manual_seed(0)
     m = deeplabv2_resnet101(num_classes=4, msc=True)
-    m, rows = tie_aspp(m)
-    assert [r.path for r in rows] == ["base.aspp"] and rows[0].action == "tied"
+    m, report = tie_aspp(m)
+    assert [r.path for r in report.select("aspp")] == ["base.aspp"] and _heads(report)
 
 
 @pytest.mark.parametrize("name", ["deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50",
@@ -80,11 +87,12 @@ def test_torchvision_deeplabv3(name):
     model.eval()
     with torch.no_grad():
         before = _out(model(x)).shape
-    model, rows = tie_aspp(model)
-    y, _ = _check_tied(model, x, rows, path="classifier.0.convs", rates=(12, 24, 36),
-                           branch_params=3 * 256 * cin * 9, k=3)
-    assert rows[0].merge == "concat" and y.shape == before
-    assert rows[0].params_after == 10 * 256 * cin + 3  # bias-free branches: α + 3 σ
+    model, report = tie_aspp(model)
+    y, _ = _check_tied(model, x, report, path="classifier.0.convs", rates=(12, 24, 36),
+                       branch_params=3 * 256 * cin * 9, k=3)
+    (row,) = _heads(report)
+    assert row.extra["merge"] == "concat" and y.shape == before
+    assert row.params_after == 10 * 256 * cin + 3  # bias-free branches: α + 3 σ
     assert isinstance(model.classifier[0].convs[1][1], nn.BatchNorm2d)  # per-branch BN kept
 
 
@@ -98,10 +106,10 @@ def test_smp_deeplab(arch, path):
     model.eval()
     with torch.no_grad():
         before = model(x).shape
-    model, rows = tie_aspp(model)
+    model, report = tie_aspp(model)
     separable = arch == "DeepLabV3Plus"
     params = 3 * 512 * 9 if separable else 3 * 256 * 512 * 9
-    y, owner = _check_tied(model, x, rows, path=path, rates=(12, 24, 36), branch_params=params, k=3)
+    y, owner = _check_tied(model, x, report, path=path, rates=(12, 24, 36), branch_params=params, k=3)
     assert y.shape == before
     if separable:  # the depthwise part is tied, the pointwise conv stays
         assert owner.groups == 512 and isinstance(model.get_submodule(f"{path}.1.0.1"), nn.Conv2d)
@@ -131,13 +139,13 @@ class _Head(nn.Module):
 
 
 def test_unused_and_mismatched_branches_are_reported():
-    model, rows = tie_aspp(_Head(odd=True, unused=True))
-    (row,) = rows
-    assert row.action == "tied" and row.branches == ["b.0", "b.1", "b.2"]
-    reasons = dict(row.skipped)
+    model, report = tie_aspp(_Head(odd=True, unused=True))
+    (row,) = report.select("aspp")
+    assert row.action == "tied" and row.extra["branches"] == ["b.0", "b.1", "b.2"]
+    reasons = dict(row.extra["skipped"])
     assert "out_channels" in reasons["b.3"] and "never runs" in reasons["b.4"]
     assert isinstance(model.b[3], nn.Conv2d) and isinstance(model.b[4], nn.Conv2d)
-    assert "never runs" in format_rows(rows)
+    assert "never runs" in row.reason and "never runs" in str(report)
 
 
 def test_heads_that_cannot_be_tied():
@@ -151,18 +159,22 @@ def test_heads_that_cannot_be_tied():
             return torch.cat([self.a(x), self.b(x)], 1)
 
     with pytest.warns(UserWarning, match="no ASPP head"):
-        _, rows = tie_aspp(TwoDiffer())
-    assert rows[0].action == "skipped" and "groups" in rows[0].reason
+        _, report = tie_aspp(TwoDiffer())
+    (row,) = report.select("aspp")
+    assert row.action == "skipped" and "groups" in row.reason
     with pytest.warns(UserWarning, match="no ASPP head"):
-        _, rows = tie_aspp(_Head(same_rate=True))
-    assert rows[0].action == "skipped" and "rate" in rows[0].reason
+        _, report = tie_aspp(_Head(same_rate=True))
+    (row,) = report.select("aspp")
+    assert row.action == "skipped" and "rate" in row.reason
 
 
 def test_no_aspp_warns():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=2, dilation=2))
     with pytest.warns(UserWarning, match="no ASPP head"):
-        out, rows = tie_aspp(model)
-    assert rows == [] and out is model and isinstance(model[2], nn.Conv2d)
+        out, report = tie_aspp(model)
+    assert report.select("aspp") == [] and out is not model and isinstance(out[2], nn.Conv2d)
+    with pytest.warns(UserWarning, match="no ASPP head"):
+        assert tie_aspp(model, inplace=True)[0] is model
 
 
 def test_data_aware_tying_reports_output_error():
@@ -170,10 +182,11 @@ def test_data_aware_tying_reports_output_error():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AvgPool2d(3, 1, 1), _Head())
     calib = [torch.randn(2, 3, 16, 16) for _ in range(2)]
     ref = [model(x).detach() for x in calib]
-    ws, rows_ws = tie_aspp(__import__("copy").deepcopy(model))
-    da, rows_da = tie_aspp(model, calibration_data=calib)
-    assert rows_da[0].fit == "data-aware" and rows_ws[0].fit == "weight-space"
-    assert 0 <= rows_da[0].output_error < 1
+    ws, report_ws = tie_aspp(model)
+    da, report_da = tie_aspp(model, calibration_data=calib)
+    (row_ws,), (row_da,) = _heads(report_ws), _heads(report_da)
+    assert row_da.extra["fit"] == "data-aware" and row_ws.extra["fit"] == "weight-space"
+    assert 0 <= row_da.extra["output_error"] < 1
 
     def err(m):
         with torch.no_grad():
@@ -190,17 +203,17 @@ def test_pipeline_ties_with_recipe_and_warns_without_aspp():
     conv, report = njetify.convert(model, recipe="paper-deeplabv2-aspp", example_inputs=torch.randn(1, 3, 12, 12))
     rows = report.select("aspp")
     head = [r for r in rows if r.path == "1.b"]
-    assert len(head) == 1 and head[0].action == "converted" and head[0].dilation == (1, 2, 3)
+    assert len(head) == 1 and head[0].action == "tied" and head[0].dilation == (1, 2, 3)
     assert not [r for r in rows if r.action == "skipped"]
     assert head[0].params_before == 3 * (6 * 4 * 9 + 6) and head[0].params_after == 10 * 6 * 4 + 3 + 18
-    assert {r.path for r in rows} >= {"1.b.0", "1.b.1", "1.b.2"}
+    assert {r.path for r in report.select("conv", "converted")} == {"1.b.0", "1.b.1", "1.b.2"}
     assert isinstance(conv.get_submodule("1.b.1"), TiedNJetBranch)
     assert isinstance(conv.get_submodule("0"), nn.Conv2d)  # convs: false — backbone untouched
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _, report = njetify.convert(nn.Sequential(nn.Conv2d(3, 4, 3)), recipe="paper-deeplabv2-aspp")
     assert any("no ASPP head" in str(w.message) for w in caught)
-    assert any("no ASPP head" in (r.reason or "") for r in report.select("aspp"))
+    assert any("no ASPP head" in n for n in report.notes)
 
 
 @pytest.mark.parametrize("msc", [False, pytest.param(True, marks=pytest.mark.slow)])
@@ -220,10 +233,10 @@ def test_create_model_with_kazuto_checkpoint_then_convert(tmp_path, msc):
     x = torch.randn(1, 3, 33, 33)
     conv, report = njetify.convert(model, recipe="paper-deeplabv2-aspp", example_inputs=x)
     (head,) = [r for r in report.select("aspp") if r.path == "base.aspp"]
-    assert head.action == "converted" and head.params_before == 4 * 21 * 2048 * 9 + 4 * 21
+    assert head.action == "tied" and head.params_before == 4 * 21 * 2048 * 9 + 4 * 21
     assert head.params_after == 10 * 21 * 2048 + 4 + 4 * 21
     assert report.params_before - report.params_after == head.params_before - head.params_after
-    assert not report.select("conv", "converted")  # the backbone stays as it was
+    assert {r.extra.get("head") for r in report.select("conv", "converted")} == {"base.aspp"}  # backbone untouched
     conv.eval()
     with torch.no_grad():
         assert conv(x).shape == (1, 21, 5, 5)
@@ -239,7 +252,7 @@ def test_tied_model_saves_and_loads_with_learned_sigma(tmp_path):
     model = create_model("tv:deeplabv3_mobilenet_v3_large", num_classes=5)
     x = torch.randn(1, 3, 33, 33)
     conv, report = njetify.convert(model, recipe="paper-deeplabv2-aspp", example_inputs=x)
-    assert len([r for r in report.select("aspp") if r.op.startswith("ASPP")]) == 1  # the pass ran once
+    assert len(report.select("aspp")) == 1  # the pass ran once
     owner = conv.classifier[0].convs[2][0].owner
     with torch.no_grad():
         owner.log_sigma.add_(0.3)

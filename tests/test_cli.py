@@ -253,7 +253,7 @@ def test_inspect_table_json_and_plots(run, converted, tmp_path):
     doc = json.loads(res.stdout)
     assert doc["input_size"] == [3, 20, 20] and doc["njet_count"] == 2
     conv1 = next(r for r in doc["layers"] if r["path"] == "conv1")
-    assert conv1["rf"] == [3, 3] and conv1["out_size"] == [20, 20]
+    assert conv1["rf"] == [3, 3] and conv1["out_size"] == [10, 10]  # the layer carries its subsampling
     res = run("inspect", converted.name, "--plot", "figs", "--layer", "conv2")
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in (tmp_path / "figs").iterdir())

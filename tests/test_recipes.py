@@ -123,7 +123,7 @@ def test_user_file_with_base_and_rules(tmp_path):
         ("finetune:\n  momentum: 1.5\n", "finetune.momentum", "[0, 1)"),
         ("finetune:\n  schedule: poly\n", "finetune.schedule", "one of 'cosine', 'step', 'constant'"),
         ("finetune:\n  epochs: 0\n", "finetune.epochs", "an int ≥ 1"),
-        ("aspp:\n  tie: maybe\n", "aspp.tie", "expected true/false"),
+        ("aspp:\n  tie: maybe\n", "aspp.tie", "'auto' (tie the heads found), true or false"),
     ],
 )
 def test_validation_errors_name_file_key_value(tmp_path, text, key, fragment):
@@ -157,10 +157,10 @@ def test_yaml_and_file_errors(tmp_path):
 
 def test_checks_cover_schema_fields():
     """Every checked key path exists in the schema (guards against renames)."""
-    from njetify.recipes.schema import FinetuneConfig, SubsampleConfig
+    from njetify.recipes.schema import AsppConfig, FinetuneConfig, SubsampleConfig
 
     names = {f.name for f in dataclasses.fields(Recipe)}
-    sections = {"subsample": SubsampleConfig, "finetune": FinetuneConfig, "rules": Rule}
+    sections = {"subsample": SubsampleConfig, "aspp": AsppConfig, "finetune": FinetuneConfig, "rules": Rule}
     for key in CHECKS:
         section, _, field = key.rpartition(".")
         assert field in ({f.name for f in dataclasses.fields(sections[section])} if section else names), key
@@ -189,7 +189,7 @@ def test_resolve_recipe_overrides():
         ({"order": 2.5}, "order", "expected an int"),
         ({"subsample": "sometimes"}, "subsample.mode", "one of 'safe', 'keep'"),
         ({"r": 0}, "subsample.r", "0 is not allowed"),
-        ({"aspp": "yes"}, "aspp.tie", "expected true/false"),
+        ({"aspp": "yes"}, "aspp.tie", "'auto' (tie the heads found), true or false"),
         ({"finetune": 3}, "finetune", "expected a mapping"),
         ({"where": "every_layer"}, "subsample.r", "'auto' is not allowed"),
     ],

@@ -13,15 +13,14 @@ from torch import nn
 import njetify
 from njetify import ConversionReport, NJetConv2d, SafeSubsample
 from njetify.recipes import Recipe, Rule
-from njetify.surgery import FlattenGuard, StridelessPool2d
-from njetify.surgery.pools import PoolSpec
+from njetify.layers import PoolSpec, SafePool2d, StridelessPool2d
 
 from surgery_models import DataDependent, InceptionDown, MnistCNN, NothingTraces, PlainCNN, TinyResNet, leaf_shapes
 
 
 def _leaf_shapes(model, x):
     """Output shape of every leaf module that is neither a conv nor a pool nor new (BN, ReLU, Linear...)."""
-    skip = (nn.Conv2d, NJetConv2d, nn.MaxPool2d, nn.AvgPool2d, StridelessPool2d, SafeSubsample, FlattenGuard)
+    skip = (nn.Conv2d, NJetConv2d, nn.MaxPool2d, nn.AvgPool2d, SafePool2d, SafeSubsample)
     return leaf_shapes(model, x, skip)
 
 

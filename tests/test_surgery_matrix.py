@@ -6,7 +6,7 @@ from torch import nn
 
 import njetify
 from njetify import NJetConv2d, SafeSubsample
-from njetify.surgery import FlattenGuard, StridelessPool2d
+from njetify.layers import SafePool2d
 
 from surgery_models import leaf_shapes
 
@@ -35,7 +35,7 @@ CASES = [
     for n in [*FAST, *SLOW] for mode in ("safe", "keep")
 ]
 BUILD = {**FAST, **SLOW}
-SKIP = (nn.Conv2d, NJetConv2d, nn.MaxPool2d, nn.AvgPool2d, StridelessPool2d, SafeSubsample, FlattenGuard)
+SKIP = (nn.Conv2d, NJetConv2d, nn.MaxPool2d, nn.AvgPool2d, SafePool2d, SafeSubsample)
 
 
 def _build(name):

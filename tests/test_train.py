@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from njetify.layers import NJetConv2d, SafeSubsample
+from njetify.layers import NJetConv2d, SafeSubsample, SigmaModule
 from njetify.recipes import FinetuneConfig
 from njetify.train import (
     SegmentationMeter,
@@ -38,14 +38,17 @@ class Tiny(nn.Module):
         return self.head(F.relu(self.sub2(self.c2(x))).mean((2, 3)))
 
 
-class TiedLike(nn.Module):
-    """Stands in for a tied ASPP layer: shared α, its own σ per branch, not an NJetConv2d."""
+class TiedLike(SigmaModule):
+    """A σ layer of a user's own (not an NJetConv2d): shared α, its own σ per branch."""
 
     def __init__(self):
         super().__init__()
         self.alpha = nn.Parameter(torch.randn(2, 2, 6))
         self.log_sigma = nn.Parameter(torch.zeros(3))
         self.bias = nn.Parameter(torch.zeros(2))
+
+    def scale_parameter(self):
+        return self.log_sigma
 
 
 def _data(n=96, size=12, seed=0):

@@ -38,22 +38,17 @@ def _datasets(name: str, data_dir: Path, download: bool, image_size: int):
 
 def _check_fit(model, info, sample) -> None:
     """The model takes the data's channels and has at least as many outputs as the data has classes."""
-    import torch
-
     from ..bake import _first_tensor
+    from ..modes import evaluating
 
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model):
             out = _first_tensor(model(sample[None]))
     except RuntimeError as e:
         raise UserError(
             f"--data {info.name}: the model does not run on its samples {tuple(sample.shape)} ({str(e).splitlines()[0]}); "
             f"convert the model with --in-chans {info.in_channels}"
         ) from None
-    finally:
-        model.train(was)
     if out.shape[1] < info.num_classes:
         raise UserError(
             f"--data {info.name}: {info.num_classes} classes but the model has {out.shape[1]} outputs; "

@@ -1,7 +1,29 @@
-"""Layers: the N-Jet convolution, safe-subsampling and tied ASPP branches."""
+"""Every module a converted model can hold, one concept per file.
 
+* :class:`NJetConv2d` — the N-Jet convolution (``njet_conv.py``);
+* :class:`TiedNJetConv2d` / :class:`TiedNJetBranch` — tied ASPP branches (``tied.py``);
+* :class:`SafeSubsample` / :class:`FixedSubsample` — σ-driven and frozen resizing (``safe_subsample.py``);
+* :class:`SafePool2d` — a strided pool at stride 1 plus its subsampling (``safe_pool.py``);
+* :class:`SubsampledConv2d` — a plain conv that used to be strided (``subsampled_conv.py``);
+* :class:`GuardedLinear` — a flatten → Linear head that follows the map size (``flatten_guard.py``);
+* :class:`Conv2dDynamicSame` — TF-"SAME" padding for baked layers (``padding.py``);
+* user modules whose own forward had to change get a traced forward (``traced.py``).
+
+:class:`SigmaModule`, :func:`sigma_layers` and :func:`sigma_parameters` (``protocol.py``) say
+which modules carry a learned σ.
+"""
+
+from .flatten_guard import GuardedLinear
 from .njet_conv import NJetConv2d
-from .safe_subsample import SafeSubsample
+from .padding import Conv2dDynamicSame
+from .protocol import SigmaModule, carries_sigma, sigma_layers, sigma_parameters
+from .safe_pool import PoolSpec, SafePool2d, StridelessPool2d
+from .safe_subsample import FixedSubsample, SafeSubsample
+from .subsampled_conv import SubsampledConv2d
 from .tied import TiedNJetBranch, TiedNJetConv2d
 
-__all__ = ["NJetConv2d", "SafeSubsample", "TiedNJetBranch", "TiedNJetConv2d"]
+__all__ = [
+    "Conv2dDynamicSame", "FixedSubsample", "GuardedLinear", "NJetConv2d", "PoolSpec", "SafePool2d", "SafeSubsample",
+    "SigmaModule", "StridelessPool2d", "SubsampledConv2d", "TiedNJetBranch", "TiedNJetConv2d", "carries_sigma",
+    "sigma_layers", "sigma_parameters",
+]

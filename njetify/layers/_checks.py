@@ -4,26 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..basis import MAX_ORDER
-
-
-def check_order(order) -> None:
-    if not isinstance(order, int) or isinstance(order, bool) or not 0 <= order <= MAX_ORDER:
-        raise ValueError(f"order must be an int in 0..{MAX_ORDER} (the basis has (N+1)(N+2)/2 filters), got {order!r}")
-
-
-def check_positive(name: str, value) -> None:
-    try:
-        ok = float(value) > 0 and float(value) != float("inf")
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a positive number, got {value!r}") from None
-    if not ok:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-
-
-def check_choice(name: str, value, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+from ..options import check_choice, check_order, check_positive  # noqa: F401 - re-exported for the layers
 
 
 def check_channels(in_channels, out_channels, groups) -> None:

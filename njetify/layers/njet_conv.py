@@ -13,7 +13,10 @@ from torch import nn
 
 from .. import basis as B
 from ..fit import PatchMoments, data_aware_fit, dense_kernel, weight_space_fit
+from ..options import PADDING_MODES, SIGMA_PER
+from ._fx import as_traced_leaf
 from .padding import Conv2dDynamicSame, tf_same_pads
+from .protocol import SigmaModule
 from ._checks import (
     check_channels,
     check_choice,
@@ -22,12 +25,10 @@ from ._checks import (
     conv_kind,
 )
 
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-SIGMA_PER = ("layer", "channel")
 PADDINGS = ("same", "dynamic_same")
 
 
-class NJetConv2d(nn.Module):
+class NJetConv2d(SigmaModule):
     """2-D N-Jet convolution (Pintea et al., TIP 2021).
 
     ``W[o, c] = Σ_f α[o, c, f] · B_f(σ)`` with B the basis of
@@ -49,6 +50,10 @@ class NJetConv2d(nn.Module):
             "SAME": asymmetric, computed from the input size, as timm's ``Conv2dSame``).
         trim: pixels per side by which the output is smaller than "same" (a converted
             ``padding=0`` 3×3 conv has trim 1); negative for extra padding.
+
+    A converted strided layer runs at stride 1 and carries its safe-subsampling as the
+    ``subsample`` child (a :class:`~njetify.layers.SafeSubsample`, None otherwise), applied
+    to the output.
 
     Shapes: input ``(N, in_channels, H, W)`` → output ``(N, out_channels, H', W')``.
     """
@@ -114,6 +119,7 @@ class NJetConv2d(nn.Module):
         self._half_key: tuple | None = None
         self._half = 1
         self._warned_cap = False
+        self.subsample: nn.Module | None = None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ state
@@ -129,6 +135,10 @@ class NJetConv2d(nn.Module):
     def sigma(self) -> torch.Tensor:
         """Current σ in pixels: shape ``(1,)`` per layer or ``(out_channels,)`` per channel."""
         return self.log_sigma.exp()
+
+    def scale_parameter(self) -> nn.Parameter:
+        """The log-σ parameter (``log_sigma``)."""
+        return self.log_sigma
 
     @property
     def half_width(self) -> int:
@@ -204,6 +214,13 @@ class NJetConv2d(nn.Module):
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C_in, H, W)`` → ``(N, C_out, H', W')``."""
+        leaf = as_traced_leaf(self, x)
+        if leaf is not None:
+            return leaf
+        y = self._convolve(x)
+        return y if self.subsample is None else self.subsample(y)
+
+    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
         w = self.filters()
         pads = self._pads(x.shape[-2:], w.shape[-1])
         if self.padding_mode == "zeros" and pads[0] == pads[1] == pads[2] == pads[3] >= 0:
@@ -355,6 +372,18 @@ class NJetConv2d(nn.Module):
             if self.bias is not None:
                 conv.bias.copy_(self.bias)
         return conv
+
+    def baked(self) -> nn.Module:
+        """:meth:`to_conv`, followed by the frozen safe-subsampling when the layer carries one."""
+        conv = self.to_conv().train(self.training)
+        if self.subsample is None:
+            return conv
+        fixed = self.subsample.frozen() if hasattr(self.subsample, "frozen") else self.subsample
+        if type(conv) is nn.Conv2d:
+            from .subsampled_conv import SubsampledConv2d
+
+            return SubsampledConv2d.from_conv(conv, fixed)
+        return nn.Sequential(conv, fixed)
 
 
 def _crop(x: torch.Tensor, crops: list[int]) -> torch.Tensor:

@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_choice, check_positive
-
-INTERPOLATIONS = ("nearest", "bilinear", "area")
+from ..options import INTERPOLATIONS, check_choice, check_positive
+from ._fx import as_traced_leaf
 
 #: Tolerance on sizes and sample positions, so that an exact factor 1/2 computed
 #: through exp/log in float32 still gives ⌈L/2⌉ and picks pixels 0, 2, 4, ...
@@ -20,22 +19,25 @@ _EPS = 1e-6
 class SafeSubsample(nn.Module):
     """Subsample a map of side L to ``⌈L · (1/2)^(σ/r)⌉`` pixels.
 
-    Placed after an operation that used to be strided and now runs at stride 1.
-    With ``r="auto"``, ``r = σ₀ / log2(stride)`` so that at σ₀ the factor is exactly
-    ``1/stride``: the output then has the strided op's size and — with
-    ``interpolation="nearest"`` — the very same pixels (indices 0, stride, 2·stride, …).
-    The size is a discrete function of σ: no gradient flows through it (as in the paper).
+    Placed after an operation that used to be strided and now runs at stride 1 (an N-Jet
+    layer, a pool or a 1×1 conv carries it as its ``subsample`` child). With ``r="auto"``,
+    ``r = σ₀ / log2(stride)`` so that at σ₀ the factor is exactly ``1/stride``: the output
+    then has the strided op's size and — with ``interpolation="nearest"`` — the very same
+    pixels (indices 0, stride, 2·stride, …). The size is a discrete function of σ: no
+    gradient flows through it (as in the paper).
 
     Args:
-        source: the N-Jet layer whose σ sets the factor (its mean σ when per channel).
-            ``None`` keeps the factor fixed at ``1/stride``.
+        source: the σ layer (:class:`~njetify.layers.protocol.SigmaModule`) whose σ sets the
+            factor (its mean σ when per channel). ``None`` keeps the factor fixed at ``1/stride``.
         stride: the original stride (the factor at σ₀ with ``r="auto"``).
         r: ``"auto"`` or a positive number (the paper uses 4).
         sigma0: σ₀ of the source for ``r="auto"`` (default: the source's σ now).
         interpolation: ``"nearest"`` (exact pixel pick), ``"bilinear"`` or ``"area"``.
         source_name: module path of the source, for reports.
+        align: pixels added on the right and bottom (replicating the border) before resizing,
+            so that branches that meet at a merge have equal sides (DESIGN §4).
 
-    Shapes: ``(N, C, H, W)`` → ``(N, C, ⌈H·f⌉, ⌈W·f⌉)``.
+    Shapes: ``(N, C, H, W)`` → ``(N, C, ⌈(H+align)·f⌉, ⌈(W+align)·f⌉)``.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class SafeSubsample(nn.Module):
         sigma0: float | None = None,
         interpolation: str = "nearest",
         source_name: str | None = None,
+        align: int = 0,
     ):
         super().__init__()
         check_choice("interpolation", interpolation, INTERPOLATIONS)
@@ -56,16 +59,33 @@ class SafeSubsample(nn.Module):
                 raise ValueError("SafeSubsample: r='auto' needs stride > 1 (it matches the original stride); give r a number")
         else:
             check_positive("r", r)
-        object.__setattr__(self, "_source", source)  # a reference, not a submodule: σ is saved once
+        if not isinstance(align, int) or isinstance(align, bool) or align < 0:
+            raise ValueError(f"SafeSubsample: align must be an int ≥ 0 (pixels), got {align!r}")
         self.stride = stride
         self.interpolation = interpolation
-        self.source_name = source_name
-        if source is not None and r == "auto":
-            s0 = float(source.sigma.detach().mean()) if sigma0 is None else float(sigma0)
-            r = s0 / math.log2(stride)
-        self.r = None if source is None else float(r)
+        self.align = align
+        self.auto = r == "auto"
+        self.r: float | None = None if self.auto else float(r)
+        self.set_source(source, source_name, sigma0)
+
+    def set_source(self, source: nn.Module | None, name: str | None = None, sigma0: float | None = None) -> None:
+        """Let ``source``'s σ drive the factor (None: fixed at ``1/stride``). With ``r="auto"``
+        the factor at ``sigma0`` (default: the source's σ now) is ``1/stride``."""
+        object.__setattr__(self, "_source", source)  # a reference, not a submodule: σ is saved once
+        self.source_name = name if source is not None else None
         self._key = None
-        self._factor = 1.0 / stride
+        self._factor = 1.0 / self.stride
+        if source is not None and self.auto:
+            self.rebase(float(source.sigma.detach().mean()) if sigma0 is None else float(sigma0))
+        elif source is None and self.auto:
+            self.r = None
+
+    def rebase(self, sigma0: float) -> None:
+        """For ``r="auto"``: make ``sigma0`` the σ at which the factor is exactly ``1/stride``
+        (call it after choosing a new σ₀ for the source)."""
+        if self.auto and self._source is not None:
+            self.r = float(sigma0) / math.log2(self.stride)
+            self._key = None
 
     @property
     def source(self) -> nn.Module | None:
@@ -78,23 +98,67 @@ class SafeSubsample(nn.Module):
         src = self._source
         if src is None:
             return 1.0 / self.stride
-        p = src.log_sigma
-        key = (p._version, p.data_ptr())
+        p = src.scale_parameter()
+        key = (p._version, p.data_ptr(), self.r)
         if key != self._key:  # one host read per σ update
-            sigma = float(p.detach().exp().mean())
+            sigma = float(src.sigma.detach().mean())
             self._factor, self._key = 0.5 ** (sigma / self.r), key
         return self._factor
 
     def output_size(self, length: int) -> int:
         """Side of the output for an input side of ``length`` pixels, at the current σ."""
-        return subsampled_size(length, self.factor)
+        return subsampled_size(length + self.align, self.factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return resize_by(x, self.factor, self.interpolation)
+        leaf = as_traced_leaf(self, x)
+        return leaf if leaf is not None else resize_by(_aligned(x, self.align), self.factor, self.interpolation)
 
     def extra_repr(self) -> str:
         src = "fixed" if self._source is None else f"source={self.source_name or '?'}, r={self.r:.4g}"
-        return f"stride={self.stride}, factor={self.factor:.4g}, {src}, interpolation={self.interpolation!r}"
+        align = f", align={self.align}" if self.align else ""
+        return f"stride={self.stride}, factor={self.factor:.4g}, {src}, interpolation={self.interpolation!r}{align}"
+
+    def frozen(self, at: str = "learned") -> FixedSubsample:
+        """A :class:`FixedSubsample` at the current factor (``at="learned"``) or at ``1/stride``
+        (``at="original"``, the network before conversion)."""
+        check_choice("at", at, ("learned", "original"))
+        factor = self.factor if at == "learned" else 1.0 / self.stride
+        return FixedSubsample(factor, self.interpolation, self.stride, self.align).train(self.training)
+
+
+class FixedSubsample(nn.Module):
+    """A :class:`SafeSubsample` frozen at ``factor``: side L → ``⌈(L+align)·factor⌉`` pixels.
+
+    Same size rule, same pixel picks (nearest) or the same resize (bilinear, area) as
+    the SafeSubsample it replaces, so outputs are identical for any input size; no σ.
+    Shapes: ``(N, C, H, W)`` → ``(N, C, ⌈(H+align)·f⌉, ⌈(W+align)·f⌉)``.
+    """
+
+    def __init__(self, factor: float, interpolation: str = "nearest", stride: int | None = None, align: int = 0):
+        super().__init__()
+        check_positive("FixedSubsample factor", factor)
+        check_choice("interpolation", interpolation, INTERPOLATIONS)
+        self.factor = float(factor)
+        self.interpolation = interpolation
+        self.stride = stride
+        self.align = int(align)
+
+    def output_size(self, length: int) -> int:
+        """Output side for an input side of ``length`` pixels."""
+        return subsampled_size(length + self.align, self.factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        leaf = as_traced_leaf(self, x)
+        return leaf if leaf is not None else resize_by(_aligned(x, self.align), self.factor, self.interpolation)
+
+    def extra_repr(self) -> str:
+        align = f", align={self.align}" if self.align else ""
+        return f"factor={self.factor:.6g}, interpolation={self.interpolation!r}{align}"
+
+
+def _aligned(x: torch.Tensor, align: int) -> torch.Tensor:
+    """``x`` with ``align`` pixels added on the right and bottom, replicating the border."""
+    return F.pad(x, (0, align, 0, align), mode="replicate") if align else x
 
 
 def subsampled_size(length: int, factor: float) -> int:

@@ -28,7 +28,9 @@ from torch import nn
 from .. import basis as B
 from ._checks import check_channels, check_choice, check_order, check_positive
 from ._tied_checks import check_tieable, conv_trim
-from .njet_conv import PADDING_MODES
+from ..options import PADDING_MODES
+from ._fx import as_traced_leaf
+from .protocol import SigmaModule
 from .tied_fit import TiedMoments, joint_data_aware_fit, joint_weight_fit, tap_offsets
 
 MODES = ("auto", "dense", "separable")
@@ -310,25 +312,26 @@ class TiedNJetConv2d(nn.Module):
 
     def to_convs(self) -> list[nn.Conv2d]:
         """K plain ``nn.Conv2d`` with the materialised filters (identical outputs), for deployment."""
-        convs = []
-        with torch.no_grad():
-            for k in range(self.num_branches):
-                w = self.filters(k).detach().clone()
-                pad = (w.shape[-1] - 1) // 2 - self.trims[k]
-                if pad < 0:
-                    raise ValueError(f"TiedNJetConv2d.to_convs: branch {k} filter is smaller than its trim")
-                conv = nn.Conv2d(
-                    self.in_channels, self.out_channels, w.shape[-1], padding=pad, groups=self.groups,
-                    bias=self.bias is not None, padding_mode=self.padding_mode, device=w.device, dtype=w.dtype,
-                )
-                conv.weight.copy_(w)
-                if self.bias is not None:
-                    conv.bias.copy_(self.bias[k])
-                convs.append(conv)
-        return convs
+        return [self.to_conv(k) for k in range(self.num_branches)]
+
+    @torch.no_grad()
+    def to_conv(self, k: int) -> nn.Conv2d:
+        """Branch k as a plain ``nn.Conv2d`` with its materialised filter (identical outputs)."""
+        w = self.filters(k).detach().clone()
+        pad = (w.shape[-1] - 1) // 2 - self.trims[k]
+        if pad < 0:
+            raise ValueError(f"TiedNJetConv2d.to_conv: branch {k} filter is smaller than its trim")
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, w.shape[-1], padding=pad, groups=self.groups,
+            bias=self.bias is not None, padding_mode=self.padding_mode, device=w.device, dtype=w.dtype,
+        )
+        conv.weight.copy_(w)
+        if self.bias is not None:
+            conv.bias.copy_(self.bias[k])
+        return conv
 
 
-class TiedNJetBranch(nn.Module):
+class TiedNJetBranch(SigmaModule):
     """Branch k of a :class:`TiedNJetConv2d`: a drop-in replacement for the branch's conv.
 
     Holds no parameters of its own except in branch 0, which registers the owner as ``tied``.
@@ -353,6 +356,18 @@ class TiedNJetBranch(nn.Module):
         """This branch's σ in pixels, shape ``(1,)``."""
         return self.owner.sigma[self.index : self.index + 1]
 
+    def scale_parameter(self) -> nn.Parameter:
+        """The owner's ``log_sigma`` (all K branches' σ; this branch reads entry ``index``)."""
+        return self.owner.log_sigma
+
+    def filters(self) -> torch.Tensor:
+        """This branch's materialised filter ``(out_channels, in_channels/groups, s, s)``."""
+        return self.owner.filters(self.index)
+
+    def baked(self) -> nn.Module:
+        """This branch as a plain ``nn.Conv2d`` (identical outputs at the current σ)."""
+        return self.owner.to_conv(self.index).train(self.training)
+
     @property
     def kernel_size(self) -> tuple[int, int]:
         return self.owner.kernel_size(self.index)
@@ -366,7 +381,8 @@ class TiedNJetBranch(nn.Module):
         return self.owner.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.owner.forward_branch(x, self.index)
+        leaf = as_traced_leaf(self, x)
+        return leaf if leaf is not None else self.owner.forward_branch(x, self.index)
 
     def extra_repr(self) -> str:
         o = self.owner

@@ -25,7 +25,7 @@ class SubsampleConfig:
 class AsppConfig:
     """DeepLab ASPP tying (DESIGN §5)."""
 
-    tie: bool = False
+    tie: bool | str = "auto"  # "auto": tie the heads found; True: also warn when none is found; False: never
 
 
 @dataclass

@@ -17,7 +17,7 @@ import types
 import typing
 from typing import Any, Callable, Mapping
 
-from ..basis import MAX_ORDER
+from ..options import ASPP_TIE, INTERPOLATIONS, SIGMA_PER, SUBSAMPLE_MODES, SUBSAMPLE_WHERE, order_problem
 from .schema import Recipe
 
 __all__ = ["RecipeError", "build", "recipe_from_dict", "CHECKS"]
@@ -60,7 +60,12 @@ def _r(v):
 
 
 def _order(v):
-    return None if 0 <= v <= MAX_ORDER else f"an int in 0..{MAX_ORDER}"
+    return order_problem(v)
+
+
+def _tie(v):
+    ok = any(v is a or (isinstance(v, str) and v == a) for a in ASPP_TIE)
+    return None if ok else "'auto' (tie the heads found), true or false"
 
 
 def _match(v):
@@ -80,12 +85,13 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "order": _order,
     "extent": _positive,
     "sigma_init": _sigma_init,
-    "sigma_per": _choice("layer", "channel"),
+    "sigma_per": _choice(*SIGMA_PER),
     "max_size": _at_least(1),
-    "subsample.mode": _choice("safe", "keep"),
+    "subsample.mode": _choice(*SUBSAMPLE_MODES),
     "subsample.r": _r,
-    "subsample.where": _choice("original", "every_layer"),
-    "subsample.interpolation": _choice("nearest", "bilinear", "area"),
+    "subsample.where": _choice(*SUBSAMPLE_WHERE),
+    "subsample.interpolation": _choice(*INTERPOLATIONS),
+    "aspp.tie": _tie,
     "rules.match": _match,
     "finetune.optimizer": _choice("sgd", "adamw"),
     "finetune.lr": _positive,

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..bake import FixedSubsample, _first_tensor, freeze_subsampling
-from ..layers import NJetConv2d, SafeSubsample
-from ..layers.tied import TiedNJetBranch
+from ..bake import _first_tensor, freeze_subsampling
+from ..layers import FixedSubsample, NJetConv2d, SafePool2d, SafeSubsample, TiedNJetBranch
+from ..modes import evaluating
 from .trace import MacCounter, RFTracker
 
 __all__ = ["LayerInfo", "ModelSummary", "count_macs", "parse_input_size", "summarize"]
@@ -150,7 +150,7 @@ def _describe(m: nn.Module) -> tuple[str, dict] | None:
     if isinstance(m, nn.Conv2d):
         k, s = m.kernel_size, m.stride[0]
         return "conv", {"op": f"conv {k[0]}x{k[1]}" + (f" s{s}" if s > 1 else ""), "size": k[0], "stride": s}
-    if isinstance(m, _POOLS) or type(m).__name__ == "StridelessPool2d":
+    if isinstance(m, (_POOLS, SafePool2d)):
         spec = getattr(m, "spec", None)
         if spec is not None:
             return "pool", {"op": f"{spec.kind}pool {spec.kernel} s1", "size": spec.kernel, "stride": 1}
@@ -204,14 +204,10 @@ def summarize(model: nn.Module, input_size=(3, 224, 224), *, original: bool = Tr
     p = next(model.parameters(), None)
     device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
     x = torch.randn(1, *size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         learned, order, out_shape = _trace(model, x)
         orig = _trace(freeze_subsampling(model, "original"), x)[0] if original else {}
         total_macs = count_macs(model, x, warmup=False) if macs else None
-    finally:
-        model.train(was_training)
     modules = dict(model.named_modules())
     summary = ModelSummary(size, params=sum(q.numel() for q in model.parameters()), macs=total_macs,
                            output_shape=out_shape)

@@ -1,28 +1,18 @@
-"""Model surgery: trace a CNN, convert its convolutions, make its subsampling safe, report.
+"""Model surgery: analyse a CNN with torch.fx, swap its modules, report (DESIGN §6).
 
-Public API: :func:`njetify`, :func:`convert`, :class:`ConversionReport`. The pipeline is
-:data:`PASSES` (a list of :class:`Pass` over a shared :class:`SurgeryContext`);
-:func:`insert_pass` adds a step (e.g. ASPP tying before ``"convs"``).
+model in → trace → passes → report → model out. Public API: :func:`convert`, :func:`njetify`,
+:func:`tie_aspp`, :class:`ConversionReport`. The pipeline is a value: :data:`DEFAULT_PASSES`, a
+tuple of :class:`Pass` (each says what it ``requires`` and ``provides``) run over one
+:class:`SurgeryContext`; ``convert(model, passes=insert_pass(DEFAULT_PASSES, my_pass, after="convs"))``
+adds a step.
 """
 
-from .api import convert, njetify, resolve_recipe
-from .context import PASSES, Pass, Region, SurgeryContext, insert_pass, run_passes
-from .guards import FlattenGuard
-from .pools import StridelessPool2d
+from .api import convert, njetify, resolve_recipe, tie_aspp
+from .context import ConvertedLayer, Pass, PipelineError, SurgeryContext, check_pipeline, insert_pass, run_pipeline
+from .pipeline import DEFAULT_PASSES
 from .report import ConversionReport, ReportRow
 
 __all__ = [
-    "PASSES",
-    "ConversionReport",
-    "FlattenGuard",
-    "Pass",
-    "Region",
-    "ReportRow",
-    "StridelessPool2d",
-    "SurgeryContext",
-    "convert",
-    "insert_pass",
-    "njetify",
-    "resolve_recipe",
-    "run_passes",
+    "DEFAULT_PASSES", "ConversionReport", "ConvertedLayer", "Pass", "PipelineError", "ReportRow", "SurgeryContext",
+    "check_pipeline", "convert", "insert_pass", "njetify", "resolve_recipe", "run_pipeline", "tie_aspp",
 ]

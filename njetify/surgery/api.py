@@ -1,100 +1,31 @@
-"""``njetify.njetify`` and ``njetify.convert``: argument checks, the pipeline, the final checks."""
+"""``njetify.convert``, ``njetify.njetify`` and ``tie_aspp``: check the arguments, run the pipeline.
+
+The converted model is the user's own model — the same class with its methods, properties,
+attributes, hooks and module paths (a deep copy, or the very object with ``inplace=True``):
+only modules are swapped (DESIGN §6). A conversion that fails part-way is rolled back.
+"""
 
 from __future__ import annotations
 
 import copy
 import os
-import warnings
-from numbers import Real
 
 import torch
 from torch import nn
 
-from ..basis import MAX_ORDER
-from ..layers._checks import conv_kind
+from ..options import SUBSAMPLE_MODES, check_max_size, check_order, check_positive, check_r
 from ..recipes import validate_rules_against
-from ..recipes.schema import Recipe
-from .calibrate import calibrate_pass
-from .context import PASSES, Pass, SurgeryContext, run_passes
-from .convs import conv_pass
-from .guards import guard_pass
-from .plan import plan_pass
+from ..recipes.schema import AsppConfig, Recipe, SubsampleConfig
+from .context import SurgeryContext, check_pipeline, run_pipeline
+from .pipeline import DEFAULT_PASSES
 from .report import REPORT_ATTR, ConversionReport
-from .subsample import subsample_pass
-from .trace import example_shapes, trace_pass
-from .util import count_params, evaluating, first_input, model_device_dtype, to_model
+from .rewrite import Rewriter
+from .util import count_params, first_input, model_device_dtype, to_model
 
-SUBSAMPLE_MODES = ("safe", "keep")
-
-
-def _shapes_pass(ctx: SurgeryContext) -> None:
-    """With example inputs: record the original output shape and (fx mode) every node's shape."""
-    if ctx.example_inputs is None:
-        return
-    try:
-        with evaluating(ctx.model):
-            if ctx.report.tracing.get("mode") == "fx":
-                from torch.fx.passes.shape_prop import ShapeProp
-
-                out = ShapeProp(ctx.model).propagate(*ctx.example_inputs)
-            else:
-                out = ctx.model(*ctx.example_inputs)
-        ctx.state["out_shapes"] = _out_shapes(out)
-    except Exception as e:  # noqa: BLE001 - the original model itself fails on the inputs
-        raise ValueError(f"example_inputs: the original model fails on them ({type(e).__name__}: {e})") from None
+#: Filter-size cap of :func:`tie_aspp`: 127 px covers rate 63 at extent 2 (σ₀ 31.5).
+TIE_MAX_SIZE = 127
 
 
-def _aspp_pass(ctx: SurgeryContext) -> None:
-    """ASPP tying (issue 5), imported lazily: see :func:`njetify.surgery.aspp.aspp_pass`."""
-    from .aspp import aspp_pass
-
-    aspp_pass(ctx)
-
-
-def _finish_pass(ctx: SurgeryContext) -> None:
-    """Totals, modes of the new modules, and a check run on the example inputs."""
-    for m in ctx.model.modules():
-        if type(m).__module__.startswith("njetify.") and not hasattr(m, "log_sigma"):
-            m.training = ctx.model.training
-    ctx.report.params_after = count_params(ctx.model)
-    want = ctx.state.get("out_shapes")
-    if want is None:
-        return
-    try:
-        with evaluating(ctx.model):
-            got = _out_shapes(ctx.model(*ctx.example_inputs))
-    except Exception as e:  # noqa: BLE001
-        got = f"{type(e).__name__}: {e}"
-    if got != want:
-        msg = f"the converted model's output on example_inputs is {got}, the original's {want}"
-        ctx.report.note(msg)
-        warnings.warn(f"njetify: {msg}", stacklevel=3)
-
-
-def _out_shapes(out):
-    if isinstance(out, torch.Tensor):
-        return list(out.shape)
-    if isinstance(out, (tuple, list)):
-        return [_out_shapes(o) for o in out]
-    if isinstance(out, dict):
-        return {k: _out_shapes(v) for k, v in out.items()}
-    return None
-
-
-PASSES[:] = [
-    Pass("trace", trace_pass),
-    Pass("shapes", _shapes_pass),
-    Pass("plan", plan_pass),
-    Pass("aspp", _aspp_pass, lambda ctx: bool(ctx.recipe.aspp.tie)),
-    Pass("convs", conv_pass),
-    Pass("subsample", subsample_pass, lambda ctx: ctx.recipe.subsample.mode == "safe"),
-    Pass("guards", guard_pass, lambda ctx: ctx.recipe.subsample.mode == "safe"),
-    Pass("calibrate", calibrate_pass),
-    Pass("finish", _finish_pass),
-]
-
-
-# ------------------------------------------------------------------ arguments
 def resolve_recipe(recipe=None, *, order=None, subsample=None, r=None) -> Recipe:
     """The recipe to use: ``recipe`` (None: built-in ``default``; a Recipe; a built-in name or YAML
     path) with the keyword overrides applied; always a new, checked object (see
@@ -103,29 +34,17 @@ def resolve_recipe(recipe=None, *, order=None, subsample=None, r=None) -> Recipe
         raise TypeError(f"recipe must be None, a njetify.recipes.Recipe or a str (built-in name or YAML path), "
                         f"got {type(recipe).__name__}")
     if order is not None:
-        _check_order("order", order)
+        check_order(order)
     if subsample is not None and subsample not in SUBSAMPLE_MODES:
         raise ValueError(f"subsample must be one of {SUBSAMPLE_MODES}, got {subsample!r}")
-    if r is not None and not _valid_r(r):
-        raise ValueError(f"r must be 'auto' or a positive number (the paper uses 4), got {r!r}")
+    if r is not None:
+        check_r(r)
     from ..recipes import resolve_recipe as _resolve
 
     rec = _resolve(recipe, order=order, subsample=subsample, r=r)
-    sub = rec.subsample
-    if sub.where == "every_layer" and sub.r == "auto":
+    if rec.subsample.where == "every_layer" and rec.subsample.r == "auto":
         raise ValueError("r: subsample.where='every_layer' needs a numeric r (e.g. 4, as in the paper), got 'auto'")
     return rec
-
-
-def _valid_r(r) -> bool:
-    if r == "auto":
-        return True
-    return isinstance(r, Real) and not isinstance(r, bool) and 0 < float(r) < float("inf")
-
-
-def _check_order(name: str, order) -> None:
-    if not isinstance(order, int) or isinstance(order, bool) or not 0 <= order <= MAX_ORDER:
-        raise ValueError(f"{name} must be an int in 0..{MAX_ORDER}, got {order!r}")
 
 
 def _as_tuple(example_inputs) -> tuple | None:
@@ -138,13 +57,29 @@ def _as_tuple(example_inputs) -> tuple | None:
     raise TypeError(f"example_inputs must be a tensor or a tuple of model inputs, got {type(example_inputs).__name__}")
 
 
-def _recipe_dict(rec: Recipe) -> dict:
-    from ..recipes import recipe_to_dict
+def _batches(calibration_data, device, dtype) -> list | None:
+    if calibration_data is None:
+        return None
+    if isinstance(calibration_data, torch.Tensor):
+        calibration_data = [calibration_data]
+    try:
+        batches = [to_model(first_input(b), device, dtype) for b in calibration_data]
+    except TypeError:
+        raise TypeError("calibration_data must be an iterable of input batches (a DataLoader or a list of "
+                        f"tensors), got {type(calibration_data).__name__}") from None
+    if not batches:
+        raise ValueError("calibration_data is empty: give a few input batches, or None for a weight-space fit")
+    return batches
 
-    return recipe_to_dict(rec)
+
+def _copy(model: nn.Module, why: str) -> nn.Module:
+    try:
+        return copy.deepcopy(model)
+    except Exception as e:  # noqa: BLE001 - any failure of the user's class to copy
+        raise TypeError(f"convert: {type(model).__name__} cannot be deep-copied ({type(e).__name__}: {e}); "
+                        f"{why}") from None
 
 
-# ------------------------------------------------------------------- public
 def convert(
     model: nn.Module,
     *,
@@ -155,11 +90,12 @@ def convert(
     calibration_data=None,
     example_inputs=None,
     inplace: bool = False,
+    passes=None,
 ) -> tuple[nn.Module, ConversionReport]:
     """Convert ``model`` to an N-Jet network; returns ``(converted_model, report)``.
 
     Args:
-        model: any ``nn.Module`` (timm, torchvision, your own).
+        model: any ``nn.Module`` (timm, torchvision, segmentation-models-pytorch, your own).
         order: derivative order N of the N-Jet layers (default 3, or the recipe's).
         recipe: None, a :class:`njetify.recipes.Recipe`, or a built-in recipe name / YAML path.
             Keyword arguments override the recipe's values.
@@ -167,11 +103,14 @@ def convert(
             ``"keep"`` (strides and pooling stay).
         r: ``"auto"`` (factor at σ₀ = original stride, default) or a positive number (paper: 4).
         calibration_data: iterable of input batches (tensors, or ``(x, y, ...)`` tuples); when
-            given, α is fitted data-aware, layer by layer (DESIGN §3).
+            given, α is fitted on the inputs each layer really sees (DESIGN §3).
         example_inputs: a tensor or tuple of inputs, used to record shapes and check the result.
-        inplace: modify ``model``'s modules instead of a deep copy (always use the returned model).
+        inplace: convert ``model`` itself instead of a deep copy (always use the returned model).
+        passes: the pipeline (default :data:`~njetify.surgery.DEFAULT_PASSES`).
 
-    The conversion without calibration data is deterministic and needs no data.
+    The result is an object of ``model``'s own class with its methods and attributes; state_dict
+    keys of what is not converted are unchanged, converted layers keep their paths. The
+    conversion without calibration data is deterministic and needs no data.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -179,46 +118,44 @@ def convert(
         raise TypeError(f"inplace must be a bool, got {inplace!r}")
     rec = resolve_recipe(recipe, order=order, subsample=subsample, r=r)
     validate_rules_against(rec, model)  # a rule glob that matches no module is a recipe error
+    pipeline = check_pipeline(DEFAULT_PASSES if passes is None else passes)
     examples = _as_tuple(example_inputs)
+    device, dtype = model_device_dtype(model)
+    batches = _batches(calibration_data, device, dtype)
+    if examples is not None:
+        examples = tuple(to_model(t, device, dtype) for t in examples)
+    elif batches is not None:
+        examples = (batches[0],)
+    from ..recipes import recipe_to_dict
+
     report = ConversionReport(
-        recipe=_recipe_dict(rec),
+        recipe=recipe_to_dict(rec),
         subsample={"mode": rec.subsample.mode, "r": rec.subsample.r, "where": rec.subsample.where,
                    "interpolation": rec.subsample.interpolation},
-        example_input_shape=example_shapes(examples),
+        example_input_shape=_shapes(examples),
         params_before=count_params(model),
         model_class=type(model).__name__,
     )
-    work = model if inplace else copy.deepcopy(model)
-    device, dtype = model_device_dtype(work)
-    if examples is not None:
-        examples = tuple(to_model(t, device, dtype) for t in examples)
-    batches = None
-    if calibration_data is not None:
-        if isinstance(calibration_data, torch.Tensor):
-            calibration_data = [calibration_data]
-        try:
-            batches = [to_model(first_input(b), device, dtype) for b in calibration_data]
-        except TypeError:
-            raise TypeError("calibration_data must be an iterable of input batches (a DataLoader or a list of "
-                            f"tensors), got {type(calibration_data).__name__}") from None
-        if not batches:
-            raise ValueError("calibration_data is empty: give a few input batches, or None for a weight-space fit")
-        if examples is None:
-            examples = (batches[0],)
-            report.example_input_shape = example_shapes(examples)
-    ctx = SurgeryContext(work, rec, report, calibration=batches, example_inputs=examples)
-    if not _has_convertible(work, rec) and not rec.aspp.tie:
-        msg = f"{type(model).__name__} has no convertible convolution: returned unchanged"
-        warnings.warn(f"njetify: {msg}", stacklevel=2)
-        report.tracing["mode"] = "none"
-        conv_pass(ctx)  # rows that say why each conv was kept
-        ctx.model = work  # conv_pass converted nothing
-        report.params_after = report.params_before
-        setattr(work, REPORT_ATTR, report)
-        return work, report
-    run_passes(ctx)
-    setattr(ctx.model, REPORT_ATTR, report)  # what njetify.save needs to rebuild the model
-    return ctx.model, report
+    work = model if inplace else _copy(model, "convert it in place with inplace=True")
+    original = None
+    if batches is not None:
+        original = _copy(model, "calibrate without inplace=True, or give no calibration_data") if inplace else model
+    rewriter = Rewriter(work)
+    ctx = SurgeryContext(work, rec, report, rewriter, examples, batches, original)
+    try:
+        run_pipeline(ctx, pipeline)
+    except BaseException:
+        rewriter.rollback()
+        raise
+    rewriter.commit()
+    setattr(work, REPORT_ATTR, report)  # what njetify.save needs to rebuild the model
+    return work, report
+
+
+def _shapes(example_inputs) -> list[list[int]] | None:
+    if example_inputs is None:
+        return None
+    return [list(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)]
 
 
 def njetify(
@@ -231,16 +168,34 @@ def njetify(
     calibration_data=None,
     example_inputs=None,
     inplace: bool = False,
+    passes=None,
 ) -> nn.Module:
     """Convert ``model`` (same arguments as :func:`convert`) and return only the converted model."""
-    return convert(
-        model, order=order, recipe=recipe, subsample=subsample, r=r,
-        calibration_data=calibration_data, example_inputs=example_inputs, inplace=inplace,
-    )[0]
+    return convert(model, order=order, recipe=recipe, subsample=subsample, r=r, calibration_data=calibration_data,
+                   example_inputs=example_inputs, inplace=inplace, passes=passes)[0]
 
 
-def _has_convertible(model: nn.Module, rec: Recipe) -> bool:
-    for path, m in model.named_modules():
-        if conv_kind(m) == "ok" and not rec.settings_for(path).skip:
-            return True
-    return False
+def tie_aspp(
+    model: nn.Module,
+    *,
+    order: int = 3,
+    extent: float = 2.0,
+    max_size: int | None = TIE_MAX_SIZE,
+    learn_sigma: bool = True,
+    calibration_data=None,
+    inplace: bool = False,
+) -> tuple[nn.Module, ConversionReport]:
+    """Tie the DeepLab ASPP heads of ``model`` and nothing else: :func:`convert` with a tie-only recipe.
+
+    Each head's dilated branch convs share one α and keep one σ each (initialised from their
+    rates, ``σ₀ = d·(k−1)/(2·extent)``); ``max_size`` caps the filters (pixels, None: no cap).
+    Returns ``(model, report)``; the report has one ``aspp`` row per head (tied, or skipped
+    with the reason) and one ``conv`` row per tied branch.
+    """
+    check_order(order)
+    check_positive("extent", extent)
+    check_max_size(max_size)
+    rec = Recipe(name="tie-aspp", description="tie ASPP heads only", order=order, extent=extent,
+                 max_size=max_size, learn_sigma=learn_sigma, convs=False,
+                 subsample=SubsampleConfig(mode="keep"), aspp=AsppConfig(tie=True))
+    return convert(model, recipe=rec, calibration_data=calibration_data, inplace=inplace)

@@ -1,102 +1,138 @@
-"""The shared state of one conversion and the ordered list of passes that work on it.
+"""What one conversion's passes share (:class:`SurgeryContext`) and what a pass is (:class:`Pass`).
 
-A pass is a function ``fn(ctx) -> None`` that reads and changes the
-:class:`SurgeryContext`. :data:`PASSES` is the default pipeline; another pass
-slots in with :func:`insert_pass` (e.g. ASPP tying before ``"convs"``).
+A pass is a named function ``run(ctx) -> None`` that reads and changes the context.
+It declares the context fields it ``requires`` (filled by an earlier pass) and the
+ones it ``provides``, like torch.fx's ``PassBase`` ``requires``/``ensures``;
+:func:`run_pipeline` checks the whole pipeline before it runs any pass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-from torch import fx, nn
+from torch import nn
 
 from ..recipes.schema import Recipe
 from .report import ConversionReport, ReportRow
+from .rewrite import Rewriter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .analysis import Analysis
+    from .analysis.lineage import Plan
 
 
 @dataclass
-class Region:
-    """A traced part of the model: ``gm`` sits at module path ``prefix`` ("" = the root)."""
+class ConvertedLayer:
+    """A convolution that became a σ layer: the new ``layer`` and the original ``conv`` it replaced."""
 
-    prefix: str
-    gm: fx.GraphModule
-
-    def full_path(self, target: str) -> str:
-        """Module path in the whole model of a ``call_module`` target of this region."""
-        return f"{self.prefix}.{target}" if self.prefix else target
+    path: str
+    layer: nn.Module
+    conv: nn.Module
 
 
 @dataclass
 class SurgeryContext:
-    """What the passes share.
+    """The state of one conversion.
 
-    ``model``: the model being rewritten (replaced by a GraphModule when the root traces).
-    ``calibration``: list of input batches (already on the model's device) or None.
-    ``example_inputs``: tuple of example tensors or None (for shapes and checks).
-    ``regions``: the traced parts (empty in module-swap mode).
-    ``kernels``: for every N-Jet layer made from a conv, ``id(layer) -> (path, dense kernel)``,
-    kept for the data-aware fit.
-    ``rows``: ``module path -> conv ReportRow`` (passes update fit errors, strides).
-    ``state``: free slots for passes (e.g. the subsampling plan).
+    Inputs (always there): ``model`` (the user's model object or its deep copy, rewritten
+    in place), ``recipe``, ``report``, ``rewriter`` (every module swap goes through it, so a
+    failed conversion is undone), ``example_inputs`` (tuple of tensors or None),
+    ``calibration`` (list of input batches on the model's device, or None) and ``original``
+    (an untouched copy of the model when calibrating, else None).
+
+    Filled by passes: ``analysis`` (traced graphs of the model, pass ``trace``),
+    ``out_shapes`` (the original outputs' shapes on the example inputs, pass ``shapes``),
+    ``plan`` (subsampling sites, their σ-source groups and flatten guards, pass ``plan``),
+    ``converted`` (path → :class:`ConvertedLayer`, pass ``convs``), ``tied`` (the tied ASPP
+    heads' report rows, pass ``aspp``).
     """
 
     model: nn.Module
     recipe: Recipe
     report: ConversionReport
-    calibration: list[torch.Tensor] | None = None
+    rewriter: Rewriter
     example_inputs: tuple | None = None
-    regions: list[Region] = field(default_factory=list)
-    kernels: dict[int, tuple[str, torch.Tensor]] = field(default_factory=dict)
-    rows: dict[str, ReportRow] = field(default_factory=dict)
-    state: dict[str, Any] = field(default_factory=dict)
+    calibration: list | None = None
+    original: nn.Module | None = None
+    analysis: Analysis | None = None
+    out_shapes: Any = None
+    plan: Plan | None = None
+    converted: dict[str, ConvertedLayer] = field(default_factory=dict)
+    tied: list[ReportRow] = field(default_factory=list)
 
-    def get_module(self, path: str) -> nn.Module:
-        """The module at ``path`` in the (current) model."""
+    def module(self, path: str) -> nn.Module:
+        """The module at ``path`` in the model as it is now ("" is the model)."""
         return self.model.get_submodule(path) if path else self.model
 
-    def set_module(self, path: str, module: nn.Module) -> None:
-        """Put ``module`` at ``path`` (the root cannot be replaced this way)."""
-        parent, _, name = path.rpartition(".")
-        setattr(self.get_module(parent), name, module)
+
+#: Context fields that are there before any pass runs.
+INPUTS = frozenset({"model", "recipe", "report", "rewriter", "example_inputs", "calibration", "original"})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Pass:
-    """A named step of the pipeline; ``enabled(ctx)`` decides whether it runs."""
+    """A named step of the pipeline: ``run(ctx)``, the fields it ``requires`` and ``provides``."""
 
     name: str
-    fn: Callable[[SurgeryContext], None]
-    enabled: Callable[[SurgeryContext], bool] = lambda ctx: True
+    run: Callable[[SurgeryContext], None]
+    requires: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+    doc: str = ""
 
 
-#: The default pipeline, filled in by :mod:`njetify.surgery.api` (names: "trace", "plan",
-#: "convs", "subsample", "guards", "calibrate", "finish").
-PASSES: list[Pass] = []
+class PipelineError(ValueError):
+    """A pipeline whose passes cannot run in this order (names the pass and the missing field)."""
 
 
-def insert_pass(p: Pass, *, before: str | None = None, after: str | None = None) -> None:
-    """Add ``p`` to :data:`PASSES` before or after the pass named ``before``/``after``.
+def check_pipeline(passes) -> tuple[Pass, ...]:
+    """The passes as a tuple, after checking that each one's ``requires`` are provided earlier."""
+    passes = tuple(passes)
+    available = set(INPUTS)
+    names: list[str] = []
+    for p in passes:
+        if not isinstance(p, Pass):
+            raise TypeError(f"passes must hold njetify.surgery.Pass objects, got {type(p).__name__}")
+        if p.name in names:
+            raise PipelineError(f"passes: two passes are named {p.name!r}")
+        missing = [r for r in p.requires if r not in available]
+        if missing:
+            raise PipelineError(
+                f"passes: pass {p.name!r} requires {', '.join(map(repr, missing))}, which no earlier pass provides "
+                f"(order: {', '.join(names + [p.name])})"
+            )
+        available.update(p.provides)
+        names.append(p.name)
+    return passes
 
-    A pass with the same name is replaced. Raises ``ValueError`` for an unknown anchor.
-    """
-    PASSES[:] = [q for q in PASSES if q.name != p.name]
+
+def run_pipeline(ctx: SurgeryContext, passes) -> SurgeryContext:
+    """Check ``passes`` (:func:`check_pipeline`), then run them in order on ``ctx``."""
+    for p in check_pipeline(passes):
+        p.run(ctx)
+    return ctx
+
+
+def insert_pass(passes, new: Pass, *, before: str | None = None, after: str | None = None) -> tuple[Pass, ...]:
+    """A new pipeline: ``passes`` with ``new`` placed before or after the pass of that name
+    (at the end without an anchor). A pass of the same name is replaced."""
+    out = [p for p in passes if p.name != new.name]
     anchor = before if before is not None else after
     if anchor is None:
-        PASSES.append(p)
-        return
-    names = [q.name for q in PASSES]
+        return (*out, new)
+    names = [p.name for p in out]
     if anchor not in names:
-        raise ValueError(f"insert_pass: no pass named {anchor!r}; passes are {names}")
+        raise PipelineError(f"insert_pass: no pass named {anchor!r}; passes are {names}")
     i = names.index(anchor) + (0 if before is not None else 1)
-    PASSES.insert(i, p)
+    return (*out[:i], new, *out[i:])
 
 
-def run_passes(ctx: SurgeryContext, passes: list[Pass] | None = None) -> SurgeryContext:
-    """Run the pipeline in order on ``ctx``."""
-    for p in PASSES if passes is None else passes:
-        if p.enabled(ctx):
-            p.fn(ctx)
-    return ctx
+def describe(passes) -> str:
+    """One line per pass: name, what it requires and provides."""
+    lines = []
+    for p in passes:
+        req = ", ".join(p.requires) or "-"
+        prov = ", ".join(p.provides) or "-"
+        lines.append(f"{p.name:10s} requires {req:28s} provides {prov}")
+    return "\n".join(lines)
+

@@ -6,9 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-ACTIONS = ("converted", "subsampled", "kept", "skipped", "inserted")
-
-
+ACTIONS = ("converted", "tied", "subsampled", "kept", "skipped", "inserted", "retraced")
 
 #: Attribute of a converted model that holds its ConversionReport (``njetify.save`` reads it).
 REPORT_ATTR = "njetify_report"
@@ -17,8 +15,10 @@ REPORT_ATTR = "njetify_report"
 class ReportRow:
     """One convolution, subsampling site or inserted module.
 
-    ``kind`` says which (``"conv"``, ``"subsample"``, ``"guard"``; other passes add their
-    own, e.g. ``"aspp"``). Fields that do not apply stay None. σ₀ and sizes are in pixels;
+    ``kind`` says which: ``"conv"`` (a convolution: converted, tied into an ASPP head, kept or
+    skipped), ``"subsample"`` (a strided op: subsampled or kept), ``"guard"`` (a flatten → Linear
+    head), ``"aspp"`` (a DeepLab head: tied or skipped), ``"module"`` (a module of yours whose
+    forward was replaced by a traced one). Fields that do not apply stay None. σ₀ and sizes are in pixels;
     ``fit_error`` is the relative weight-space error ``‖W_fit − W‖/‖W‖``.
     """
 
@@ -75,6 +75,10 @@ class ConversionReport:
     def select(self, kind: str | None = None, action: str | None = None) -> list[ReportRow]:
         """Rows filtered by ``kind`` and/or ``action``."""
         return [r for r in self.rows if (kind is None or r.kind == kind) and (action is None or r.action == action)]
+
+    def row(self, kind: str, path: str) -> ReportRow | None:
+        """The first row of ``kind`` at module ``path`` (None when there is none)."""
+        return next((r for r in self.rows if r.kind == kind and r.path == path), None)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{kind: {action: number of rows}}``."""

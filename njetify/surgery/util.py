@@ -1,24 +1,9 @@
-"""Small helpers shared by the passes."""
+"""Small helpers of the surgery: parameter counts, the model's device and dtype, input batches."""
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
-
-
-@contextlib.contextmanager
-def evaluating(model: nn.Module):
-    """Run ``model`` in eval mode without gradients, then restore every module's own mode."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def count_params(module: nn.Module) -> int:
@@ -58,3 +43,8 @@ def first_input(batch):
             raise ValueError("calibration_data: got an empty batch")
         return batch[0]
     return batch
+
+
+def call(model: nn.Module, x):
+    """``model(x)``, or ``model(**x)`` for a dict of named inputs."""
+    return model(**x) if isinstance(x, dict) else model(x)

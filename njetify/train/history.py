@@ -25,28 +25,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..layers import NJetConv2d, SafeSubsample
+from ..layers import SafeSubsample, sigma_layers
+from ..modes import evaluating
 from .checkpoint import atomic_write_bytes
 
 JSON_NAME, CSV_NAME = "history.json", "history.csv"
 
 
 def njet_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Modules with a learned σ and a filter size, by path.
-
-    Every :class:`NJetConv2d`, and any module with a ``sigma`` and a ``kernel_size``
-    property (the branch views of a tied ASPP layer), or owning a ``log_sigma``
-    parameter and a ``kernel_size`` that is not a method (the tied owner, whose
-    per-branch sizes are reported through its branches, is left out).
-    """
-    out = {}
-    for name, m in model.named_modules():
-        ks = getattr(type(m), "kernel_size", None)
-        if isinstance(m, NJetConv2d) or (isinstance(ks, property) and hasattr(m, "sigma")):
-            out[name] = m
-        elif isinstance(getattr(m, "log_sigma", None), nn.Parameter) and not callable(getattr(m, "kernel_size", None)):
-            out[name] = m
-    return out
+    """The modules with a learned σ (:func:`njetify.layers.sigma_layers`), by path."""
+    return sigma_layers(model)
 
 
 def subsample_modules(model: nn.Module) -> dict[str, SafeSubsample]:
@@ -59,11 +47,9 @@ def layer_snapshot(model: nn.Module) -> dict[str, dict]:
     """σ (mean, min, max, in pixels) and filter size of every N-Jet module."""
     out = {}
     for name, m in njet_modules(model).items():
-        s = (m.sigma if hasattr(m, "sigma") else m.log_sigma.exp()).detach().float().cpu()
-        size = getattr(m, "kernel_size", None)
-        size = size[0] if isinstance(size, (tuple, list)) else size
+        s = m.sigma.detach().float().cpu()
         out[name] = {"sigma": float(s.mean()), "sigma_min": float(s.min()), "sigma_max": float(s.max()),
-                     "size": None if size is None else int(size)}
+                     "size": int(m.kernel_size[0])}
     return out
 
 
@@ -93,15 +79,12 @@ def feature_sizes(model: nn.Module, sample: torch.Tensor, *, original: bool = Fa
     sizes: dict[str, list[int]] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: sizes.__setitem__(n, list(o.shape[-2:])))
              for n, m in subs.items()]
-    was_training = model.training
-    model.eval()
     try:
-        with _fixed_factors(subs) if original else contextlib.nullcontext():
+        with evaluating(model), _fixed_factors(subs) if original else contextlib.nullcontext():
             model(sample)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return sizes
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..layers import NJetConv2d
+from ..layers import sigma_parameters as _sigma_parameters
 from ..recipes import FinetuneConfig
 
 GROUPS = ("alpha", "sigma", "decay", "no_decay")
@@ -16,25 +16,16 @@ SCHEDULES = ("cosine", "step", "constant")
 
 
 def sigma_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """σ parameters (log-scale): ``.log_sigma`` of every :class:`NJetConv2d`, plus any parameter
-    registered as ``log_sigma`` on another module (tied ASPP branches, user layers). Each once."""
-    out, seen = [], set()
-    for m in model.modules():
-        cands = [m.log_sigma] if isinstance(m, NJetConv2d) else []
-        cands += [p for n, p in m.named_parameters(recurse=False) if n == "log_sigma"]
-        for p in cands:
-            if id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-    return out
+    """σ parameters (log-scale) of every σ layer (:func:`njetify.layers.sigma_parameters`), each once."""
+    return _sigma_parameters(model)
 
 
 def split_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Trainable parameters by group (each parameter once, shared ones included once).
 
     * ``sigma``: :func:`sigma_parameters` (σ = exp(log_sigma)),
-    * ``alpha``: the other ≥2-D parameters of N-Jet modules (NJetConv2d, or any module owning
-      a ``log_sigma``): their basis coefficients,
+    * ``alpha``: the other ≥2-D parameters of the modules that own a σ parameter (N-Jet layers,
+      tied ASPP heads): their basis coefficients,
     * ``no_decay``: 0-/1-D parameters and every ``bias`` (norm scales/shifts, N-Jet and tied biases),
     * ``decay``: everything else (conv and linear weights).
     """
@@ -43,7 +34,7 @@ def split_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     seen: set[int] = set()
     for module in model.modules():
         own = list(module.named_parameters(recurse=False))
-        njet = isinstance(module, NJetConv2d) or any(id(p) in sigma_ids for _, p in own)
+        njet = any(id(p) in sigma_ids for _, p in own)
         for name, p in own:
             if id(p) in seen or not p.requires_grad:
                 continue

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 from torch import nn
 
-from ..fit import dense_kernel
-from ..layers import NJetConv2d
-from ..layers._checks import conv_kind
-from .context import SurgeryContext
-from .report import ReportRow
-from .util import own_params
+from ...layers import NJetConv2d
+from ...layers._checks import conv_kind
+from ..context import ConvertedLayer, SurgeryContext
+from ..report import ReportRow
+from ..util import own_params
 
 
 def describe_conv(m: nn.Module) -> str:
@@ -33,19 +30,12 @@ def describe_conv(m: nn.Module) -> str:
 
 
 def conv_pass(ctx: SurgeryContext) -> None:
-    """Convert convolutions in place (same module paths); one report row per conv."""
-    paths = defaultdict(list)
-    for path, m in ctx.model.named_modules(remove_duplicate=False):
-        if path and conv_kind(m) is not None:
-            paths[id(m)].append(path)
-    done: dict[int, nn.Module] = {}
+    """Swap every convertible convolution for an N-Jet layer at the same path(s); one report row per conv."""
     for path, m in list(ctx.model.named_modules()):
         kind = conv_kind(m)
-        if not path or kind is None or id(m) in done:
+        if not path or kind is None:
             continue
-        row = _row(m, path)
-        ctx.report.add(row)
-        ctx.rows[path] = row
+        row = ctx.report.add(_row(m, path))
         settings = ctx.recipe.settings_for(path)
         if kind != "ok":
             row.action, row.reason = "kept", kind
@@ -62,11 +52,8 @@ def conv_pass(ctx: SurgeryContext) -> None:
         if settings.sigma_per == "channel":
             new = per_channel(new)
         new.train(m.training)
-        for p in paths[id(m)]:
-            ctx.set_module(p, new)
-        done[id(m)] = new
-        if ctx.calibration is not None:
-            ctx.kernels[id(new)] = (path, dense_kernel(m.weight.detach(), m.dilation[0]).clone())
+        ctx.rewriter.replace(path, new)
+        ctx.converted[path] = ConvertedLayer(path, new, m)
         row.action = "converted"
         row.order = settings.order
         row.sigma0 = round(float(new.sigma.detach().mean()), 6)
@@ -75,8 +62,6 @@ def conv_pass(ctx: SurgeryContext) -> None:
         row.params_after = own_params(new)
         if new.size_capped:
             row.reason = f"filter capped at max_size={settings.max_size}"
-    if not ctx.report.select("conv", "converted"):
-        ctx.report.note("no convertible convolution: the model is returned unchanged")
 
 
 def _row(m: nn.Module, path: str) -> ReportRow:

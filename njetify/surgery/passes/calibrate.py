@@ -12,20 +12,15 @@ import time
 
 from torch import nn
 
-from .context import SurgeryContext
+from ...fit import dense_kernel
+from ...modes import evaluating
+from ..context import SurgeryContext
+from ..util import call
 from .convs import fit_layer
-from .util import evaluating
 
 
 class _Reached(Exception):
     """Raised by the capture hook to end a forward pass early."""
-
-
-def _call(model: nn.Module, x) -> None:
-    if isinstance(x, dict):
-        model(**x)
-    else:
-        model(x)
 
 
 def execution_order(model: nn.Module, layers: dict[int, nn.Module], x) -> list[nn.Module]:
@@ -40,7 +35,7 @@ def execution_order(model: nn.Module, layers: dict[int, nn.Module], x) -> list[n
 
     handles = [m.register_forward_pre_hook(hook) for m in layers.values()]
     try:
-        _call(model, x)
+        call(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -57,7 +52,8 @@ def calibrate_pass(ctx: SurgeryContext) -> None:
                             "data-aware fit that preserves the outputs better)")
         return
     t0 = time.perf_counter()
-    layers = {id(m): m for m in ctx.model.modules() if id(m) in ctx.kernels}
+    by_id = {id(c.layer): c for c in ctx.converted.values()}
+    layers = {id(m): m for m in ctx.model.modules() if id(m) in by_id}
     with evaluating(ctx.model):
         order = execution_order(ctx.model, layers, batches[0])
         for layer in order:
@@ -71,18 +67,19 @@ def calibrate_pass(ctx: SurgeryContext) -> None:
             try:
                 for x in batches:
                     try:
-                        _call(ctx.model, x)
+                        call(ctx.model, x)
                     except _Reached:
                         pass
             finally:
                 handle.remove()
-            path, kernel = ctx.kernels[id(layer)]
-            err = fit_layer(layer, kernel, captured)
-            row = ctx.rows.get(path)
+            done = by_id[id(layer)]
+            err = fit_layer(layer, dense_kernel(done.conv.weight.detach(), done.conv.dilation[0]), captured)
+            row = ctx.report.row("conv", done.path)
             if row is not None:
                 row.fit_error = err
                 row.extra["fit"] = "data-aware"
-    unreached = sorted(path for i, (path, _) in ctx.kernels.items() if layers.get(i) not in order)
+    reached = {id(m) for m in order}
+    unreached = sorted(c.path for c in ctx.converted.values() if id(c.layer) not in reached)
     ctx.report.calibration = {
         "fit": "data-aware",
         "batches": len(batches),
@@ -93,4 +90,3 @@ def calibrate_pass(ctx: SurgeryContext) -> None:
     if unreached:
         ctx.report.note(f"{len(unreached)} converted layer(s) not reached by the calibration data keep the "
                         f"weight-space fit: {', '.join(unreached[:5])}{' ...' if len(unreached) > 5 else ''}")
-    ctx.kernels.clear()

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from ..layers import NJetConv2d
-from ..layers._checks import conv_kind
-from ..layers._tied_checks import tie_mismatch
-from ..layers.tied import TiedNJetBranch, TiedNJetConv2d
+from ...layers._checks import conv_kind
+from ...layers._tied_checks import tie_mismatch
+from .trace import Region
 
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add, builtins.sum, torch.sum}
 _ADD_METHODS = {"add", "add_", "__add__", "__iadd__", "__radd__"}
@@ -49,42 +48,9 @@ class AsppSkip:
     reason: str
 
 
-class AsppTracer(fx.Tracer):
-    """Keeps convs, N-Jet layers and tied branches as leaves (everything else under torch.nn too)."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, (nn.modules.conv._ConvNd, NJetConv2d, TiedNJetBranch, TiedNJetConv2d)):
-            return True
-        return super().is_leaf_module(m, qualname)
-
-
-def trace_regions(model: nn.Module) -> tuple[list[tuple[str, fx.Graph]], list[dict]]:
-    """Trace ``model``, or the largest sub-modules that trace and may hold a head.
-
-    Returns ``([(prefix, graph), ...], failures)`` where failures are
-    ``{"module": path, "reason": text}`` for parts that did not trace.
-    """
-    regions, failures = [], []
-    _trace(model, "", regions, failures)
-    return regions, failures
-
-
-def _trace(module: nn.Module, prefix: str, regions: list, failures: list) -> None:
-    if not _may_hold_head(module):
-        return
-    try:
-        regions.append((prefix, AsppTracer().trace(module)))
-        return
-    except Exception as e:  # noqa: BLE001 - any tracing failure means "try the children"
-        text = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        failures.append({"module": prefix or "<model>", "reason": f"{type(e).__name__}: {text}"})
-    for name, child in module.named_children():
-        _trace(child, f"{prefix}.{name}" if prefix else name, regions, failures)
-
-
-def _may_hold_head(module: nn.Module) -> bool:
-    fields_ = {_receptive(m) for m in module.modules() if _candidate_conv(m)}
-    return len(fields_) >= 2
+def may_hold_head(module: nn.Module) -> bool:
+    """True when ``module`` holds convs of at least two receptive fields (cheap pre-check)."""
+    return len({_receptive(m) for m in module.modules() if _candidate_conv(m)}) >= 2
 
 
 def _candidate_conv(m: nn.Module) -> bool:
@@ -95,9 +61,10 @@ def _receptive(m: nn.Conv2d) -> int:
     return m.dilation[0] * (m.kernel_size[0] - 1)
 
 
-def find_heads(graph: fx.Graph, root: nn.Module, prefix: str = "") -> tuple[list[AsppHead], list[AsppSkip]]:
-    """ASPP heads in ``graph`` (traced from ``root``, which sits at module path ``prefix``)."""
-    full = (lambda t: f"{prefix}.{t}") if prefix else (lambda t: t)
+def find_heads(region: Region) -> tuple[list[AsppHead], list[AsppSkip]]:
+    """ASPP heads in a traced region of the model (paths are full module paths)."""
+    graph, root, prefix = region.graph, region.root, region.prefix
+    full = region.full_path
     groups: dict[tuple, list[fx.Node]] = {}
     for node in graph.nodes:
         if node.op != "call_module" or not node.args or not isinstance(node.args[0], fx.Node):

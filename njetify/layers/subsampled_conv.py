@@ -1,0 +1,46 @@
+"""A plain convolution that used to be strided: it runs at stride 1 and then safe-subsamples.
+
+Used for the strided convolutions that do not become N-Jet layers (1×1 shortcuts, kernels
+a recipe skips): the module keeps its class family (``isinstance(m, nn.Conv2d)``), its
+``weight`` / ``bias`` parameters and their state_dict keys; only the stride moves into the
+``subsample`` child (DESIGN §4 and §6).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._clone import clone_as
+from ._fx import as_traced_leaf
+
+from .safe_subsample import SafeSubsample
+
+__all__ = ["SubsampledConv2d"]
+
+
+class SubsampledConv2d(nn.Conv2d):
+    """``nn.Conv2d`` at stride 1 followed by its ``subsample`` (a :class:`SafeSubsample`).
+
+    Build it with :meth:`from_conv`, which shares the original's parameters.
+    Shapes: ``(N, C_in, H, W)`` → ``(N, C_out, H', W')``; at σ₀ exactly the strided conv's output.
+    """
+
+    subsample: SafeSubsample
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, subsample: SafeSubsample) -> "SubsampledConv2d":
+        """The same convolution (same parameter objects, hooks and attributes) at stride 1, then ``subsample``.
+
+        ``conv`` must be a plain ``nn.Conv2d`` (a subclass with its own forward has semantics
+        this class cannot keep)."""
+        if type(conv) is not nn.Conv2d:
+            raise TypeError(f"SubsampledConv2d.from_conv: expected a plain nn.Conv2d, got {type(conv).__name__}")
+        new = clone_as(conv, cls)
+        new.stride = (1, 1)
+        new.subsample = subsample
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        leaf = as_traced_leaf(self, x)
+        return leaf if leaf is not None else self.subsample(super().forward(x))

@@ -1,0 +1,132 @@
+"""Pass ``aspp``: tie DeepLab ASPP heads — one shared α, one learned σ per branch (DESIGN §5).
+
+Heads are found on the shared analysis (:func:`~njetify.surgery.analysis.aspp_heads.find_heads`).
+Every branch conv is swapped in place for a :class:`~njetify.layers.TiedNJetBranch` of one
+:class:`~njetify.layers.TiedNJetConv2d` per head; per-branch BN / ReLU / bias, the 1×1 and
+pooling branches, the merge and the projection stay. Depthwise-separable branches (smp
+DeepLabV3Plus) tie their depthwise convs. Recipe ``aspp.tie``: ``"auto"`` (default) ties the
+heads it finds, ``true`` also warns when there is none, ``false`` leaves them.
+The report gets one ``aspp`` row per head and one ``conv`` row per tied branch.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+
+import torch
+from torch import nn
+
+from ...layers import TiedNJetBranch, TiedNJetConv2d
+from ...modes import evaluating
+from ..analysis.aspp_heads import AsppHead, find_heads, may_hold_head
+from ..context import SurgeryContext
+from ..report import ReportRow
+from ..util import call
+from .convs import describe_conv
+
+
+def aspp_pass(ctx: SurgeryContext) -> None:
+    """Tie every ASPP head of the model (recipe ``aspp.tie``); report rows per head and branch."""
+    tie = ctx.recipe.aspp.tie
+    if tie is False:
+        return
+    heads, skips = [], []
+    for region in ctx.analysis.regions:
+        if not may_hold_head(region.root):
+            continue
+        found, skipped = find_heads(region)
+        for new, seen in ((found, heads), (skipped, skips)):  # a module called several times (MSC): one head
+            for x in new:
+                if all(x.branches != y.branches for y in seen):
+                    seen.append(x)
+    heads = [h for h in heads if all(isinstance(ctx.module(b), nn.Conv2d) for b in h.branches)]
+    feats = _head_inputs(ctx, heads) if ctx.calibration and heads else {}
+    for head in heads:
+        if _rule_skips(ctx.recipe, head.branches):
+            ctx.report.add(ReportRow(kind="aspp", path=head.path, op=f"ASPP {len(head.branches)} branches",
+                                     action="skipped", dilation=tuple(head.dilations), reason="recipe rule: skip"))
+            continue
+        ctx.tied.append(tie_head(ctx, head, feats.get(head.branches[0])))
+    for s in skips:
+        ctx.report.add(ReportRow(kind="aspp", path=s.path, op=f"ASPP {len(s.branches)} branches", action="skipped",
+                                 reason=s.reason, extra={"branches": list(s.branches)}))
+    if not heads and tie is True:
+        if any(isinstance(m, TiedNJetBranch) for m in ctx.model.modules()):
+            ctx.report.note("aspp: the model's ASPP branches are already tied")
+            return
+        msg = "recipe aspp.tie: true, but no ASPP head (parallel dilated convs meeting in a sum/concat) was found"
+        warnings.warn(f"njetify: {msg}", stacklevel=4)
+        ctx.report.note(msg)
+
+
+def tie_head(ctx: SurgeryContext, head: AsppHead, inputs: list[torch.Tensor] | None) -> ReportRow:
+    """Replace the branch convs of ``head`` by one tied layer; returns the head's report row."""
+    st = ctx.recipe.settings_for(head.branches[0])
+    convs = [ctx.module(p) for p in head.branches]
+    sigmas = None if st.sigma_init == "kernel" else [float(st.sigma_init)] * len(convs)
+    tied = TiedNJetConv2d.from_convs(convs, order=st.order, extent=st.extent, inputs=inputs or None,
+                                     learn_sigma=st.learn_sigma, max_size=st.max_size, sigmas=sigmas)
+    tied.train(convs[0].training)
+    sigma0 = [round(float(s), 6) for s in tied.sigma.detach()]
+    sizes = [tied.kernel_size(k)[0] for k in range(tied.num_branches)]
+    capped = [head.branches[k] for k in range(tied.num_branches) if tied.size_capped[k]]
+    output_error = _output_error(convs, tied, inputs) if inputs else None
+    for k, (path, conv, branch) in enumerate(zip(head.branches, convs, tied.branches)):
+        ctx.rewriter.replace(path, branch)
+        ctx.report.add(ReportRow(
+            kind="conv", path=path, op=describe_conv(conv), action="converted", kernel=conv.kernel_size[0],
+            dilation=conv.dilation[0], groups=conv.groups, order=st.order, sigma0=sigma0[k], size=sizes[k],
+            fit_error=tied.branch_errors[k] if tied.branch_errors else None,
+            params_before=sum(p.numel() for p in conv.parameters()), params_after=0,
+            reason=f"tied ASPP branch of {head.path}" + (f"; filter capped at max_size={st.max_size}"
+                                                           if path in capped else ""),
+            extra={"head": head.path, "branch": k},
+        ))
+    notes = [f"{p}: {why}" for p, why in head.skipped]
+    return ctx.report.add(ReportRow(
+        kind="aspp", path=head.path, op=f"ASPP {len(convs)}x tied ({head.merge})", action="tied",
+        dilation=tuple(head.dilations), order=st.order, size=max(sizes), fit_error=tied.fit_error,
+        params_before=sum(p.numel() for c in convs for p in c.parameters()), params_after=tied.num_params(),
+        reason="; ".join(notes) or None,
+        extra={"branches": list(head.branches), "rates": list(head.dilations), "merge": head.merge,
+               "sigma0": sigma0, "sizes": sizes, "fit": "data-aware" if inputs else "weight-space",
+               "branch_errors": list(tied.branch_errors or []), "output_error": output_error,
+               "max_size": st.max_size, "capped": capped, "skipped": [list(x) for x in head.skipped]},
+    ))
+
+
+@torch.no_grad()
+def _output_error(convs, tied: TiedNJetConv2d, inputs) -> float:
+    """``sqrt(Σ ‖tied_k(x) − conv_k(x)‖² / Σ ‖conv_k(x)‖²)`` over branches and calibration inputs."""
+    num = den = 0.0
+    for x in inputs:
+        for k, conv in enumerate(convs):
+            ref = conv(x)
+            num += float((tied.forward_branch(x, k) - ref).double().pow(2).sum())
+            den += float(ref.double().pow(2).sum())
+    return (num / den) ** 0.5 if den > 0 else num**0.5
+
+
+def _head_inputs(ctx: SurgeryContext, heads: list[AsppHead]) -> dict[str, list[torch.Tensor]]:
+    """The input of each head's first branch on the calibration batches (eval mode, no gradients)."""
+    feats: dict[str, list[torch.Tensor]] = {h.branches[0]: [] for h in heads}
+    hooks = [ctx.module(p).register_forward_pre_hook(lambda m, args, p=p: feats[p].append(args[0].detach()))
+             for p in feats]
+    try:
+        with evaluating(ctx.model):
+            for x in ctx.calibration:
+                call(ctx.model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return feats
+
+
+def _rule_skips(recipe, paths: list[str]) -> bool:
+    skip = None
+    for path in paths:
+        for rule in recipe.rules:
+            if rule.skip is not None and fnmatch.fnmatchcase(path, rule.match):
+                skip = rule.skip
+    return bool(skip)

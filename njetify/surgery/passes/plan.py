@@ -1,0 +1,97 @@
+"""Pass ``plan``: where to subsample safely, which sites share a σ source, which heads need a guard.
+
+The rewrite happens on modules, so every call of one module (or of one functional op in
+one module's forward) must get the same treatment: sites that share a *rewrite key* but
+landed in merge groups that need different paddings or strides keep their stride;
+otherwise their groups share one σ source.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from ..analysis.guards import find_guards
+from ..analysis.lineage import group_sites, lineages
+from ..analysis.sites import Plan, Site, find_sites, owned_in_order, owner_nodes
+from ..analysis.trace import try_trace
+from ..context import SurgeryContext
+
+
+def plan_pass(ctx: SurgeryContext) -> None:
+    """Fill ``ctx.plan``: the sites of every traced region, their groups and the guards (safe mode only)."""
+    plan = ctx.plan = Plan()
+    sub = ctx.recipe.subsample
+    if sub.mode != "safe":
+        return
+    regions = ctx.analysis.regions
+    for region in regions:
+        plan.sites += find_sites(region, ctx.recipe, len(plan.sites), sub.where == "every_layer")
+    keys = _rewrite_keys(ctx, plan)
+    group_sites(regions, plan.sites)
+    _one_treatment_per_key(plan, keys)
+    plan.groups = {}
+    for s in plan.sites:
+        if s.active:
+            plan.groups.setdefault(s.group, []).append(s)
+    for region in regions:
+        plan.guards += find_guards(region, lineages(region, plan.sites))
+
+
+def _rewrite_keys(ctx: SurgeryContext, plan: Plan) -> dict[int, tuple]:
+    """``site id -> key``: the module path, or ``(owner, index)`` of a functional op in the owner's
+    own forward. Owners whose forward does not trace on its own keep their functional sites."""
+    keys: dict[int, tuple] = {}
+    per_owner: dict[str, list[Site]] = defaultdict(list)
+    for s in plan.sites:
+        if s.owner is None:
+            keys[s.id] = ("module", s.path)
+        else:
+            per_owner[s.owner].append(s)
+    plan.owner_graphs = {}
+    for owner, sites in per_owner.items():
+        graph, _, why = try_trace(ctx.module(owner))
+        count = len(owner_nodes(graph)) if graph is not None else 0
+        if graph is None or count == 0:
+            for s in sites:
+                s.active, s.reason = False, f"the forward of {owner or 'the model'} does not trace on its own ({why}): stride kept"
+            continue
+        plan.owner_graphs[owner] = graph
+        index = {id(n): i % count for i, n in enumerate(owned_in_order(sites[0].region, owner))}
+        for s in sites:
+            s.index = index[id(s.node)]
+            keys[s.id] = ("op", owner, s.index)
+    return keys
+
+
+def _one_treatment_per_key(plan: Plan, keys: dict[int, tuple]) -> None:
+    """Sites with one key must be rewritten alike: equal stride and padding (else all keep their
+    stride); their groups then share a σ source (``plan.source_of``: group → representative group)."""
+    by_key: dict[tuple, list[Site]] = defaultdict(list)
+    for s in plan.sites:
+        by_key[keys.get(s.id, ("site", s.id))].append(s)
+    parent: dict[int, int] = {}
+
+    def find(g):
+        while parent.get(g, g) != g:
+            g = parent[g]
+        return g
+
+    bad_groups: dict[int, str] = {}
+    for key, sites in by_key.items():
+        if len(sites) < 2:
+            continue
+        what = key[1] if key[0] == "module" else f"{key[1] or 'the model'}'s forward"
+        if any(not s.active for s in sites) or len({(s.stride, s.align) for s in sites}) > 1:
+            for s in sites:
+                bad_groups.setdefault(s.group, f"{what} runs at several places that need different subsampling: "
+                                               "stride kept")
+            continue
+        root = find(sites[0].group)
+        for s in sites[1:]:
+            other = find(s.group)
+            if other != root:
+                parent[other] = root
+    for s in plan.sites:
+        if s.active and s.group in bad_groups:
+            s.active, s.reason = False, bad_groups[s.group]
+    plan.source_of = {s.group: find(s.group) for s in plan.sites}

@@ -1,0 +1,39 @@
+"""The default conversion pipeline, as a value: model in → trace → passes → report → model out.
+
+``convert(model, passes=...)`` takes any tuple of :class:`~njetify.surgery.context.Pass`;
+build one from :data:`DEFAULT_PASSES` with :func:`~njetify.surgery.context.insert_pass`.
+"""
+
+from __future__ import annotations
+
+from .context import Pass
+from .passes.analyse import shapes_pass, trace_pass
+from .passes.aspp import aspp_pass
+from .passes.calibrate import calibrate_pass
+from .passes.convs import conv_pass
+from .passes.finish import finish_pass
+from .passes.guards import guard_pass
+from .passes.plan import plan_pass
+from .passes.subsample import subsample_pass
+
+#: The passes ``convert`` runs, in order.
+DEFAULT_PASSES: tuple[Pass, ...] = (
+    Pass("trace", trace_pass, provides=("analysis",),
+         doc="trace the model (or its largest traceable parts) with torch.fx, for analysis"),
+    Pass("shapes", shapes_pass, requires=("analysis",), provides=("out_shapes",),
+         doc="with example inputs: the original output shapes and every traced node's shape"),
+    Pass("plan", plan_pass, requires=("analysis",), provides=("plan",),
+         doc="subsampling sites, the σ-source groups where branches meet, flatten → Linear heads"),
+    Pass("aspp", aspp_pass, requires=("analysis",), provides=("tied",),
+         doc="tie DeepLab ASPP heads: one α, one σ per branch"),
+    Pass("convs", conv_pass, provides=("converted",),
+         doc="swap k×k convolutions for N-Jet layers at the same paths"),
+    Pass("subsample", subsample_pass, requires=("plan", "converted"), provides=("subsampled",),
+         doc="strided convs and pools run at stride 1 and subsample by a σ-driven factor"),
+    Pass("guards", guard_pass, requires=("plan", "subsampled"), provides=("guarded",),
+         doc="Linear layers behind a flatten of a subsampled map get a guard"),
+    Pass("calibrate", calibrate_pass, requires=("converted",), provides=("calibrated",),
+         doc="with calibration data: refit the N-Jet layers on the inputs they really see"),
+    Pass("finish", finish_pass, requires=("out_shapes",),
+         doc="totals, and a check of the converted model on the example inputs"),
+)
