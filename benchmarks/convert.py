@@ -4,22 +4,25 @@ Prints two tables:
 
 1. conversion time (min / median of ``--repeats`` runs) and peak extra memory of the
    first conversion (RSS sampled every 2 ms, minus the RSS before it; one process per model) for timm
-   resnet50 and efficientnet_b0;
+   resnet50 and efficientnet_b0; with ``--against REV`` the same for njetify at git revision REV
+   (checked out in a temporary worktree), processes alternating, and the ratios now / REV;
 2. one SGD training step of converted vs original torchvision resnet18 at 64×64,
    batch 32, for ``subsample="safe"`` and ``"keep"`` — as a ratio against the
    original measured in the same run (steps interleaved, median of ``--steps``).
 
-Run: ``uv run python benchmarks/convert.py [--repeats 3] [--steps 5] [--threads N]``
+Run: ``uv run python benchmarks/convert.py [--repeats 3] [--steps 5] [--threads N] [--against REV]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -57,14 +60,29 @@ class PeakRSS:
         self.peak = self.peak_abs - self.base
 
 
-def bench_conversion(repeats: int) -> list[dict]:
-    """Each model in a fresh process, so memory freed by one model does not hide the next one's peak."""
+def bench_conversion(repeats: int, against: str | None = None) -> list[dict]:
+    """Each model in a fresh process, so memory freed by one model does not hide the next one's peak.
+    With ``against``, the same in a process that imports njetify from that source folder, alternating."""
     rows = []
     for name in ("resnet50", "efficientnet_b0"):
-        out = subprocess.run([sys.executable, __file__, "--one", name, "--repeats", str(repeats)],
-                             capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        for label, src in [("now", None)] + ([("then", against)] if against else []):
+            env = dict(os.environ, PYTHONPATH=src) if src else None
+            out = subprocess.run([sys.executable, __file__, "--one", name, "--repeats", str(repeats)],
+                                 capture_output=True, text=True, check=True, env=env)
+            rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), "version": label})
     return rows
+
+
+@contextlib.contextmanager
+def checkout(rev: str):
+    """A temporary git worktree of this repository at ``rev`` (its path)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = tempfile.mkdtemp(prefix="njetify-")
+    subprocess.run(["git", "-C", root, "worktree", "add", "--detach", "-q", path, rev], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", root, "worktree", "remove", "--force", path], check=True)
 
 
 def _convert_one(name: str, repeats: int) -> dict:
@@ -122,6 +140,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="conversions per model (default 3)")
     ap.add_argument("--steps", type=int, default=5, help="timed training steps per model (default 5)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--against", default=None, metavar="REV",
+                    help="also convert with njetify at git revision REV and print the ratios now / REV")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one model, JSON out
     args = ap.parse_args()
     if args.threads:
@@ -133,12 +153,19 @@ def main() -> None:
     console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
                   f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     t = Table(title="conversion (random weights, no calibration)")
-    for c in ("model", "weights MiB", "min s", "median s", "peak +MiB", "convs", "sites"):
+    for c in ("model", "njetify", "weights MiB", "min s", "median s", "peak +MiB", "convs", "sites"):
         t.add_column(c, justify="right" if c != "model" else "left")
-    for r in bench_conversion(args.repeats):
-        t.add_row(r["model"], f"{r['params_mib']:.0f}", f"{r['min_s']:.2f}", f"{r['median_s']:.2f}",
-                  f"{r['peak_mib']:.0f}", str(r["converted"]), str(r["sites"]))
+    with checkout(args.against) if args.against else contextlib.nullcontext() as src:
+        rows = bench_conversion(args.repeats, src)
+    for r in rows:
+        t.add_row(r["model"], args.against if r["version"] == "then" else "now", f"{r['params_mib']:.0f}",
+                  f"{r['min_s']:.2f}", f"{r['median_s']:.2f}", f"{r['peak_mib']:.0f}", str(r["converted"]),
+                  str(r["sites"]))
     console.print(t)
+    if args.against:
+        for now, then in zip(rows[::2], rows[1::2]):
+            console.print(f"{now['model']}: time {now['min_s'] / then['min_s']:.2f}x, peak memory "
+                          f"{now['peak_mib'] / max(then['peak_mib'], 1e-9):.2f}x of njetify {args.against}")
     t = Table(title="training step, torchvision resnet18, 64x64, batch 32 (SGD)")
     for c in ("model", "median s/step", "ratio vs original"):
         t.add_column(c, justify="right" if c != "model" else "left")

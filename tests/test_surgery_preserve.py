@@ -203,3 +203,56 @@ def test_failed_conversion_is_rolled_back():
     with pytest.raises(RuntimeError, match="boom"):
         njetify.convert(model, inplace=True, passes=passes)
     assert {n: type(m) for n, m in model.named_modules()} == before and not is_retraced(model.down)
+
+
+class UpMerge(nn.Module):
+    """FPN-like: a strided branch upsampled by a fixed factor 2 meets its skip connection."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.down = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return x + F.interpolate(self.down(x), scale_factor=2.0)
+
+
+def test_fixed_factor_upsampling_keeps_the_stride_it_depends_on():
+    x = torch.randn(1, 3, 16, 16)
+    net, report = njetify.convert(UpMerge(), example_inputs=x)
+    (row,) = report.select("subsample")
+    assert row.action == "kept" and "fixed factors" in row.reason
+    _grow_sigma(net)
+    with torch.no_grad():
+        assert net(x).shape == (1, 4, 16, 16)
+
+
+def test_a_merge_the_analysis_missed_is_reported():
+    """The last line of defence: with σ grown, the example inputs must still run."""
+    from njetify.surgery import DEFAULT_PASSES, Pass, insert_pass
+    from njetify.surgery.passes.plan import plan_pass
+
+    def sloppy_plan(ctx):  # pretends the merge was not seen
+        plan_pass(ctx)
+        for s in ctx.plan.sites:
+            s.active, s.reason, s.group = True, None, s.id
+        ctx.plan.groups = {s.id: [s] for s in ctx.plan.sites}
+
+    passes = insert_pass(DEFAULT_PASSES, Pass("plan", sloppy_plan, requires=("analysis",), provides=("plan",)))
+    passes = insert_pass(passes, next(p for p in passes if p.name == "plan"), before="aspp")
+    with pytest.warns(UserWarning, match="σ 1.3x larger the converted model fails"):
+        _, report = njetify.convert(UpMerge(), example_inputs=torch.randn(1, 3, 16, 16), passes=passes)
+    assert any("could not analyse" in n for n in report.notes)
+
+
+def test_converting_a_converted_model_changes_nothing_more():
+    from surgery_models import TinyResNet
+
+    x = torch.randn(1, 3, 33, 33)
+    once, _ = njetify.convert(TinyResNet(), example_inputs=x)
+    twice, report = njetify.convert(once, example_inputs=x)
+    assert report.converted == 0 and not report.select("subsample", "subsampled")
+    assert [type(m) for m in twice.modules()] == [type(m) for m in once.modules()]
+    with torch.no_grad():
+        torch.testing.assert_close(twice(x), once(x))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
-from ...layers import sigma_layers
+import torch
+
+from ...layers import SafeSubsample, sigma_layers, sigma_parameters
 from ...modes import evaluating
 from ..context import SurgeryContext
 from ..util import call, count_params
@@ -32,3 +35,28 @@ def finish_pass(ctx: SurgeryContext) -> None:
         msg = f"the converted model's output on example_inputs is {got}, the original's {ctx.out_shapes}"
         ctx.report.note(msg)
         warnings.warn(f"njetify: {msg}", stacklevel=4)
+    elif any(isinstance(m, SafeSubsample) for m in ctx.model.modules()):
+        _probe_larger_sigma(ctx)
+
+
+def _probe_larger_sigma(ctx: SurgeryContext, factor: float = 1.3) -> None:
+    """Run the example inputs with every σ ``factor`` times larger (maps shrink) and restore σ; a
+    failure means branches meet where the analysis could not see them: warn and say so."""
+    params = sigma_parameters(ctx.model)
+    saved = [p.detach().clone() for p in params]
+    inputs = ctx.example_inputs
+    try:
+        with evaluating(ctx.model):
+            for p in params:
+                p.add_(math.log(factor))
+            call(ctx.model, inputs[0]) if len(inputs) == 1 else ctx.model(*inputs)
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        msg = (f"with every σ {factor:g}x larger the converted model fails ({type(e).__name__}: "
+               f"{str(e).splitlines()[0][:160]}): its safe-subsampling meets a branch that njetify could not "
+               "analyse; fine-tuning will fail once σ grows — convert with subsample='keep', or report it")
+        ctx.report.note(msg)
+        warnings.warn(f"njetify: {msg}", stacklevel=4)
+    finally:
+        with torch.no_grad():
+            for p, v in zip(params, saved):
+                p.copy_(v)
