@@ -82,12 +82,20 @@ def test_resume_after_max_steps_equals_uninterrupted(tmp_path):
 
     part = _model()
     h1 = fit(part, NoisyData(), NoisyData(32, seed=1), out_dir=tmp_path / "b", max_steps=4, **CFG)
-    assert h1.meta["stopped"] == "max_steps" and len(h1) == 1  # only epoch 0 recorded
+    assert h1.meta["stopped"] == "max_steps"
+    stop = h1.last()  # the stop is recorded: step, fractional epoch, training metrics, validation, σ
+    assert stop["partial"] and stop["step"] == 4 and stop["epoch"] == pytest.approx(4 / 6)
+    assert {"train", "val", "layers"} <= set(stop) and stop["layers"] != h1.epochs[0]["layers"]
+    assert [p["step"] for p in h1.steps] == [1, 2, 3, 4]
+    on_disk = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert on_disk["epochs"][-1]["partial"] and on_disk["epochs"][-1]["step"] == 4
     resumed = _model(seed=99)  # a different init: everything must come from the checkpoint
     h2 = fit(resumed, NoisyData(), NoisyData(32, seed=1), out_dir=tmp_path / "b", resume=True, **CFG)
     _same(ref, resumed)
+    assert [r["epoch"] for r in h2.epochs] == [0, 1, 2]  # the partial row is superseded by the full run
     assert [r["train"]["loss"] for r in h2.epochs[1:]] == [r["train"]["loss"] for r in h_ref.epochs[1:]]
     assert h2.epochs[-1]["layers"] == h_ref.epochs[-1]["layers"]
+    assert h2.steps == h_ref.steps  # σ and loss per step, identical
 
 
 def test_resume_after_crash_from_step_checkpoint(tmp_path):
