@@ -119,15 +119,15 @@ def test_default_input_size():
 
 
 def test_plots(tmp_path):
-    from njetify.summary.plots import plot_all, plot_filters
+    from njetify.plots import plot_filters, plot_summary
 
     model = Tiny()
     s = summarize(model, (3, 16, 16))
-    paths = plot_all(s, model, tmp_path, layer="conv2")
-    assert [p.name for p in paths] == ["sigma.png", "feature_sizes.png", "filters_conv2.png"]
+    paths = plot_summary(s, model, tmp_path, layer="conv2")
+    assert [p.name for p in paths] == ["sigma_layers.png", "sizes.png", "filters_conv2.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     with pytest.raises(ValueError, match="layer must be"):
-        plot_all(s, model, tmp_path, layer="head")
+        plot_summary(s, model, tmp_path, layer="head")
     with pytest.raises(TypeError, match="N-Jet layer"):
         plot_filters(nn.Conv2d(1, 1, 3), tmp_path / "x.png")
     with pytest.raises(ValueError, match="in_channel"):

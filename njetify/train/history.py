@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..layers import NJetConv2d, SafeSubsample
+from ..summary.core import original_sizes  # noqa: F401  (re-exported for the trainer)
 from .checkpoint import atomic_write_bytes
 
 JSON_NAME, CSV_NAME = "history.json", "history.csv"
@@ -82,19 +83,6 @@ def sigma_values(njets: dict[str, nn.Module]) -> dict[str, float]:
     for name, m in njets.items():
         s = m.sigma if hasattr(m, "sigma") else m.log_sigma.exp()
         out[name] = float(s.detach().float().mean())
-    return out
-
-
-def original_sizes(model: nn.Module) -> dict[str, dict]:
-    """``{layer: {"size", "sigma0"}}`` of every converted conv, from the conversion report the
-    model carries (``model.njetify_report``): ``size`` is the pixel extent ``(k−1)·d + 1`` of
-    the original k×k kernel with dilation d; empty when the model carries no report."""
-    report = getattr(model, "njetify_report", None)
-    out = {}
-    for row in getattr(report, "rows", []) or []:
-        if row.kind == "conv" and row.action == "converted" and isinstance(row.kernel, int):
-            d = row.dilation if isinstance(row.dilation, int) else 1
-            out[row.path] = {"size": (row.kernel - 1) * d + 1, "sigma0": row.sigma0}
     return out
 
 

@@ -73,8 +73,10 @@ class TrainProgress:
             self._progress.__exit__(*exc)
             self._progress = None
 
-    def start_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
-        """Begin the bar of ``epoch`` (1-based) with ``steps`` batches, ``done`` of them already run."""
+    def start_epoch(self, epoch: int, steps: int, done: int = 0, stop: int | None = None) -> None:
+        """Begin the bar of ``epoch`` (1-based) with ``steps`` batches, ``done`` of them already run;
+        ``stop``: the batch after which the run stops in this epoch (``max_steps``), if it does."""
+        steps = steps if stop is None else min(steps, stop)
         self._epoch, self._steps, self._done = epoch, steps, done
         self._t0 = self._last_line = time.monotonic()
         self._start_done = done
@@ -107,9 +109,9 @@ class TrainProgress:
         ran = self._done - self._start_done
         eta = (now - self._t0) / ran * (self._steps - self._done) if ran else 0.0
         self.console.print(f"epoch {self._epoch}/{self.total_epochs} {self._done}/{self._steps}  {info}  "
-                           f"eta {format_duration(eta)}")
+                           f"eta {format_duration(eta)}", soft_wrap=True)
 
     def log(self, text: str) -> None:
         """Print one line above the bars (epoch summaries, notes)."""
         if self.enabled:
-            self.console.print(text)
+            self.console.print(text, soft_wrap=not self.console.is_terminal)  # a log file keeps whole lines

@@ -251,7 +251,8 @@ class _Trainer(CheckpointMixin, StoppingMixin):
         if st.batch == 0:
             self.meter.reset()
             self.train_time = 0.0
-        self.progress.start_epoch(st.epoch + 1, self.steps_per_epoch, st.batch)
+        stop = None if max_steps is None else st.batch + max_steps - st.step
+        self.progress.start_epoch(st.epoch + 1, self.steps_per_epoch, st.batch, stop)
         self.ddp.train()
         t0 = time.perf_counter()
         for x, y in self.train_loader:
