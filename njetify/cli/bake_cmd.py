@@ -25,10 +25,10 @@ _EPILOG = (
     "  njetify bake resnet32-njet.safetensors\n"
     "  njetify bake run/model.safetensors --out r32.pt2 --onnx r32.onnx\n"
     "\n"
-    "A .pt2 file is a torch.export program: torch.export.load(path).module() runs it\n"
-    "without njetify (batch size free, H and W fixed). A .pt file is the pickled\n"
-    "module (any input size; needs njetify to load). Both files are written only\n"
-    "when every step, the ONNX check included, has succeeded."
+    "A .pt2 file is a torch.export program: torch.export.load(path).module()\n"
+    "runs it without njetify (batch size free, H and W fixed). A .pt file is the\n"
+    "pickled module (any input size; needs njetify to load). The files are written\n"
+    "only when every step, the ONNX check included, has succeeded."
 )
 
 

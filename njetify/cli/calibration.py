@@ -70,6 +70,7 @@ class CalibrationWatch:
         self._progress = None
         self._task = None
         self._t0 = self._last = 0.0
+        self._shown = 0
 
     def _hook(self, module, args):
         if not args or id(args[0]) not in self.ids:
@@ -82,9 +83,10 @@ class CalibrationWatch:
         done = min(self.layers, max(0, self.calls - 1) // self.per_layer)  # the first call orders the layers
         if self._progress is not None:
             self._progress.update(self._task, completed=done)
-        elif time.monotonic() - self._last > 30:
-            self._last = time.monotonic()
-            print(f"calibrating: layer {done}/{self.layers}, {time.monotonic() - self._t0:.0f} s", file=sys.stderr)
+        elif done > self._shown and time.monotonic() - self._last > 10:  # a log: a line every 10 s at most
+            self._last, self._shown = time.monotonic(), done
+            print(f"calibrating: {done}/{self.layers} layers done, {time.monotonic() - self._t0:.0f} s",
+                  file=sys.stderr, flush=True)
 
     def __enter__(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

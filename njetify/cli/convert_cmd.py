@@ -175,7 +175,7 @@ def _watch(batches, net, con):
 
     x = batches[0]
     con.print(f"calibrating about {count_convertible(net)} layers on {len(batches)} batch(es) of "
-              f"{x.shape[0]} images {'x'.join(map(str, x.shape[1:]))} (a progress bar follows)")
+              f"{x.shape[0]} images {'x'.join(map(str, x.shape[1:]))}")
     return CalibrationWatch(batches, count_convertible(net), con)
 
 

@@ -14,8 +14,8 @@ from .errors import UserError, stderr_console, user_errors
 _EPILOG = (
     "Examples:\n"
     "  njetify finetune r32-njet.safetensors --data cifar10 --epochs 10 --plot\n"
-    "  njetify finetune r32-njet.safetensors --data cifar10 --max-steps 200 --out try\n"
-    "  njetify finetune r32-njet.safetensors --data cifar10 --out try --resume\n"
+    "  njetify finetune r32-njet.safetensors --data cifar10 --max-steps 200 -o try\n"
+    "  njetify finetune r32-njet.safetensors --data cifar10 -o try --resume\n"
     "  njetify finetune m.safetensors --data folder:photos --val-split 0.1\n"
     "\n"
     "Writes into OUT: last.pt and best.pt (checkpoints), history.json and .csv,\n"

@@ -12,7 +12,7 @@ _MODELS_EPILOG = (
     "Examples:\n"
     "  njetify models                   the built-ins (no download needed)\n"
     "  njetify models resnet            every name containing 'resnet'\n"
-    "  njetify models 'tv:*'            torchvision models (timm:, tv:, smp: prefixes)\n"
+    "  njetify models 'tv:*'            torchvision models (also timm:, smp:)\n"
     "  njetify models --builtin --plain one name per line, for scripts"
 )
 
@@ -75,7 +75,7 @@ def models(
 _RECIPES_EPILOG = (
     "Examples:\n"
     "  njetify recipes                 the built-in recipes\n"
-    "  njetify recipes paper-resnet32  one recipe as YAML (copy it to make your own)\n"
+    "  njetify recipes paper-resnet32  one recipe as YAML (copy it to make yours)\n"
     "  njetify recipes my.yaml         check a recipe file and print it resolved"
 )
 
