@@ -111,6 +111,7 @@ def _interrupted_then_resumed(work: Path, args: list[str], steps_per_epoch: int)
     return message
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_epoch_then_resume_is_bit_identical(work):
     """Ctrl-C inside epoch 1 writes a checkpoint at that step; --resume ends where an uninterrupted run ends."""
     res = njetify("convert", "resnet20", "--num-classes", "3", "--input-size", "3x64x64", "--out", "r20-64.safetensors",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from enum import Enum
 from pathlib import Path
 
@@ -141,7 +142,8 @@ def convert(
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(seed))
     con = stderr_console() if as_json else console()
     with user_errors(ValueError, what=f"converting {model} at input size {'x'.join(map(str, shape))}"), \
-            _watch(batches, net, con):
+            _watch(batches, net, con), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*has no convertible convolution")  # said below, as an error
         converted, report = convert_model(net, order=order, recipe=rec, subsample=None if subsample is None
                                           else subsample.value, r=r_value, calibration_data=batches,
                                           example_inputs=example)

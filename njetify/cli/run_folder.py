@@ -3,7 +3,9 @@
 A folder that holds a run is refused unless ``--resume`` (continue it) or ``--force``
 (start over: the run's files are deleted first). ``run.json`` keeps the settings that
 define the run (data, subset sizes, seed, epochs, …) so that ``--resume`` needs only the
-model, ``--data`` and ``--out`` and continues exactly; a setting given again must match.
+model, ``--data`` and ``--out`` and continues exactly; a data setting given again must
+match. A run that was stopped by its ``--max-steps`` continues to the end of its epochs
+(or to a new ``--max-steps``); one interrupted before it continues up to it.
 """
 
 from __future__ import annotations
@@ -25,13 +27,18 @@ DATA_KEYS = ("data", "data_dir", "val_split", "limit_train", "limit_val", "seed"
 RUN_KEYS = ("epochs", "lr", "sigma_lr", "max_steps", "checkpoint_every", "plot")
 
 
-def _describe(out: Path) -> str:
+def run_step(out: Path) -> int | None:
+    """The last training step recorded in ``out/history.json`` (None when there is none to read)."""
     try:
         h = json.loads((out / "history.json").read_text())
-        step = max([r.get("step", 0) for r in h.get("epochs", [])] + [p["step"] for p in h.get("steps", [])] + [0])
-        return f"a run at step {step}"
+        return max([r.get("step", 0) for r in h.get("epochs", [])] + [p["step"] for p in h.get("steps", [])] + [0])
     except (OSError, ValueError, KeyError, TypeError):
-        return "files of a run"
+        return None
+
+
+def _describe(out: Path) -> str:
+    step = run_step(out)
+    return "files of a run" if step is None else f"a run at step {step}"
 
 
 def check(out: Path, resume: bool, force: bool) -> None:
@@ -72,9 +79,10 @@ def settings(out: Path, given: dict, resume: bool) -> dict:
     except (OSError, ValueError):
         return dict(given)  # a run from an older version: trust the command line
     merged = dict(given)
+    reached = saved.get("max_steps") is not None and (run_step(out) or 0) >= saved["max_steps"]
     for key in DATA_KEYS + RUN_KEYS:
-        if given.get(key) is None:
-            merged[key] = saved.get(key)
+        if given.get(key) is None and not (key == "max_steps" and reached):  # a run that reached its
+            merged[key] = saved.get(key)                                      # --max-steps goes on to its end
         elif key in DATA_KEYS and saved.get(key) is not None and given[key] != saved[key]:
             flag = "--" + key.replace("_", "-")
             raise UserError(f"--resume: {flag} {given[key]} differs from this run's {saved[key]} ({out / SETTINGS_FILE}); "
