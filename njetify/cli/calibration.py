@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..train.progress import format_duration
 from .errors import user_errors
 
 
@@ -85,8 +86,9 @@ class CalibrationWatch:
             self._progress.update(self._task, completed=done)
         elif done > self._shown and time.monotonic() - self._last > 10:  # a log: a line every 10 s at most
             self._last, self._shown = time.monotonic(), done
-            print(f"calibrating: {done}/{self.layers} layers done, {time.monotonic() - self._t0:.0f} s",
-                  file=sys.stderr, flush=True)
+            spent = time.monotonic() - self._t0
+            print(f"calibrating: {done}/{self.layers} layers done, {format_duration(spent)}, eta "
+                  f"{format_duration(spent / done * (self.layers - done))}", file=sys.stderr, flush=True)
 
     def __enter__(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
