@@ -181,9 +181,9 @@ def _fit(model, train, val, info, cfg, out, resume, device, s, converted):
         if s["plot"]:
             _plots(out)
         con.print(f"[red]interrupted[/] at step {stop.step:,} (epoch {stop.epoch + 1}, batch {stop.batch:,}/"
-                  f"{stop.steps_per_epoch:,}); saved {stop.checkpoint} and {out / 'model.safetensors'}.\n"
-                  f"Continue exactly where it stopped with:\n  "
-                  f"{run_folder.resume_command(converted, s['data'], out)}", soft_wrap=True)
+                  f"{stop.steps_per_epoch:,}); saved {stop.checkpoint} and {out / 'model.safetensors'}. "
+                  f"Continue exactly where it stopped with:")
+        con.print(f"  {run_folder.resume_command(converted, s['data'], out)}", soft_wrap=True)  # one line to copy
         raise typer.Exit(130) from None
 
 

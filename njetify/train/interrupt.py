@@ -50,7 +50,7 @@ class StopFlag:
                 signal.signal(signal.SIGINT, previous if callable(previous) else signal.default_int_handler)
                 raise KeyboardInterrupt
             self.requested = True
-            print("\nCtrl-C: stopping after this step and writing a checkpoint (Ctrl-C again to abort now)",
+            print("\nCtrl-C: finishing this step, then writing a checkpoint (Ctrl-C again: stop now)",
                   file=sys.stderr, flush=True)
 
         signal.signal(signal.SIGINT, handler)

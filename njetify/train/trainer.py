@@ -381,21 +381,22 @@ class _Trainer(CheckpointMixin, StoppingMixin):
             self._save_checkpoint(0.0, best=improved)
 
     def _log(self, row: dict) -> None:
+        """One line per evaluation (two when it would not fit 80 columns): metrics and the σ range."""
         if row.get("partial"):
             st = self.state
-            parts = [f"stopped at step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{self.steps_per_epoch})"]
+            head = f"stopped at step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{self.steps_per_epoch})"
         else:
-            parts = [f"epoch {row['epoch']}/{self.cfg.epochs}"]
+            head = f"epoch {row['epoch']}/{self.cfg.epochs}"
+        parts = []
         for split in ("train", "val"):
-            for k, v in row.get(split, {}).items():
-                if k in ("loss", "acc", "miou"):
-                    parts.append(f"{split} {k} {v:.4g}")
+            vals = [f"{k} {v:.3g}" for k, v in row.get(split, {}).items() if k in ("loss", "acc", "miou")]
+            if vals:
+                parts.append(f"{split} " + " ".join(vals))
         sig = [d["sigma"] for d in row["layers"].values()]
         if sig:
             parts.append(f"σ {min(sig):.3g}–{max(sig):.3g}")
-        if row["throughput"]:
-            parts.append(f"{row['throughput']:,.0f} img/s")
-        self.progress.log("  ".join(parts))
+        rest = "  ".join(parts)
+        self.progress.log(f"{head}  {rest}" if len(head) + len(rest) + 2 <= 80 else f"{head}\n  {rest}")
 
 
 def _logits(out) -> torch.Tensor:
