@@ -58,7 +58,7 @@ TRANSCRIPTS: dict[str, list[str]] = {
 }
 # Table rows to elide: (transcript, regex of a row) -> keep the first HEAD and last TAIL matching rows.
 ROW = r"^(conv1|layer\d|safe_subsa|avgpool)\S* "
-ELIDE = {"convert": (ROW, 3, 2), "calibrate": (ROW, 2, 1), "inspect": (ROW, 8, 3)}
+ELIDE = {"convert": (ROW, 3, 2), "calibrate": (ROW, 2, 1), "inspect": (ROW, 12, 3)}
 # Lines of the fine-tuning progress in a log (not a terminal) that add nothing to a transcript.
 DROP = re.compile(r"^epoch \d+/\d+ \d+/\d+ ")
 PHOTOS = 4  # a tiny grayscale folder for the error transcript
