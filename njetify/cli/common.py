@@ -150,11 +150,16 @@ def fmt_count(n: int | None, unit: str = "") -> str:
 
 def load_converted(path: Path | str):
     """``njetify.load(path)`` with missing files and bad files as :class:`UserError`; a PyTorch
-    checkpoint (``.pth``, ``.pt``, ``.ckpt`` or a zip/pickle file) is pointed to ``convert --weights``."""
+    checkpoint (``.pth``, ``.pt``, ``.ckpt``, ``.bin``, or the zip file ``torch.save`` writes) is
+    pointed to ``convert --weights``."""
     p = existing_file(path, "CONVERTED")
     with open(p, "rb") as fh:
         head = fh.read(4)
-    if p.suffix.lower() in (".pth", ".pt", ".ckpt", ".bin", ".pt2") or head[:2] == b"PK" or head[:1] == b"\x80":
+    if p.suffix.lower() == ".pt2":
+        raise UserError(f"{str(path)!r} is a baked model ('njetify bake'): it has no σ left; use the .safetensors "
+                        "file it was baked from")
+    torch_file = p.suffix.lower() in (".pth", ".pt", ".ckpt", ".bin") or head == b"PK\x03\x04"  # torch.save: zip
+    if torch_file and p.suffix.lower() != ".safetensors":
         raise UserError(
             f"{str(path)!r} is a PyTorch checkpoint, not a model written by 'njetify convert'. Convert it "
             f"first: njetify convert MODEL --weights {path} (MODEL: the architecture it holds, see "
