@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from ..layers import NJetConv2d, SafeSubsample
-from ..summary.core import original_sizes  # noqa: F401  (re-exported for the trainer)
 from .checkpoint import atomic_write_bytes
 
 JSON_NAME, CSV_NAME = "history.json", "history.csv"

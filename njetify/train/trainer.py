@@ -20,7 +20,8 @@ from ..data.loaders import make_loader
 from ..recipes import FinetuneConfig
 from . import distributed as D
 from .config import TASKS, amp_dtype, deterministic_mode, resolve_config, seed_everything
-from .history import History, feature_sizes, layer_snapshot, njet_modules, original_sizes, sigma_values, subsample_modules
+from ..summary.core import original_sizes
+from .history import History, feature_sizes, layer_snapshot, njet_modules, sigma_values, subsample_modules
 from .interrupt import StopFlag
 from .metrics import ClassificationMeter, SegmentationMeter, inverse_frequency_weights
 from .optim import build_optimizer, build_scheduler, current_lrs, sigma_parameters
