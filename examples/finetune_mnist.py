@@ -21,7 +21,7 @@ from torch.utils.data import Subset
 
 import njetify
 from njetify.data import get_dataset
-from njetify.plots import plot_curves, plot_feature_sizes, plot_sigma
+from njetify.plots import plot_curves, plot_sigma, plot_sizes
 from njetify.train import fit
 
 
@@ -80,7 +80,7 @@ def main() -> None:
     for folder in filter(None, [Path(args.out), args.img and Path(args.img)]):
         plot_curves(h, folder / "finetune_mnist_curves.png")
         plot_sigma(h, folder / "finetune_mnist_sigma.png")
-        plot_feature_sizes(h, folder / "finetune_mnist_sizes.png")
+        plot_sizes(h, folder / "finetune_mnist_sizes.png")
     print(f"total {time.time() - t0:.0f} s")
 
 

@@ -1,24 +1,41 @@
-"""PNG plots of a fine-tuning history: σ per layer, feature-map and filter sizes, loss/accuracy.
+"""Figures of σ and resolution: over a fine-tuning run (a :class:`~njetify.train.History`, its
+``history.json`` or run folder) and of one converted model (a :class:`~njetify.summary.ModelSummary`).
 
-Uses matplotlib's Agg canvas directly (no pyplot, the global backend is left alone).
-Every function takes a :class:`njetify.train.History`, a ``history.json`` path or the
-run folder, and writes one PNG.
+One concept per function, each writing one PNG and returning its path:
+
+* :func:`plot_sigma` — σ of every N-Jet layer over the training steps, on bands that show the
+  filter size each σ gives (σ ≤ 0.5 → 3×3, ≤ 1 → 5×5, … for extent 2);
+* :func:`plot_sigma_layers` — σ per layer at one moment, with σ at conversion (σ₀);
+* :func:`plot_sizes` — per layer, original vs learned: feature-map side after every
+  subsampling, and filter size of every N-Jet layer;
+* :func:`plot_curves` — training loss per step, validation loss and accuracy/mIoU;
+* :func:`plot_filters` — one layer's Gaussian-derivative basis and its filters.
+
+:func:`plot_history` (a run) and :func:`plot_summary` (a model) write the sets the CLI writes.
+Everything draws on a ``matplotlib.figure.Figure`` with the Agg canvas: pyplot and the
+global backend are never touched.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections import Counter
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .summary.core import ModelSummary
 from .train.history import History
 
-HistoryLike = History | str | os.PathLike
+__all__ = ["plot_curves", "plot_filters", "plot_history", "plot_sigma", "plot_sigma_layers", "plot_sizes",
+           "plot_summary"]
+
+Source = History | ModelSummary | str | os.PathLike
 
 
-def _history(h: HistoryLike) -> History:
+def _history(h) -> History:
     if isinstance(h, History):
         return h
     if isinstance(h, (str, os.PathLike)):
@@ -26,11 +43,15 @@ def _history(h: HistoryLike) -> History:
     raise TypeError(f"history must be a History or a path to history.json, got {type(h).__name__}")
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
+def _source(s) -> History | ModelSummary:
+    return s if isinstance(s, ModelSummary) else _history(s)
+
+
+def _save(fig: Figure, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -41,130 +62,281 @@ def _colors(n: int):
     return [cmap(i / max(1, n - 1) * 0.9) for i in range(n)]
 
 
-def _epoch_axis(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.set_xlabel("epoch (0 = before fine-tuning)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def plot_sigma(history: HistoryLike, path: str | os.PathLike) -> Path:
-    """σ (pixels) of every N-Jet layer over the epochs, one line per layer (colour = depth).
-
-    Layers with several σ (per channel) show their mean with a min–max band.
-    """
-    h = _history(history)
-    rows = [r for r in h.epochs if r.get("layers")]
-    if not rows:
-        raise ValueError("history has no N-Jet layers to plot (no 'layers' in its epochs)")
-    names = list(rows[-1]["layers"])
-    fig = Figure(figsize=(7, 4.2))
-    ax = fig.add_subplot()
-    for name, color in zip(names, _colors(len(names))):
-        pts = [(r["epoch"], r["layers"][name]) for r in rows if name in r["layers"]]
-        ep = [e for e, _ in pts]
-        ax.plot(ep, [d["sigma"] for _, d in pts], color=color, marker="o", ms=3, lw=1.5, label=name)
-        lo, hi = [d["sigma_min"] for _, d in pts], [d["sigma_max"] for _, d in pts]
-        if any(a != b for a, b in zip(lo, hi)):
-            ax.fill_between(ep, lo, hi, color=color, alpha=0.15)
-    _epoch_axis(ax)
-    ax.set_ylabel("σ (pixels)")
-    ax.set_title("Learned scale σ per N-Jet layer")
-    ax.grid(alpha=0.3)
-    if len(names) <= 12:
-        ax.legend(fontsize=8, loc="best")
-    else:
-        from matplotlib.cm import ScalarMappable
-        from matplotlib.colors import Normalize
-
-        sm = ScalarMappable(norm=Normalize(0, len(names) - 1), cmap="viridis")
-        fig.colorbar(sm, ax=ax, label="layer index (input → output)")
-    return _save(fig, path)
-
-
-def plot_feature_sizes(history: HistoryLike, path: str | os.PathLike, epoch: int | None = None) -> Path:
-    """Per layer, learned vs original sizes (the paper's Fig. 7–8): feature-map side after
-    every safe-subsampling (top) and filter size of every N-Jet layer (bottom).
-
-    ``epoch``: which epoch is "learned" (default: the last one).
-    """
-    h = _history(history)
-    if not h.epochs:
-        raise ValueError("history has no epochs")
-    row = h.epochs[-1] if epoch is None else next((r for r in h.epochs if r["epoch"] == epoch), None)
-    if row is None:
-        raise ValueError(f"epoch {epoch} is not in the history (epochs {[r['epoch'] for r in h.epochs]})")
-    first = h.epochs[0]
-    orig = h.meta.get("feature_sizes_original", {})
-    subs = [n for n in row.get("feature_sizes", {})]
-    layers = list(row.get("layers", {}))
-    panels = [p for p in (subs, layers) if p]
-    if not panels:
-        raise ValueError("history has neither subsampling sites nor N-Jet layers to plot")
-    fig = Figure(figsize=(max(6.0, 0.35 * max(map(len, panels)) + 3), 3.4 * len(panels)))
-    k = 1
-    if subs:
-        ax = fig.add_subplot(len(panels), 1, k)
+def _size_bands(ax, extent: float, lo: float, hi: float) -> None:
+    """Dotted lines where the filter size changes (σ = k/extent) and the size of each band, at the right."""
+    span = max(hi - lo, 0.05)
+    lo, hi = max(0.0, lo - 0.15 * span), hi + 0.15 * span
+    ax.set_ylim(lo, hi)
+    k = max(1, math.floor(lo * extent))
+    while k / extent <= hi + 1 / extent:
+        edge = k / extent
+        if lo < edge < hi:
+            ax.axhline(edge, color="0.55", ls=":", lw=1)
+        mid = (max(lo, (k - 1) / extent) + min(hi, edge)) / 2
+        if lo < mid < hi:
+            s = 2 * k + 1
+            ax.annotate(f"{s}×{s}", (1.0, mid), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                        textcoords="offset points", va="center", fontsize=8, color="0.35")
         k += 1
-        _bars(ax, subs, [orig.get(n, [None])[0] for n in subs], [row["feature_sizes"][n][0] for n in subs],
-              f"epoch {row['epoch']}")
-        ax.set_ylabel("feature-map side (px)")
-        ax.set_title("Feature-map size after each subsampling: original vs learned")
-    if layers:
-        ax = fig.add_subplot(len(panels), 1, k)
-        start = [first.get("layers", {}).get(n, {}).get("size") for n in layers]
-        _bars(ax, layers, start, [row["layers"][n]["size"] for n in layers], f"epoch {row['epoch']}",
-              first_label=f"epoch {first['epoch']}")
-        ax.set_ylabel("filter size (px)")
-        ax.set_title("N-Jet filter size per layer")
-    fig.tight_layout()
+
+
+def _extent(h: History) -> float:
+    ext = h.meta.get("extent") or {}
+    return Counter(ext.values()).most_common(1)[0][0] if ext else 2.0
+
+
+def _layer_legend(fig: Figure, ax, names: list[str], colors) -> None:
+    if len(names) <= 10:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.08, 1.0), title="layer", title_fontsize=8)
+        return
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    sm = ScalarMappable(norm=Normalize(0, len(names) - 1), cmap="viridis")
+    bar = fig.colorbar(sm, ax=ax, pad=0.1)
+    bar.set_ticks([0, len(names) - 1], labels=[f"{names[0]} (first)", f"{names[-1]} (last)"], fontsize=7)
+    bar.set_label("layer depth", fontsize=8)
+
+
+def plot_sigma(history, path) -> Path:
+    """σ (pixels) of every N-Jet layer over the training steps (epochs when the run has no step log),
+    one line per layer coloured by depth; the bands say which filter size each σ gives, so a line
+    crossing a dotted line is a layer whose filter grew or shrank. The layers that moved most are named."""
+    h = _history(history)
+    names = list(h.meta.get("njet_layers") or (h.epochs[-1].get("layers", {}) if h.epochs else {}))
+    first = h.epochs[0] if h.epochs else {}
+    start = {n: d["sigma"] for n, d in (first.get("layers") or {}).items()} if first.get("step", 0) == 0 else {}
+    points = [(0, start)] if start else []
+    if h.steps:
+        points += [(p["step"], p["sigma"]) for p in h.steps]
+    else:
+        points += [(r["step"], {n: d["sigma"] for n, d in r.get("layers", {}).items()}) for r in h.epochs[1:]]
+    if not names or not points:
+        raise ValueError("history has no N-Jet layers to plot (no σ was recorded)")
+    fig = Figure(figsize=(8, 4.4))
+    ax = fig.add_subplot()
+    colors = _colors(len(names))
+    values = []
+    for name, color in zip(names, colors):
+        pts = [(s, d[name]) for s, d in points if name in d]
+        values += [v for _, v in pts]
+        ax.plot([s for s, _ in pts], [v for _, v in pts], color=color, lw=1.4, label=name,
+                marker="o" if len(pts) < 20 else None, ms=3)
+    _size_bands(ax, _extent(h), min(values), max(values))
+    if len(names) > 10:
+        _name_movers(ax, points, names)
+    ax.set_xlabel("training step")
+    spe = h.meta.get("steps_per_epoch")
+    if spe and points[-1][0] >= spe:
+        top = ax.secondary_xaxis("top", functions=(lambda s: s / spe, lambda e: e * spe))
+        top.set_xlabel("epoch", fontsize=8)
+    ax.set_ylabel("σ (pixels)")
+    ax.set_title("Learned scale σ per N-Jet layer (dotted: where the filter size changes)", fontsize=10)
+    ax.grid(alpha=0.25)
+    _layer_legend(fig, ax, names, colors)
     return _save(fig, path)
 
 
-def _bars(ax, names, before, after, after_label, first_label="original"):
+def _name_movers(ax, points, names, n: int = 3) -> None:
+    """Name the ``n`` layers whose σ moved most, at the end of their lines, labels kept apart."""
+    end, start = points[-1][1], points[0][1]
+    moved = sorted((n for n in names if n in end), key=lambda k: -abs(end[k] - start.get(k, end[k])))[:n]
+    lo, hi = ax.get_ylim()
+    gap, placed = 0.05 * (hi - lo), []
+    for name in sorted(moved, key=lambda k: end[k]):
+        y = max([end[name]] + [p + gap for p in placed])
+        placed.append(y)
+        ax.annotate(name, (points[-1][0], end[name]), xytext=(points[-1][0], y), textcoords="data", fontsize=7,
+                    ha="right", va="bottom", color="0.2")
+
+
+def _layer_sigmas(src) -> tuple[list[str], list[float], list[float | None], float, str]:
+    """Names, σ now, σ₀, extent and a label of 'now' for :func:`plot_sigma_layers`."""
+    if isinstance(src, ModelSummary):
+        rows = src.njet_layers
+        return [r.path for r in rows], [r.sigma for r in rows], [r.sigma0 for r in rows], 2.0, "this model"
+    last = next((r for r in reversed(src.epochs) if r.get("layers")), None)
+    if last is None:
+        raise ValueError("history has no N-Jet layers to plot (no σ was recorded)")
+    orig = src.meta.get("original_sizes") or {}
+    first = src.epochs[0].get("layers", {})
+    names = list(last["layers"])
+    s0 = [(orig.get(n) or {}).get("sigma0", (first.get(n) or {}).get("sigma")) for n in names]
+    return names, [last["layers"][n]["sigma"] for n in names], s0, _extent(src), f"after {last['step']} steps"
+
+
+def plot_sigma_layers(source: Source, path) -> Path:
+    """σ of every N-Jet layer in execution order at one moment (a model, or the end of a run), next to
+    σ₀ (σ at conversion), on the filter-size bands of :func:`plot_sigma`."""
+    names, now, s0, extent, label = _layer_sigmas(_source(source))
+    if not names:
+        raise ValueError("the model has no N-Jet layer (nothing has a σ)")
+    fig = Figure(figsize=(max(6.0, 0.22 * len(names) + 2), 4.0))
+    ax = fig.add_subplot()
+    xs = list(range(len(names)))
+    if any(v is not None for v in s0):
+        ax.plot(xs, [math.nan if v is None else v for v in s0], "s", color="0.6", ms=4, label="σ₀ (at conversion)")
+    ax.plot(xs, now, "o-", color="#2a7ab9", ms=4, lw=1.2, label=f"σ ({label})")
+    _size_bands(ax, extent, min(now + [v for v in s0 if v is not None]), max(now + [v for v in s0 if v is not None]))
+    ax.set_xticks(xs, names, rotation=90, fontsize=7)
+    ax.set_xlim(-0.5, len(names) - 0.5)
+    ax.set_ylabel("σ (pixels)")
+    ax.set_title("σ per N-Jet layer (dotted: where the filter size changes)", fontsize=10)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, path)
+
+
+def _sizes(src):
+    """(subsampling names, original sides, learned sides, layer names, original sizes, learned sizes, label)."""
+    if isinstance(src, ModelSummary):
+        subs = [r for r in src.layers if r.kind == "subsample" and r.out_size]
+        njet = src.njet_layers
+        return ([r.path for r in subs], [(r.out_size_original or (None,))[0] for r in subs],
+                [r.out_size[0] for r in subs], [r.path for r in njet], [r.size_original for r in njet],
+                [r.size for r in njet], "this model")
+    if not src.epochs:
+        raise ValueError("history has no epochs")
+    last, first = src.epochs[-1], src.epochs[0]
+    fm, fm0 = last.get("feature_sizes", {}), src.meta.get("feature_sizes_original", {})
+    layers = last.get("layers", {})
+    orig = src.meta.get("original_sizes") or {}
+    size0 = [(orig.get(n) or {}).get("size", (first.get("layers", {}).get(n) or {}).get("size")) for n in layers]
+    return (list(fm), [fm0.get(n, [None])[0] for n in fm], [v[0] for v in fm.values()], list(layers), size0,
+            [d["size"] for d in layers.values()], f"after {last['step']} steps")
+
+
+def _bars(ax, names, before, after, label) -> None:
     import numpy as np
 
     x = np.arange(len(names))
-    w = 0.4
-    ax.bar(x - w / 2, [v if v is not None else 0 for v in before], w, label=first_label, color="#9aa5b1")
-    ax.bar(x + w / 2, after, w, label=f"learned ({after_label})", color="#2a7ab9")
-    ax.set_xticks(x, names, rotation=60 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center",
-                  fontsize=8)
+    ax.bar(x - 0.2, [v or 0 for v in before], 0.4, label="original network", color="#b8c0c8")
+    ax.bar(x + 0.2, after, 0.4, label=f"learned ({label})", color="#2a7ab9")
+    turn = len(names) > 6
+    ax.set_xticks(x, names, rotation=60 if turn else 0, ha="right" if turn else "center", fontsize=7)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
 
 
-def plot_curves(history: HistoryLike, path: str | os.PathLike) -> Path:
-    """Loss (left) and accuracy or mIoU in % (right) over the epochs, training and validation."""
-    h = _history(history)
-    task = h.meta.get("task", "classification")
-    key = "miou" if task == "segmentation" else "acc"
-    fig = Figure(figsize=(10, 3.8))
-    for i, (metric, label) in enumerate((("loss", "loss"), (key, "mIoU (%)" if key == "miou" else "top-1 accuracy (%)"))):
-        ax = fig.add_subplot(1, 2, i + 1)
-        for split, style in (("train", "--"), ("val", "-")):
-            pts = [(e, v) for e, v in h.metric(split, metric) if v is not None]
-            if pts:
-                ax.plot(*zip(*pts), style, marker="o", ms=3, label=split)
-        _epoch_axis(ax)
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    fig.suptitle("Fine-tuning curves")
+def plot_sizes(source: Source, path) -> Path:
+    """Per layer, the original network vs the learned one: feature-map side after every
+    safe-subsampling (top) and filter size of every N-Jet layer (bottom), in pixels."""
+    subs, side0, side, layers, size0, size, label = _sizes(_source(source))
+    panels = [p for p in (subs, layers) if p]
+    if not panels:
+        raise ValueError("nothing to plot: neither subsampling sites nor N-Jet layers")
+    fig = Figure(figsize=(max(6.0, 0.3 * max(map(len, panels)) + 3), 3.4 * len(panels)))
+    k = 1
+    if subs:
+        ax = fig.add_subplot(len(panels), 1, k)
+        k += 1
+        _bars(ax, subs, side0, side, label)
+        ax.set_ylabel("feature-map side (px)")
+        ax.set_title("Feature-map size after each subsampling", fontsize=10)
+    if layers:
+        ax = fig.add_subplot(len(panels), 1, k)
+        _bars(ax, layers, size0, size, label)
+        ax.set_ylabel("filter size (px)")
+        ax.set_title("Filter size per N-Jet layer", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_history(history: HistoryLike, out_dir: str | os.PathLike, prefix: str = "") -> list[Path]:
-    """All plots into ``out_dir``: ``{prefix}sigma.png``, ``{prefix}feature_sizes.png``,
-    ``{prefix}curves.png`` (plots without data — e.g. no N-Jet layer — are skipped)."""
+def plot_curves(history, path) -> Path:
+    """Loss (left) and accuracy or mIoU in % (right) over the training steps: the training loss per
+    step (from the step log), training metrics per epoch, validation at every evaluation."""
     h = _history(history)
-    out = Path(out_dir)
-    written = []
-    for name, fn in (("sigma", plot_sigma), ("feature_sizes", plot_feature_sizes), ("curves", plot_curves)):
+    key = "miou" if h.meta.get("task") == "segmentation" else "acc"
+    fig = Figure(figsize=(10, 3.8))
+    for i, (metric, label) in enumerate((("loss", "loss"), (key, "mIoU (%)" if key == "miou" else "top-1 accuracy (%)"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        if metric == "loss" and h.steps:
+            ax.plot([p["step"] for p in h.steps], [p["loss"] for p in h.steps], color="C0", lw=0.8, alpha=0.7,
+                    label="train (per step)")
+        for split, style, color, name in (("train", "--s", "C0", "train (epoch mean)"), ("val", "-o", "C1", "validation")):
+            pts = [(r["step"], r[split][metric]) for r in h.epochs
+                   if r.get(split, {}).get(metric) is not None and not (split == "train" and metric == "loss" and h.steps)]
+            if pts:
+                ax.plot(*zip(*pts), style, color=color, ms=4, label=name)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle("Fine-tuning: loss and accuracy" if key == "acc" else "Fine-tuning: loss and mIoU")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_filters(layer, path, *, name: str = "", max_filters: int = 8, in_channel: int = 0) -> Path:
+    """The basis of an N-Jet layer at its σ (top row) next to its first ``max_filters`` filters for
+    input channel ``in_channel`` (bottom row); red positive, blue negative."""
+    import torch
+
+    from .basis import basis_orders
+    from .layers import NJetConv2d
+    from .layers.tied import TiedNJetBranch
+
+    with torch.no_grad():
+        if isinstance(layer, NJetConv2d):
+            basis, w, sigma, order = layer.basis(), layer.filters(), float(layer.sigma.mean()), layer.order
+            basis = basis[0] if basis.dim() == 4 else basis
+        elif isinstance(layer, TiedNJetBranch):
+            o, k = layer.owner, layer.index
+            basis, w, sigma, order = o.basis(k), o.filters(k), float(o.sigma[k]), o.order
+        else:
+            raise TypeError(f"plot_filters: expected an N-Jet layer (NJetConv2d or a tied branch), got {type(layer).__name__}")
+    if not 0 <= in_channel < w.shape[1]:
+        raise ValueError(f"plot_filters: in_channel must be in 0..{w.shape[1] - 1}, got {in_channel}")
+    filt = w[:max_filters, in_channel].float().cpu()
+    orders = basis_orders(order)
+    cols = max(basis.shape[0], filt.shape[0])
+    fig = Figure(figsize=(1.1 * cols, 2.7))
+    axes = fig.subplots(2, cols, squeeze=False)
+    for i in range(cols):
+        for row, imgs in ((0, basis), (1, filt)):
+            ax = axes[row][i]
+            ax.axis("off")
+            if i < imgs.shape[0]:
+                img = imgs[i].float().cpu().numpy()
+                lim = float(abs(img).max()) or 1.0
+                ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+                ax.set_title(f"G{orders[i][0]}{orders[i][1]}" if row == 0 else f"out {i}", fontsize=7)
+    size = basis.shape[-1]
+    fig.suptitle(f"{name or 'N-Jet layer'}: σ = {sigma:.3g} px, {size}×{size} filter — basis (top), "
+                 f"filters for input channel {in_channel} (bottom)", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_history(history, out_dir, prefix: str = "") -> list[Path]:
+    """A run's figures into ``out_dir``: ``{prefix}sigma.png`` (σ over steps), ``{prefix}sigma_layers.png``
+    (σ per layer at the end), ``{prefix}sizes.png``, ``{prefix}curves.png``; figures without data
+    (e.g. no N-Jet layer) are skipped."""
+    h = _history(history)
+    out, written = Path(out_dir), []
+    for name, fn in (("sigma", plot_sigma), ("sigma_layers", plot_sigma_layers), ("sizes", plot_sizes),
+                     ("curves", plot_curves)):
         try:
             written.append(fn(h, out / f"{prefix}{name}.png"))
         except ValueError:
             continue
     return written
+
+
+def plot_summary(summary: ModelSummary, model, out_dir, layer: str | None = None) -> list[Path]:
+    """A model's figures into ``out_dir``: ``sigma_layers.png``, ``sizes.png`` and
+    ``filters_<layer>.png`` (``layer``: an N-Jet layer's path, default the first)."""
+    out, paths = Path(out_dir), []
+    njet = summary.njet_layers
+    names = [r.path for r in njet]
+    if layer is not None and layer not in names:
+        raise ValueError(f"layer must be the path of an N-Jet layer (e.g. {', '.join(names[:5])}), got {layer!r}")
+    if njet:
+        paths.append(plot_sigma_layers(summary, out / "sigma_layers.png"))
+    if njet or any(r.kind == "subsample" for r in summary.layers):
+        paths.append(plot_sizes(summary, out / "sizes.png"))
+    layer = layer or (names[0] if names else None)
+    if layer is not None:
+        paths.append(plot_filters(model.get_submodule(layer), out / f"filters_{layer.replace('.', '_')}.png",
+                                  name=layer))
+    return paths

@@ -73,18 +73,20 @@ def assert_user_error(res, *needles):
 
 
 def test_version_and_help(run):
+    """Every command has examples, fits 80 columns and shows no type labels (<bool>, <str>)."""
     from njetify import __version__
 
     res = run("--version")
     assert res.exit_code == 0 and res.stdout.strip() == f"njetify {__version__}"
     res = run("--help")
     assert res.exit_code == 0
-    for cmd in ("convert", "finetune", "inspect", "bake", "models", "recipes"):
+    for cmd in ("convert", "finetune", "inspect", "plot", "bake", "models", "recipes"):
         assert cmd in res.stdout
         sub = run(cmd, "--help")
         assert sub.exit_code == 0, sub.output
         assert "Examples" in sub.stdout and f"njetify {cmd}" in sub.stdout
         assert max(len(line) for line in sub.stdout.splitlines()) <= 80
+        assert not re.search(r"<(bool|str|path|int|float)>|\{[A-Z]+\}", sub.stdout), sub.stdout
 
 
 def test_models_and_recipes(run):
@@ -146,7 +148,7 @@ def test_convert_writes_file_and_reports(run, tmp_path):
 
 
 def test_convert_dry_run_and_json(run, tmp_path):
-    res = run("convert", TINY, "--input-size", "3x16x16", "--dry-run", "--json", "--r", "4")
+    res = run("convert", TINY, "--input-size", "3x16x16", "--dry-run", "--json", "--subsample-r", "4")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)  # stdout is JSON and nothing else
     assert doc["output"] is None and doc["input_size"] == [3, 16, 16]
@@ -185,7 +187,7 @@ def test_convert_keep_subsample_and_in_chans(run):
         (["convert", TINY, "--input-size", "3x32"], ["--input-size", "CxHxW"]),
         (["convert", TINY, "--input-size", "axbxc"], ["--input-size", "'axbxc'"]),
         (["convert", TINY, "--weights", "missing.pth"], ["--weights", "no such file", "missing.pth"]),
-        (["convert", TINY, "--r", "-1"], ["--r", "'auto' or a positive number"]),
+        (["convert", TINY, "--subsample-r", "-1"], ["--subsample-r", "'auto' or a positive number"]),
         (["convert", TINY, "--recipe", "no-such-recipe"], ["--recipe", "no-such-recipe"]),
         (["convert", TINY, "--in-chans", "1", "--input-size", "3x8x8"], ["--in-chans is 1"]),
         (["convert", TINY, "--calibrate", "mnist", "--data-dir", "nowhere"], ["--calibrate", "not found"]),
@@ -257,7 +259,7 @@ def test_inspect_table_json_and_plots(run, converted, tmp_path):
     res = run("inspect", converted.name, "--plot", "figs", "--layer", "conv2")
     assert res.exit_code == 0, res.output
     names = sorted(p.name for p in (tmp_path / "figs").iterdir())
-    assert names == ["feature_sizes.png", "filters_conv2.png", "sigma.png"]
+    assert names == ["filters_conv2.png", "sigma_layers.png", "sizes.png"]
     assert all((tmp_path / "figs" / n).read_bytes()[:4] == b"\x89PNG" for n in names)
     assert_user_error(run("inspect", converted.name, "--plot", "figs", "--layer", "head"), "--layer", "conv1")
 
@@ -295,7 +297,11 @@ def test_finetune_on_an_image_folder(run, converted, tmp_path):
             d.mkdir(parents=True)
             for i in range(4):
                 Image.new("RGB", (20, 20), tuple(max(0, c - 20 * i) for c in color)).save(d / f"{i}.png")
-    res = run("finetune", converted.name, "--data", f"folder:{tmp_path / 'imgs'}", "--epochs", "1",
+    assert_user_error(run("finetune", converted.name, "--data", f"folder:{tmp_path / 'imgs'}"),
+                      "2 classes but the model has 5 outputs", "--num-classes 2")
+    res = run("convert", TINY, "--input-size", "3x16x16", "--num-classes", "2", "--out", "two.safetensors")
+    assert res.exit_code == 0, res.output
+    res = run("finetune", "two.safetensors", "--data", f"folder:{tmp_path / 'imgs'}", "--epochs", "1",
               "--batch-size", "4", "--lr", "0.01", "--out", "run")
     assert res.exit_code == 0, (res.stdout, res.stderr)
     assert "fine-tuning done" in res.stdout and "σ" in res.stdout
@@ -305,6 +311,156 @@ def test_finetune_on_an_image_folder(run, converted, tmp_path):
     assert [r["epoch"] for r in history["epochs"]] == [0, 1]
     res = run("inspect", "run/model.safetensors")
     assert res.exit_code == 0, res.output
-    assert_user_error(run("finetune", converted.name, "--data", "mnist", "--data-dir", "nowhere"), "--data", "mnist")
-    assert_user_error(run("finetune", converted.name, "--data", f"folder:{tmp_path / 'imgs'}", "--resume",
+    assert_user_error(run("finetune", "two.safetensors", "--data", "mnist", "--data-dir", "nowhere"), "--data", "mnist")
+    assert_user_error(run("finetune", "two.safetensors", "--data", f"folder:{tmp_path / 'imgs'}", "--resume",
                           "--out", "fresh"), "--resume")
+
+
+def _folder(root, mode="RGB", classes=2, n=4, split=True):
+    from PIL import Image
+
+    for s in ("train", "val") if split else ("",):
+        for k in range(classes):
+            d = root / s / f"c{k}" if s else root / f"c{k}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                v = 90 * k + 10 * i
+                Image.new(mode, (18, 18), v if mode == "L" else (v, 0, 255 - v)).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def two_class(run, tmp_path):
+    res = run("convert", TINY, "--input-size", "3x16x16", "--num-classes", "2", "--out", "two.safetensors")
+    assert res.exit_code == 0, res.output
+    _folder(tmp_path / "imgs")
+    return "two.safetensors"
+
+
+def test_outputs_are_not_overwritten_without_force(run, converted, tmp_path):
+    before = converted.read_bytes()
+    assert_user_error(run("convert", TINY, "--input-size", "3x16x16", "--out", converted.name), "exists", "--force")
+    assert converted.read_bytes() == before
+    res = run("convert", TINY, "--input-size", "3x16x16", "--out", converted.name, "--force", "--seed", "1")
+    assert res.exit_code == 0 and converted.read_bytes() != before
+    (tmp_path / "afile").write_text("x")
+    assert_user_error(run("convert", TINY, "--out", "afile/m.safetensors"), "--out", "is a file")
+    assert_user_error(run("convert", TINY, "--out", str(tmp_path)), "--out", "is a folder")
+
+
+def test_convert_is_deterministic_with_seed(run, tmp_path):
+    import njetify.io
+
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        assert run("convert", TINY, "--input-size", "3x16x16", "--out", f"{name}.safetensors", "--seed", str(seed)
+                   ).exit_code == 0
+    a, b, c = (njetify.io.load(tmp_path / f"{n}.safetensors").state_dict() for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_bake_writes_nothing_when_onnx_fails(run, converted, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert_user_error(run("bake", converted.name, "--out", "m.pt2", "--onnx", "afile/m.onnx"), "--onnx")
+    assert not (tmp_path / "m.pt2").exists()
+    res = run("bake", converted.name)
+    assert res.exit_code == 0 and (tmp_path / "tiny-baked.pt2").is_file()  # next to the input
+    assert_user_error(run("bake", converted.name), "tiny-baked.pt2", "exists", "--force")
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_inspect_a_pytorch_checkpoint_points_to_convert(run, tmp_path):
+    torch.save(TinyNet().state_dict(), tmp_path / "ckpt.pth")
+    assert_user_error(run("inspect", "ckpt.pth"), "PyTorch checkpoint", "njetify convert MODEL --weights ckpt.pth")
+
+
+def test_device_that_is_not_there(run, two_class):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert_user_error(run("finetune", two_class, "--data", "folder:imgs", "--device", "cuda"),
+                      "--device cuda", "no CUDA GPU", "--device cpu")
+    assert_user_error(run("finetune", two_class, "--data", "folder:imgs", "--device", "tpu"), "--device")
+
+
+def test_folder_traps(run, two_class, tmp_path):
+    _folder(tmp_path / "gray", mode="L")
+    assert_user_error(run("finetune", two_class, "--data", "folder:gray"), "grayscale", "--in-chans 1")
+    _folder(tmp_path / "nosplit", split=False)
+    assert_user_error(run("finetune", two_class, "--data", "folder:nosplit"), "no val/ or test/", "--val-split 0.1")
+    res = run("finetune", two_class, "--data", "folder:nosplit", "--val-split", "0.25", "--epochs", "1", "-b", "2",
+              "--out", "held")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((tmp_path / "held" / "history.json").read_text())["meta"]["val_samples"] == 2
+    _folder(tmp_path / "broken")
+    (tmp_path / "broken" / "train" / "c0" / "x.png").write_bytes(b"\x89PNG no image")
+    assert_user_error(run("finetune", two_class, "--data", "folder:broken"), "not readable images", "x.png")
+    _folder(tmp_path / "three", classes=3)
+    assert_user_error(run("finetune", two_class, "--data", "folder:three"), "3 classes", "2 outputs",
+                      "--num-classes 3")
+    assert_user_error(run("finetune", two_class, "--data", "folder:imgs", "-b", "64"), "--batch-size 64", "8")
+    assert not any((tmp_path / d).exists() for d in ("two-finetune",))  # nothing was started
+
+
+def test_calibrate_on_a_flat_folder_of_images(run, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "flat").mkdir()
+    for i in range(5):
+        Image.new("L", (20, 20), 40 * i).save(tmp_path / "flat" / f"{i}.jpg")
+    res = run("convert", TINY, "--calibrate", "folder:flat", "--calibrate-batches", "1", "--input-size", "1x16x16",
+              "--dry-run", "--json")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["report"]["calibration"]["batches"] == 1 and doc["input_size"] == [1, 16, 16]
+
+
+def test_run_folder_resume_and_force(run, two_class, tmp_path):
+    args = ["finetune", two_class, "--data", "folder:imgs", "-b", "4", "--epochs", "2", "--out", "run"]
+    res = run(*args, "--max-steps", "1", "--checkpoint-every", "1")
+    assert res.exit_code == 0, res.stderr
+    assert "stopped by --max-steps at step 1" in " ".join(res.stdout.split())
+    assert_user_error(run(*args), "already holds a run at step 1", "--resume", "--force")
+    assert_user_error(run(*args, "--resume", "--force"), "--resume", "--force")
+    assert_user_error(run(*args, "--resume", "--seed", "7"), "--seed 7 differs", "run.json")
+    res = run("finetune", two_class, "--data", "folder:imgs", "--out", "run", "--resume")  # settings from run.json
+    assert res.exit_code == 0, res.stderr
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [r["epoch"] for r in hist["epochs"]] == [0, 1, 2] and hist["epochs"][-1]["step"] == 4
+    res = run(*args, "--force", "--max-steps", "2", "--plot")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads((tmp_path / "run" / "history.json").read_text())["epochs"][-1]["step"] == 2
+    res = run("plot", "run", "--out", "figs")
+    assert res.exit_code == 0 and sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
+        "curves.png", "sigma.png", "sigma_layers.png", "sizes.png"]
+    assert_user_error(run("plot", "figs"), "no history.json")
+
+
+def test_nothing_to_convert_exits_2_and_writes_nothing(run, tmp_path):
+    class Pointwise(nn.Module):
+        def __init__(self, num_classes=None, in_chans=None):
+            super().__init__()
+            self.mix = nn.Conv2d(in_chans or 3, 4, 1)
+
+        def forward(self, x):
+            return self.mix(x).mean((2, 3))
+
+    registry.register_model("pointwise_cli_test", overwrite=True)(Pointwise)
+    try:
+        assert_user_error(run("convert", "pointwise_cli_test", "--input-size", "3x8x8"), "nothing to convert",
+                          "nothing was written")
+        assert not list(tmp_path.glob("*.safetensors"))
+    finally:
+        registry._BUILTINS.pop("pointwise_cli_test", None)
+
+
+def test_api_words_become_cli_words():
+    from njetify.cli.errors import cli_words
+
+    assert cli_words("create_model: unknown model name 'x' (njetify.list_models() lists them all)") == \
+        "unknown model name 'x' ('njetify models PATTERN' lists them)"
+    assert "--download" in cli_words("or pass download=True to fetch them") and "download=True" not in \
+        cli_words("or pass download=True to fetch them")
+    assert cli_words("give calibration_data for a data-aware fit") == "use --calibrate DATASET for a data-aware fit"
+
+
+def test_detection_models_are_not_supported_yet(run):
+    assert_user_error(run("convert", "tv:fasterrcnn_resnet50_fpn"), "detection model", "not supported yet")

@@ -142,3 +142,64 @@ def test_make_loaders():
     assert [int(y) for _, yb in va for y in yb] == list(range(10))
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         make_loaders(ds, None, 0)
+
+
+def _folder(root, splits=("train", "val"), n=3, mode="RGB", classes=("a", "b", "c")):
+    for split in splits:
+        for k, cls in enumerate(classes):
+            d = root / split / cls if split else root / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new(mode, (20, 16), (60 * k + i,) * (1 if mode == "L" else 3)).save(d / f"{i}.png")
+    return root
+
+
+def test_folder_without_val_split_is_refused_unless_held_out(tmp_path):
+    root = _folder(tmp_path, splits=("",), n=10)
+    with pytest.raises(ValueError, match=r"no val/ or test/ sub-folder.*training accuracy.*val_split"):
+        get_dataset(f"folder:{root}", "val", image_size=8)
+    tr = get_dataset(f"folder:{root}", "train", image_size=8, val_split=0.2)
+    va = get_dataset(f"folder:{root}", "val", image_size=8, val_split=0.2)
+    assert len(tr) == 24 and len(va) == 6 and not set(tr.indices) & set(va.indices)
+    assert tr.classes == va.classes == ["a", "b", "c"]
+    assert get_dataset(f"folder:{root}", "val", image_size=8, val_split=0.2).indices == va.indices  # a fixed draw
+
+
+def test_grayscale_folder_loads_one_channel(tmp_path):
+    root = _folder(tmp_path, mode="L")
+    ds = get_dataset(f"folder:{root}", "train", image_size=8)
+    assert ds.channels == 1 and ds[0][0].shape == (1, 8, 8)
+    assert dataset_info(f"folder:{root}", ds, image_size=8).in_channels == 1
+    assert get_dataset(f"folder:{root}", "train", image_size=8, channels=3)[0][0].shape == (3, 8, 8)
+
+
+def test_corrupt_image_is_named_before_any_work(tmp_path):
+    root = _folder(tmp_path)
+    (root / "train" / "b" / "broken.png").write_bytes(b"\x89PNG not an image")
+    with pytest.raises(ValueError, match=r"1 file\(s\) are not readable images: .*broken\.png"):
+        get_dataset(f"folder:{root}", "train", image_size=8)
+
+
+def test_flat_folder_is_unlabelled_calibration_data(tmp_path):
+    from njetify.data import UnlabelledImages
+
+    for i in range(5):
+        Image.new("RGB", (20, 16), (i, 0, 0)).save(tmp_path / f"{i}.jpg")
+    with pytest.raises(ValueError, match="no class sub-folders: fine-tuning needs labels"):
+        get_dataset(f"folder:{tmp_path}", "train", image_size=8)
+    ds = UnlabelledImages(tmp_path, image_size=8)
+    assert len(ds) == 5 and ds[0][0].shape == (3, 8, 8) and ds[0][1] == -1
+
+
+def test_limit_draws_a_fixed_subset(tmp_path):
+    from njetify.data import limit
+
+    ds = get_dataset(f"folder:{_folder(tmp_path, n=4)}", "train", image_size=8)
+    a, b = limit(ds, 5), limit(ds, 5)
+    assert len(a) == 5 and a.indices == b.indices and a.classes == ds.classes and limit(ds, 100) is ds
+
+
+def test_njetify_data_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("NJETIFY_DATA", str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match="elsewhere"):
+        get_dataset("mnist", "train")

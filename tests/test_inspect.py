@@ -119,16 +119,40 @@ def test_default_input_size():
 
 
 def test_plots(tmp_path):
-    from njetify.summary.plots import plot_all, plot_filters
+    from njetify.plots import plot_filters, plot_summary
 
     model = Tiny()
     s = summarize(model, (3, 16, 16))
-    paths = plot_all(s, model, tmp_path, layer="conv2")
-    assert [p.name for p in paths] == ["sigma.png", "feature_sizes.png", "filters_conv2.png"]
+    paths = plot_summary(s, model, tmp_path, layer="conv2")
+    assert [p.name for p in paths] == ["sigma_layers.png", "sizes.png", "filters_conv2.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
     with pytest.raises(ValueError, match="layer must be"):
-        plot_all(s, model, tmp_path, layer="head")
+        plot_summary(s, model, tmp_path, layer="head")
     with pytest.raises(TypeError, match="N-Jet layer"):
         plot_filters(nn.Conv2d(1, 1, 3), tmp_path / "x.png")
     with pytest.raises(ValueError, match="in_channel"):
         plot_filters(model.conv1, tmp_path / "x.png", in_channel=3)
+
+
+def test_original_network_sizes_and_receptive_field():
+    """s₀ is the replaced kernel's size and RF₀ the original network's receptive field, whatever σ learned."""
+    import njetify
+
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Conv2d(3, 4, 5, padding=2), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                             nn.Conv2d(4, 4, 3, padding=2, dilation=2), nn.AdaptiveAvgPool2d(1))
+    net, _ = njetify.convert(original, example_inputs=torch.randn(1, 3, 24, 24))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, NJetConv2d):
+                m.log_sigma.add_(0.3)  # every σ grew: larger filters, smaller maps
+    s = summarize(net, (3, 24, 24))
+    njet = s.njet_layers
+    assert [r.size_original for r in njet] == [5, 3, 5] and [r.sigma0 for r in njet] == [1.0, 0.5, 1.0]
+    assert all(r.size > r.size_original for r in njet)
+    x = torch.randn(1, 3, 24, 24)
+    tracker = RFTracker(x)
+    with torch.no_grad(), tracker:
+        y = original[:4](x)
+    assert s.layers[-2].rf_original == tracker.get(y).rf  # the last conv: RF₀ = the original network's RF
+    assert s.layers[-2].rf[0] > s.layers[-2].rf_original[0]

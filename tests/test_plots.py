@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from njetify.layers import NJetConv2d, SafeSubsample
-from njetify.plots import plot_curves, plot_feature_sizes, plot_history, plot_sigma
+from njetify.plots import plot_curves, plot_history, plot_sigma, plot_sigma_layers, plot_sizes
 from njetify.train import History, fit
 
 
@@ -46,7 +46,8 @@ def _png(path, min_w=300):
 def test_plot_history_writes_three_pngs(run_dir, tmp_path):
     backend = matplotlib.get_backend()
     paths = plot_history(run_dir, tmp_path, prefix="mnist_")
-    assert sorted(p.name for p in paths) == ["mnist_curves.png", "mnist_feature_sizes.png", "mnist_sigma.png"]
+    assert sorted(p.name for p in paths) == ["mnist_curves.png", "mnist_sigma.png", "mnist_sigma_layers.png",
+                                                "mnist_sizes.png"]
     for p in paths:
         _png(p)
     assert matplotlib.get_backend() == backend  # the global backend is left alone
@@ -56,17 +57,28 @@ def test_each_plot_accepts_history_object_or_file(run_dir, tmp_path):
     h = History.load(run_dir / "history.json")
     assert len(h) == 3 and h.meta["feature_sizes_original"] == {"sub": [5, 5]}
     _png(plot_sigma(h, tmp_path / "s.png"))
-    _png(plot_feature_sizes(run_dir / "history.json", tmp_path / "f.png", epoch=1))
+    _png(plot_sizes(run_dir / "history.json", tmp_path / "f.png"))
+    _png(plot_sigma_layers(h, tmp_path / "l.png"))
     _png(plot_curves(str(run_dir), tmp_path / "c.png"))
-    with pytest.raises(ValueError, match="epoch 7 is not in the history"):
-        plot_feature_sizes(h, tmp_path / "x.png", epoch=7)
+    assert [p["step"] for p in h.steps] == list(range(1, 9))  # σ of every step of the 2 × 4 steps
 
 
 def test_errors(tmp_path):
     with pytest.raises(ValueError, match="no N-Jet layers"):
-        plot_sigma(History({}, [{"epoch": 0}]), tmp_path / "s.png")
+        plot_sigma(History({}, [{"epoch": 0, "step": 0}]), tmp_path / "s.png")
     with pytest.raises(TypeError, match="history must be a History or a path"):
         plot_curves(42, tmp_path / "c.png")
     with pytest.raises(FileNotFoundError, match="history.json"):
         plot_curves(tmp_path, tmp_path / "c.png")
-    assert plot_history(History({}, [{"epoch": 0}]), tmp_path) == [tmp_path / "curves.png"]
+    assert plot_history(History({}, [{"epoch": 0, "step": 0}]), tmp_path) == [tmp_path / "curves.png"]
+
+
+def test_no_pyplot_state(run_dir, tmp_path):
+    """Drawing leaves pyplot alone: no figure is registered, the backend is unchanged."""
+    import sys
+
+    before = matplotlib.get_backend()
+    plot_history(run_dir, tmp_path)
+    assert matplotlib.get_backend() == before
+    if "matplotlib.pyplot" in sys.modules:
+        assert sys.modules["matplotlib.pyplot"].get_fignums() == []

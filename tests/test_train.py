@@ -1,6 +1,7 @@
 """fit(): parameter groups, schedules, settings, tasks, precision, history of the learned resolution."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -208,7 +209,8 @@ def test_progress_output(capsys):
     torch.manual_seed(0)
     fit(Tiny(), _data(32), _data(16), epochs=1, batch_size=16, progress=True, seed=0)
     err = capsys.readouterr().err
-    assert "epoch 1/1" in err and "val acc" in err and "σ 0.8" in err
+    assert "epoch 1/1  train loss" in err and re.search(r"val loss [\d.]+ acc [\d.]+", err) and "σ 0.8" in err
+    assert "epoch 1/1 2/2  step 2" in err  # not a terminal: one line per step of this tiny epoch, with eta
 
 
 class AsppLike(nn.Module):

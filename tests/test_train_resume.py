@@ -82,12 +82,20 @@ def test_resume_after_max_steps_equals_uninterrupted(tmp_path):
 
     part = _model()
     h1 = fit(part, NoisyData(), NoisyData(32, seed=1), out_dir=tmp_path / "b", max_steps=4, **CFG)
-    assert h1.meta["stopped"] == "max_steps" and len(h1) == 1  # only epoch 0 recorded
+    assert h1.meta["stopped"] == "max_steps"
+    stop = h1.last()  # the stop is recorded: step, fractional epoch, training metrics, validation, σ
+    assert stop["partial"] and stop["step"] == 4 and stop["epoch"] == pytest.approx(4 / 6)
+    assert {"train", "val", "layers"} <= set(stop) and stop["layers"] != h1.epochs[0]["layers"]
+    assert [p["step"] for p in h1.steps] == [1, 2, 3, 4]
+    on_disk = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert on_disk["epochs"][-1]["partial"] and on_disk["epochs"][-1]["step"] == 4
     resumed = _model(seed=99)  # a different init: everything must come from the checkpoint
     h2 = fit(resumed, NoisyData(), NoisyData(32, seed=1), out_dir=tmp_path / "b", resume=True, **CFG)
     _same(ref, resumed)
+    assert [r["epoch"] for r in h2.epochs] == [0, 1, 2]  # the partial row is superseded by the full run
     assert [r["train"]["loss"] for r in h2.epochs[1:]] == [r["train"]["loss"] for r in h_ref.epochs[1:]]
     assert h2.epochs[-1]["layers"] == h_ref.epochs[-1]["layers"]
+    assert h2.steps == h_ref.steps  # σ and loss per step, identical
 
 
 def test_resume_after_crash_from_step_checkpoint(tmp_path):
@@ -141,3 +149,43 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     ck = load_checkpoint(tmp_path / "last.pt")
     assert ck["state"]["step"] == 4
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_step_log_is_thinned_to_a_bounded_size(monkeypatch):
+    from njetify.train import history as H
+
+    monkeypatch.setattr(H, "MAX_STEP_POINTS", 8)
+    h = H.History()
+    for step in range(1, 41):
+        h.log_step(step, step / 10, float(step), {"c1": 0.5})
+    steps = [p["step"] for p in h.steps]
+    assert len(steps) <= 8 and steps == list(range(h.step_log["every"], 41, h.step_log["every"]))
+    assert h.step_log["every"] == 8 and h.steps[-1]["loss"] == pytest.approx(38.5)  # mean since the point before
+    again = H.History.from_dict(json.loads(json.dumps(h.to_dict())))
+    assert again.steps == h.steps and again.step_log == h.step_log
+
+
+def test_sigint_stops_after_the_step_with_a_checkpoint(tmp_path):
+    """The first SIGINT lets the step finish, writes last.pt at that position and raises TrainingInterrupted."""
+    import os
+    import signal
+
+    from njetify.train import TrainingInterrupted
+
+    ref = _model()
+    fit(ref, NoisyData(), out_dir=tmp_path / "a", **CFG)
+
+    def press_ctrl_c(event, state):
+        if event == "step" and state.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted) as stop:
+        fit(_model(), NoisyData(), out_dir=tmp_path / "b", callbacks=[press_ctrl_c], **CFG)
+    assert (stop.value.step, stop.value.epoch, stop.value.batch) == (3, 0, 3)
+    assert stop.value.checkpoint == tmp_path / "b" / "last.pt"
+    assert load_checkpoint(stop.value.checkpoint)["state"]["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+    resumed = _model(seed=7)
+    fit(resumed, NoisyData(), out_dir=tmp_path / "b", resume=True, **CFG)
+    _same(ref, resumed)

@@ -4,22 +4,37 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from enum import Enum
 from pathlib import Path
 
 import typer
 
 from .app import app
-from .common import DebugOption, InputSizeOption, command, console, existing_file, input_size
+from .common import (
+    DataDirOption,
+    DebugOption,
+    ForceOption,
+    InputSizeOption,
+    SeedOption,
+    command,
+    console,
+    existing_file,
+    input_size,
+    writable_file,
+)
 from .errors import UserError, stderr_console, user_errors
 
 _EPILOG = (
-    "Examples:\n\n"
-    "  njetify convert resnet32 --order 3\n\n"
-    "  njetify convert resnet32 --recipe paper-resnet32 --out r32.safetensors\n\n"
-    "  njetify convert tv:resnet18 --pretrained --num-classes 10 --input-size 3x64x64\n\n"
-    "  njetify convert resnet20 --weights ckpt.pth --calibrate cifar10 --data-dir data\n\n"
-    "  njetify convert resnet32 --dry-run --json > report.json"
+    "Examples:\n"
+    "  njetify convert resnet32 --order 3\n"
+    "  njetify convert resnet32 --recipe paper-resnet32 --out r32.safetensors\n"
+    "  njetify convert tv:resnet18 --num-classes 10 --input-size 3x64x64\n"
+    "  njetify convert resnet20 --weights ckpt.pth --calibrate cifar10\n"
+    "  njetify convert timm:resnet18 --calibrate folder:photos\n"
+    "  njetify convert resnet32 --dry-run --json > report.json\n"
+    "\n"
+    "--calibrate takes a data set name, or folder:PATH: any images, no labels."
 )
 
 
@@ -36,7 +51,7 @@ def _parse_r(text: str | None):
     except ValueError:
         value = -1.0
     if not 0 < value < float("inf"):
-        raise UserError(f"--r: must be 'auto' or a positive number (the paper uses 4), got {text!r}")
+        raise UserError(f"--subsample-r: must be 'auto' or a positive number (the paper uses 4), got {text!r}")
     return value
 
 
@@ -45,49 +60,38 @@ def default_out(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") + "-njet.safetensors"
 
 
-def _calibration(name: str, data_dir: Path, batches: int, batch_size: int, download: bool, image_size: int):
-    """The first ``batches`` batches of the training split of ``name`` (folder images at ``image_size``)."""
-    from ..data import dataset_info, get_dataset
-
-    with user_errors(ValueError, FileNotFoundError, TypeError, what="--calibrate"):
-        if name.startswith("folder:"):
-            ds = get_dataset(name, "train", augment=False, image_size=image_size)
-        else:
-            ds = get_dataset(name, "train", data_dir, download=download, augment=False)
-        info = dataset_info(name, ds, image_size=image_size)
-    import torch
-
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(0))
-    out = []
-    for i, batch in enumerate(loader):
-        if i >= batches:
-            break
-        out.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
-    return out, info
-
-
 @command(app, "convert", epilog=_EPILOG)
 def convert(
-    model: str = typer.Argument(..., help="A model name (see 'njetify models'): built-in, timm:, tv:, smp:."),
+    model: str = typer.Argument(..., metavar="MODEL",
+                                help="A model name (see 'njetify models'): built-in, timm:, tv:, smp:."),
     order: int | None = typer.Option(None, "--order", "-n", min=0, max=8, metavar="N",
-                                        help="Derivative order N of the N-Jet layers (default: the recipe's, 3)."),
+                                     help="Derivative order N of the N-Jet layers (default: the recipe's, 3)."),
     recipe: str | None = typer.Option(None, "--recipe", metavar="NAME|PATH",
-                                         help="A built-in recipe (see 'njetify recipes') or a YAML file."),
-    weights: Path | None = typer.Option(None, "--weights", "-w", metavar="PATH", help="Local checkpoint to load first."),
-    pretrained: bool = typer.Option(False, "--pretrained", help="Library pretrained weights (downloads)."),
+                                      help="A built-in recipe (see 'njetify recipes') or a YAML file."),
+    weights: Path | None = typer.Option(None, "--weights", "-w", metavar="PATH",
+                                        help="Local checkpoint (.pth, .pt, .safetensors) to load first."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="The library's pretrained weights (downloads)."),
     num_classes: int | None = typer.Option(None, "--num-classes", min=1, metavar="N", help="Output classes."),
     in_chans: int | None = typer.Option(None, "--in-chans", min=1, metavar="N", help="Input channels."),
     size: str | None = InputSizeOption,
-    subsample: Subsample | None = typer.Option(None, "--subsample", metavar="safe|keep", help="safe: learned subsampling; keep: strides stay."),
-    r: str | None = typer.Option(None, "--r", metavar="auto|FLOAT",
-                                    help="Safe-subsampling r: auto keeps the original sizes at σ₀; the paper uses 4."),
-    calibrate: str | None = typer.Option(None, "--calibrate", metavar="DATASET",
-                                            help="Data-aware fit on a few batches of DATASET (mnist, cifar10, ...)."),
-    calibrate_batches: int = typer.Option(4, "--calibrate-batches", min=1, metavar="N", help="Batches for --calibrate."),
-    data_dir: Path = typer.Option(Path("data"), "--data-dir", metavar="DIR", help="Where data sets live."),
+    subsample: Subsample | None = typer.Option(None, "--subsample", metavar="safe|keep",
+                                               help="safe: learned subsampling (default); keep: strides stay."),
+    r: str | None = typer.Option(None, "--subsample-r", metavar="auto|R",
+                                 help="r of safe-subsampling, factor (1/2)^(σ/r): auto keeps the original "
+                                      "sizes at σ₀ (default); the paper uses 4."),
+    calibrate: str | None = typer.Option(None, "--calibrate", metavar="DATA",
+                                         help="Fit data-aware on a few batches of DATA: mnist, cifar10, ... or "
+                                              "folder:PATH."),
+    calibrate_batches: int = typer.Option(4, "--calibrate-batches", min=1, metavar="N",
+                                          help="Batches for --calibrate."),
+    calibrate_batch_size: int = typer.Option(16, "--calibrate-batch-size", min=1, metavar="N",
+                                             help="Images per calibration batch."),
+    data_dir: Path | None = DataDirOption,
     download: bool = typer.Option(False, "--download", help="Download the --calibrate data set if missing."),
-    out: Path | None = typer.Option(None, "--out", "-o", metavar="PATH", help="Output file (default: MODEL-njet.safetensors)."),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="PATH",
+                                    help="Output file (default: MODEL-njet.safetensors)."),
+    force: bool = ForceOption,
+    seed: int = SeedOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Convert and report, write nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON only (for scripts)."),
     debug: bool = DebugOption,
@@ -98,12 +102,12 @@ def convert(
     become safe-subsampling. Prints one row per convolution and subsampling
     site, parameters and MACs before and after, and the largest output
     difference to the original on a random input. Built-in models need no
-    download.
+    download; the same command gives the same file (--seed).
     """
     import torch
 
     from ..models import create_model
-    from ..summary import compare_models
+    from ..summary import compare_models, default_input_size
     from ..surgery import convert as convert_model
 
     r_value = _parse_r(r)
@@ -118,62 +122,87 @@ def convert(
             rec = load_recipe(recipe)
     if weights is not None:
         weights = existing_file(weights, "--weights")
+    path = None if dry_run else writable_file(out if out is not None else default_out(model), "--out", force)
     batches, info = (None, None)
     if calibrate is not None:
-        batches, info = _calibration(calibrate, data_dir, calibrate_batches, 16, download,
-                                     shape[-1] if shape else 224)
+        from .calibration import calibration_batches
+
+        batches, info = calibration_batches(calibrate, data_dir, calibrate_batches, calibrate_batch_size, download,
+                                            shape[-1] if shape else 224, in_chans or (shape[0] if shape else None))
         if shape is None and info.input_size is not None:
             shape = (in_chans or info.in_channels, *info.input_size)
     if in_chans is None and shape is not None and shape[0] != 3:
         in_chans = shape[0]
+    torch.manual_seed(seed)  # random initialisation and every random draw below
     with user_errors(ValueError, TypeError, FileNotFoundError):
         net = create_model(model, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained,
                            weights=None if weights is None else str(weights))
-    from ..summary import default_input_size
-
     if shape is None:
         shape = default_input_size(net, model)
-    example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
-    with user_errors(ValueError, what=f"converting {model} at input size {'x'.join(map(str, shape))}"):
+    example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(seed))
+    con = stderr_console() if as_json else console()
+    with user_errors(ValueError, what=f"converting {model} at input size {'x'.join(map(str, shape))}"), \
+            _watch(batches, net, con), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*has no convertible convolution")  # said below, as an error
         converted, report = convert_model(net, order=order, recipe=rec, subsample=None if subsample is None
                                           else subsample.value, r=r_value, calibration_data=batches,
                                           example_inputs=example)
     stats = compare_models(net, converted, example)
-    path = None
-    if not dry_run:
+    changed = any(row.action in ("converted", "subsampled") for row in report.rows)
+    if changed and path is not None:
         from ..io import save
 
-        path = str(out) if out is not None else default_out(model)
-        with user_errors(OSError, what="--out"):
-            save(converted, path, report=report, input_shape=(1, *shape))
+        save(converted, path, report=report, input_shape=(1, *shape))
     if as_json:
-        doc = {"model": model, "input_size": list(shape), "output": path, "stats": stats.to_dict(),
-               "report": report.to_dict()}
+        doc = {"model": model, "input_size": list(shape), "output": None if not changed or path is None else str(path),
+               "stats": stats.to_dict(), "report": report.to_dict()}
         typer.echo(json.dumps(doc, indent=2, default=str))
-        if path:
-            stderr_console().print(f"wrote {path}")
-        return
-    _print(model, shape, report, stats, path, dry_run)
+    else:
+        _print(model, shape, report, stats, path if changed else None, dry_run)
+    if not changed:
+        raise UserError(f"{model} ({report.model_class}) has nothing to convert: no k×k convolution with k > 1 "
+                        "and no strided op became an N-Jet layer or safe-subsampling (see the reasons above); "
+                        "nothing was written")
+    if as_json and path is not None:
+        stderr_console().print(f"wrote {path}")
+
+
+def _watch(batches, net, con):
+    """A :class:`CalibrationWatch` while calibrating, else nothing."""
+    import contextlib
+
+    if not batches:
+        return contextlib.nullcontext()
+    from .calibration import CalibrationWatch, count_convertible
+
+    x = batches[0]
+    con.print(f"calibrating about {count_convertible(net)} layers on {len(batches)} batch(es) of "
+              f"{x.shape[0]} images {'x'.join(map(str, x.shape[1:]))}")
+    return CalibrationWatch(batches, count_convertible(net), con)
 
 
 def _print(model, shape, report, stats, path, dry_run) -> None:
-    from .render import kv_table, pct, report_tables
+    from .errors import cli_words
+    from .render import kv_table, pct
+
+    import dataclasses
+
+    from rich.console import Group
 
     con = console()
-    for t in report_tables(report):
-        con.print(t)
-        con.print()
-    for n in report.notes:
-        con.print(f"[dim]note:[/] {n}")
+    shown = dataclasses.replace(report, notes=[cli_words(n) for n in report.notes])
+    con.print(Group(*shown.rich_parts(summary=False)))
     c = report.counts()
     conv, sub = c.get("conv", {}), c.get("subsample", {})
     size = "x".join(map(str, shape))
     rel = stats.max_abs_diff / stats.max_abs_output if stats.max_abs_output else float("nan")
+    cal = report.calibration
+    fit = f"{cal.get('fit')}" + (f" on {cal.get('batches')} batch(es)" if cal.get("batches") else "")
     rows = [
         ("model", f"{model} ({report.model_class}), tracing: {report.tracing.get('mode')}"),
         ("convs", f"{conv.get('converted', 0)} converted, {conv.get('kept', 0) + conv.get('skipped', 0)} kept"),
         ("subsampling", f"{sub.get('subsampled', 0)} made safe, {sub.get('kept', 0)} kept"),
-        ("fit", f"{report.calibration.get('fit')}"),
+        ("fit", cli_words(fit)),
         ("params", pct(stats.params_before, stats.params_after)),
         (f"MACs @{size}", pct(stats.macs_before, stats.macs_after)),
         ("output", (f"max |Δ| {stats.max_abs_diff:.3g} (max |y| {stats.max_abs_output:.3g}, rel {rel:.2g}) "
@@ -182,9 +211,8 @@ def _print(model, shape, report, stats, path, dry_run) -> None:
     if tuple(stats.output_shape_before) != tuple(stats.output_shape_after):
         rows.append(("shape", (f"[red]output {stats.output_shape_after} differs from the original "
                                f"{stats.output_shape_before}[/]")))
-    rows.append(("saved", "nothing (--dry-run)" if dry_run else f"{path} ({_mb(path)})"))
+    if dry_run:
+        rows.append(("saved", "nothing (--dry-run)"))
+    elif path is not None:
+        rows.append(("saved", f"{path} ({Path(path).stat().st_size / 1e6:.2f} MB)"))
     con.print(kv_table(rows, title=f"{model} → N-Jet"))
-
-
-def _mb(path: str) -> str:
-    return f"{Path(path).stat().st_size / 1e6:.2f} MB"

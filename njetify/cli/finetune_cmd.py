@@ -6,38 +6,53 @@ from pathlib import Path
 
 import typer
 
+from . import run_folder
 from .app import app
-from .common import DebugOption, command, console, load_converted
-from .errors import UserError, user_errors
+from .common import DataDirOption, DebugOption, check_device, command, console, load_converted
+from .errors import UserError, stderr_console, user_errors
 
 _EPILOG = (
-    "Examples:\n\n"
-    "  njetify finetune resnet32-njet.safetensors --data cifar10 --epochs 10\n\n"
-    "  njetify finetune lenet-njet.safetensors --data mnist --data-dir /data --lr 0.05\n\n"
-    "  njetify finetune unet-njet.safetensors --data mnist-multiscale-seg --resume\n\n"
-    "Writes OUT/last.pt, OUT/best.pt (checkpoints), OUT/history.json and .csv, and\n"
-    "OUT/model.safetensors (the fine-tuned model: 'njetify inspect' and 'bake' read it).\n"
-    "Defaults for every setting come from the recipe stored with the model."
+    "Examples:\n"
+    "  njetify finetune r32-njet.safetensors --data cifar10 --epochs 10 --plot\n"
+    "  njetify finetune r32-njet.safetensors --data cifar10 --max-steps 200 -o try\n"
+    "  njetify finetune r32-njet.safetensors --data cifar10 -o try --resume\n"
+    "  njetify finetune m.safetensors --data folder:photos --val-split 0.1\n"
+    "\n"
+    "Writes into OUT: last.pt and best.pt (checkpoints), history.json and .csv,\n"
+    "model.safetensors (the fine-tuned model, for 'njetify inspect' and 'bake'),\n"
+    "run.json (the settings, for --resume) and with --plot sigma.png, sizes.png,\n"
+    "curves.png. Ctrl-C stops after the current step and writes a checkpoint.\n"
+    "Every setting defaults to the recipe stored with the model."
 )
 
 
-def _datasets(name: str, data_dir: Path, download: bool, image_size: int):
-    """Train and test splits of ``name`` and its info; folder images are resized to ``image_size``."""
-    from ..data import dataset_info, get_dataset
+def _datasets(s: dict, download: bool, channels: int):
+    """Train and validation splits and the data set's info (folder images at the model's size and channels)."""
+    from ..data import dataset_info, get_dataset, limit
 
-    with user_errors(ValueError, FileNotFoundError, TypeError, what="--data"):
+    name = s["data"]
+    with user_errors(ValueError, FileNotFoundError, TypeError, what=f"--data {name}"):
         if name.startswith("folder:"):
-            train = get_dataset(name, "train", image_size=image_size)
-            val = get_dataset(name, "test", image_size=image_size)
+            opts = {"image_size": s["image_size"], "val_split": s["val_split"]}
+            train = get_dataset(name, "train", **opts)
+            val = get_dataset(name, "val", **opts)
         else:
-            train = get_dataset(name, "train", data_dir, download=download)
-            val = get_dataset(name, "test", data_dir, download=download)
-        info = dataset_info(name, train, image_size=image_size)
+            if s["val_split"] is not None:
+                raise ValueError("--val-split is for folder:PATH data without a val/ folder; "
+                                 f"{name} has its own test split")
+            train = get_dataset(name, "train", s["data_dir"], download=download)
+            val = get_dataset(name, "test", s["data_dir"], download=download)
+        info = dataset_info(name, train, image_size=s["image_size"])
+        train, val = limit(train, s["limit_train"], seed=s["seed"] or 0), limit(val, s["limit_val"], seed=0)
+    if name.startswith("folder:") and info.in_channels != channels:
+        kind = "grayscale" if info.in_channels == 1 else "colour"
+        raise UserError(f"--data {name}: the images are {kind} ({info.in_channels} channel(s)) but the model takes "
+                        f"{channels}; convert the model with --in-chans {info.in_channels}")
     return train, val, info
 
 
 def _check_fit(model, info, sample) -> None:
-    """The model takes the data's channels and has at least as many outputs as the data has classes."""
+    """The model runs on the data's samples and has one output per class."""
     from ..bake import _first_tensor
     from ..modes import evaluating
 
@@ -46,83 +61,161 @@ def _check_fit(model, info, sample) -> None:
             out = _first_tensor(model(sample[None]))
     except RuntimeError as e:
         raise UserError(
-            f"--data {info.name}: the model does not run on its samples {tuple(sample.shape)} ({str(e).splitlines()[0]}); "
-            f"convert the model with --in-chans {info.in_channels}"
+            f"--data {info.name}: the model does not run on its samples {tuple(sample.shape)} "
+            f"({str(e).splitlines()[0]}); convert the model with --in-chans {info.in_channels}"
         ) from None
-    if out.shape[1] < info.num_classes:
-        raise UserError(
-            f"--data {info.name}: {info.num_classes} classes but the model has {out.shape[1]} outputs; "
-            f"convert it with --num-classes {info.num_classes}"
-        )
+    k = out.shape[1]
+    if k < info.num_classes or (info.task == "classification" and k != info.num_classes):
+        raise UserError(f"--data {info.name}: {info.num_classes} classes but the model has {k} outputs; "
+                        f"convert it with --num-classes {info.num_classes} (a new head for these classes)")
 
 
 @command(app, "finetune", epilog=_EPILOG)
 def finetune(
-    converted: Path = typer.Argument(..., help="A file written by 'njetify convert'."),
+    converted: Path = typer.Argument(..., metavar="CONVERTED", help="A file written by 'njetify convert'."),
     data: str = typer.Option(..., "--data", "-d", metavar="NAME",
                              help="mnist, fashion-mnist, cifar10, cifar100, svhn, folder:PATH, mnist-resized, "
                                   "mnist-multiscale-seg."),
-    data_dir: Path = typer.Option(Path("data"), "--data-dir", metavar="DIR", help="Where data sets live."),
+    data_dir: Path | None = DataDirOption,
     download: bool = typer.Option(False, "--download", help="Download the data set if missing (needs internet)."),
+    val_split: float | None = typer.Option(None, "--val-split", min=0.0, max=1.0, metavar="F",
+                                           help="folder:PATH without val/: hold out this fraction for validation."),
+    limit_train: int | None = typer.Option(None, "--limit-train", min=1, metavar="N",
+                                           help="Train on a fixed random subset of N samples."),
+    limit_val: int | None = typer.Option(None, "--limit-val", min=1, metavar="N",
+                                         help="Validate on a fixed random subset of N samples."),
     epochs: int | None = typer.Option(None, "--epochs", "-e", min=1, metavar="N", help="Epochs (default: the recipe's)."),
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", min=1, metavar="N", help="Global batch size."),
     lr: float | None = typer.Option(None, "--lr", metavar="LR", help="Learning rate of the weights."),
     sigma_lr: float | None = typer.Option(None, "--sigma-lr", metavar="LR", help="Learning rate of the σ's."),
-    max_steps: int | None = typer.Option(None, "--max-steps", min=1, metavar="N", help="Stop after this many steps."),
-    out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR",
-                                       help="Run folder (default: <model>-finetune)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
-    device: str | None = typer.Option(None, "--device", metavar="DEV", help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, metavar="N",
+                                         help="Stop after N optimizer steps in total (checkpoint and summary)."),
+    checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", min=0, metavar="STEPS",
+                                                help="Also write last.pt every STEPS steps (0: at epoch ends)."),
+    seed: int | None = typer.Option(None, "--seed", min=0, metavar="N", help="Random seed (default: the recipe's)."),
+    out: Path | None = typer.Option(None, "--out", "-o", metavar="DIR", help="Run folder (default: MODEL-finetune)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT exactly where it stopped."),
+    force: bool = typer.Option(False, "--force", "-f", help="Start over in an OUT that holds a run."),
+    plot: bool = typer.Option(False, "--plot", help="Write PNGs of σ, sizes and curves into OUT."),
+    device: str | None = typer.Option(None, "--device", metavar="DEV",
+                                      help="cpu, cuda, cuda:1 (default: cuda when there is one)."),
     debug: bool = DebugOption,
 ) -> None:
-    """Fine-tune a converted model: weights and σ's learn.
+    """Fine-tune a converted model: the weights and the σ's learn.
 
-    Rich progress bars, a checkpoint per epoch, a history file, a final summary.
+    A progress bar with ETA, a checkpoint per epoch (and every --checkpoint-every
+    steps, and on Ctrl-C), a history file, a summary at the end.
     """
-    import torch
-
     from ..recipes import FinetuneConfig, load_recipe
     from ..summary import default_input_size
-    from ..train import fit
+    from ..train import resolve_config
 
-    if device is not None:
-        with user_errors(RuntimeError, what="--device"):
-            torch.device(device)
+    check_device(device)
     model = load_converted(converted)
-    train, val, info = _datasets(data, data_dir, download, default_input_size(model)[-1])
-    _check_fit(model, info, train[0][0])
+    out = out or Path(converted.name.removesuffix(".safetensors").removesuffix("-njet") + "-finetune")
+    run_folder.check(out, resume, force)
+    shape = default_input_size(model)
+    given = {"data": data, "data_dir": None if data_dir is None else str(data_dir), "val_split": val_split,
+             "limit_train": limit_train, "limit_val": limit_val, "seed": seed, "batch_size": batch_size,
+             "image_size": shape[-1] if data.startswith("folder:") else None, "epochs": epochs, "lr": lr,
+             "sigma_lr": sigma_lr, "max_steps": max_steps, "checkpoint_every": checkpoint_every,
+             "plot": plot or None}
+    s = run_folder.settings(out, given, resume)
     meta = getattr(model, "njetify_meta", None) or {}
     config = load_recipe(meta["recipe"]).finetune if meta.get("recipe") else FinetuneConfig()
-    out = out or Path(converted.name.removesuffix(".safetensors").removesuffix("-njet") + "-finetune")
-    if resume and not (out / "last.pt").is_file():
-        raise UserError(f"--resume: no checkpoint {out / 'last.pt'} to continue from (run without --resume first)")
     with user_errors(ValueError, TypeError, what="fine-tuning settings"):
-        from ..train import resolve_config
-
-        cfg = resolve_config(config, epochs=epochs, batch_size=batch_size, lr=lr, sigma_lr=sigma_lr)
-    history = fit(model, train, val, task=info.task, config=cfg, out_dir=out, resume=resume,
-                  device=device, max_steps=max_steps)
+        cfg = resolve_config(config, epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"],
+                             sigma_lr=s["sigma_lr"], seed=s["seed"], checkpoint_every=s["checkpoint_every"])
+    train, val, info = _datasets({**s, "seed": cfg.seed}, download, shape[0])
+    _check_fit(model, info, train[0][0])
+    if len(train) < cfg.batch_size:
+        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training samples; "
+                        f"use --batch-size {len(train)} or less")
+    if force:
+        run_folder.clear(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_folder.save_settings(out, {**s, "converted": str(converted), "seed": cfg.seed})
+    _plan(cfg, len(train), len(val), s["max_steps"], device)
+    history = _fit(model, train, val, info, cfg, out, resume, device, s, converted)
     from ..io import save
 
     path = save(model, out / "model.safetensors", input_shape=(1, *train[0][0].shape))
-    _print(history, out, path)
+    written = _plots(out) if s["plot"] else []
+    _print(history, cfg, out, path, written)
 
 
-def _print(history, out: Path, path: str) -> None:
+def _plan(cfg, n_train: int, n_val: int, max_steps: int | None, device: str | None) -> None:
+    """One line before the work: how many steps of what, on which device."""
+    import torch
+
+    per_epoch = n_train // cfg.batch_size
+    total = cfg.epochs * per_epoch if max_steps is None else min(max_steps, cfg.epochs * per_epoch)
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    stderr_console().print(
+        f"plan: {total:,} steps ({cfg.epochs} epoch(s) × {per_epoch:,} batches of {cfg.batch_size} from {n_train:,} "
+        f"samples) on {dev}, validating on {n_val:,} samples after each epoch; --max-steps, --epochs or "
+        f"--limit-train make it shorter")
+
+
+def _fit(model, train, val, info, cfg, out, resume, device, s, converted):
+    """``njetify.train.fit``; on Ctrl-C: save what was reached, say how to continue, exit 130."""
+    from ..train import TrainingInterrupted, fit
+
+    try:
+        with user_errors(ValueError, what="fine-tuning"):
+            return fit(model, train, val, task=info.task, config=cfg, out_dir=out, resume=resume, device=device,
+                       max_steps=s["max_steps"])
+    except TrainingInterrupted as stop:
+        con = stderr_console()
+        if stop.checkpoint is None:
+            con.print("[red]interrupted[/] before the first training step; nothing to continue from")
+            raise typer.Exit(130) from None
+        from ..io import save
+
+        save(model, out / "model.safetensors", input_shape=(1, *train[0][0].shape))
+        if s["plot"]:
+            _plots(out)
+        con.print(f"[red]interrupted[/] at step {stop.step:,} (epoch {stop.epoch + 1}, batch {stop.batch:,}/"
+                  f"{stop.steps_per_epoch:,}); saved {stop.checkpoint} and {out / 'model.safetensors'}. "
+                  f"Continue exactly where it stopped with:")
+        con.print(f"  {run_folder.resume_command(converted, s['data'], out)}", soft_wrap=True)  # one line to copy
+        raise typer.Exit(130) from None
+
+
+def _plots(out: Path) -> list[Path]:
+    from ..plots import plot_history
+
+    return plot_history(out, out)
+
+
+def _print(history, cfg, out: Path, path: str, written: list[Path]) -> None:
     from .render import kv_table
 
-    last = history.last() or {}
-    rows = [("epochs", f"{last.get('epoch', 0)} (step {last.get('step', 0)})")]
+    last, first = history.last() or {}, (history.epochs or [{}])[0]
+    spe = history.meta.get("steps_per_epoch") or 1
+    if last.get("partial"):
+        step = last["step"]
+        pos = f"stopped by --max-steps at step {step:,} (epoch {step // spe + 1}, batch {step % spe:,}/{spe:,})"
+    else:
+        pos = f"{last.get('epoch', 0)} of {cfg.epochs} epoch(s), {last.get('step', 0):,} steps"
+    rows = [("trained", pos)]
     for split in ("train", "val"):
         vals = last.get(split) or {}
         if vals:
             rows.append((split, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                           for k, v in vals.items())))
-    sig = [d["sigma"] for d in (last.get("layers") or {}).values() if d.get("sigma") is not None]
-    sig = [s if isinstance(s, (int, float)) else max(s) for s in sig]
+    layers, start = last.get("layers") or {}, first.get("layers") or {}
+    sig = [d["sigma"] for d in layers.values() if d.get("sigma") is not None]
     if sig:
-        rows.append(("σ", f"{min(sig):.3g} .. {max(sig):.3g} over {len(sig)} N-Jet layer(s)"))
+        sig0 = [d["sigma"] for d in start.values()]
+        rows.append(("σ", f"{min(sig):.3g} .. {max(sig):.3g} px over {len(sig)} N-Jet layer(s)"
+                          + (f" (at the start {min(sig0):.3g} .. {max(sig0):.3g})" if sig0 else "")))
+        grew = sum(d["size"] > (start.get(n) or d)["size"] for n, d in layers.items())
+        shrank = sum(d["size"] < (start.get(n) or d)["size"] for n, d in layers.items())
+        rows.append(("filters", f"{grew} grew, {shrank} shrank, {len(layers) - grew - shrank} kept their size"))
     if last.get("throughput"):
-        rows.append(("speed", f"{last['throughput']:.1f} samples/s"))
+        rows.append(("speed", f"{last['throughput']:,.1f} samples/s"))
     rows.append(("saved", f"{path}, {out / 'history.json'}, checkpoints in {out}"))
+    if written:
+        rows.append(("plots", ", ".join(p.name for p in written) + f" in {out}"))
     console().print(kv_table(rows, title="fine-tuning done"))

@@ -8,31 +8,33 @@ from pathlib import Path
 import typer
 
 from .app import app
-from .common import DebugOption, InputSizeOption, command, console, input_size, load_converted
+from .common import DebugOption, InputSizeOption, command, console, input_size, load_converted, writable_folder
 from .errors import user_errors
 
 _EPILOG = (
-    "Examples:\n\n"
-    "  njetify inspect resnet32-njet.safetensors\n\n"
-    "  njetify inspect resnet32-njet.safetensors --input-size 3x64x64\n\n"
-    "  njetify inspect resnet32-njet.safetensors --plot figs --layer layer2.0.conv1\n\n"
-    "Columns: σ and filter size s (pixels), output side at the input size with the\n"
-    "learned σ (out) and with the original strides (orig), theoretical receptive\n"
-    "field in input pixels, learned (RF) and original (RF₀)."
+    "Examples:\n"
+    "  njetify inspect resnet32-njet.safetensors\n"
+    "  njetify inspect resnet32-njet.safetensors --input-size 3x64x64\n"
+    "  njetify inspect run/model.safetensors --plot figs --layer layer2.0.conv1\n"
+    "\n"
+    "Columns, in pixels: σ; filter size s and s0 (the kernel it replaced); output\n"
+    "side out and out0 (the original network); theoretical receptive field RF and\n"
+    "RF0 (the original network). A model in a run folder (next to history.json)\n"
+    "also gets sigma.png, σ over the training steps, with --plot."
 )
 
 
 @command(app, "inspect", epilog=_EPILOG)
 def inspect(
-    converted: Path = typer.Argument(..., help="A file written by 'njetify convert' or 'finetune'."),
+    converted: Path = typer.Argument(..., metavar="CONVERTED", help="A file written by 'njetify convert' or 'finetune'."),
     size: str | None = InputSizeOption,
     plot: Path | None = typer.Option(None, "--plot", metavar="DIR",
-                                        help="Write PNGs: σ per layer, feature-map sizes, one layer's filters."),
-    layer: str | None = typer.Option(None, "--layer", help="N-Jet layer whose filters --plot draws."),
+                                     help="Write PNGs: σ per layer, sizes, one layer's filters (and σ over training)."),
+    layer: str | None = typer.Option(None, "--layer", metavar="PATH", help="N-Jet layer whose filters --plot draws."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON only."),
     debug: bool = DebugOption,
 ) -> None:
-    """Per-layer σ, filter size, feature-map size and receptive field."""
+    """Per-layer σ, filter size, feature-map size and receptive field, learned and original."""
     from ..summary import default_input_size, summarize
 
     model = load_converted(converted)
@@ -41,10 +43,15 @@ def inspect(
         summary = summarize(model, shape)
     written = []
     if plot is not None:
-        from ..summary.plots import plot_all
+        from ..plots import plot_sigma, plot_summary
 
+        writable_folder(plot, "--plot")
         with user_errors(ValueError, what="--layer"):
-            written = plot_all(summary, model, plot, layer)
+            written = plot_summary(summary, model, plot, layer)
+        history = converted.parent / "history.json"
+        if history.is_file():
+            with user_errors(ValueError, what=str(history)):
+                written.insert(0, plot_sigma(history, plot / "sigma.png"))
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
         return

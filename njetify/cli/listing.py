@@ -9,18 +9,18 @@ from .common import DebugOption, command, console
 from .errors import user_errors
 
 _MODELS_EPILOG = (
-    "Examples:\n\n"
-    "  njetify models                  the built-ins (no download needed)\n\n"
-    "  njetify models resnet           every name containing 'resnet'\n\n"
-    "  njetify models 'tv:*'           torchvision models (timm:, tv:, smp: prefixes)\n\n"
-    "  njetify models --builtin --plain   one name per line, for scripts"
+    "Examples:\n"
+    "  njetify models                   the built-ins (no download needed)\n"
+    "  njetify models resnet            every name containing 'resnet'\n"
+    "  njetify models 'tv:*'            torchvision models (also timm:, smp:)\n"
+    "  njetify models --builtin --plain one name per line, for scripts"
 )
 
 
 @command(app, "models", epilog=_MODELS_EPILOG)
 def models(
     pattern: str | None = typer.Argument(
-        None, help="Glob on model names (case-insensitive); without * or ? it matches names containing it."),
+        None, metavar="PATTERN", help="Glob on model names (case-insensitive); without * or ? it matches names containing it."),
     builtin: bool = typer.Option(False, "--builtin", help="Only the built-in architectures."),
     plain: bool = typer.Option(False, "--plain", help="One name per line, nothing else."),
     debug: bool = DebugOption,
@@ -28,7 +28,7 @@ def models(
     """List the model names that convert accepts.
 
     Built-in architectures (no download needed) and library models with a
-    prefix: [cyan]timm:[/], [cyan]tv:[/] (torchvision), [cyan]smp:[/] (segmentation-models-pytorch).
+    prefix: timm:, tv: (torchvision), smp: (segmentation-models-pytorch).
     """
     from ..models import list_models, model_entry
 
@@ -73,16 +73,16 @@ def models(
 
 
 _RECIPES_EPILOG = (
-    "Examples:\n\n"
-    "  njetify recipes                 the built-in recipes\n\n"
-    "  njetify recipes paper-resnet32  one recipe as YAML (copy it to make your own)\n\n"
+    "Examples:\n"
+    "  njetify recipes                 the built-in recipes\n"
+    "  njetify recipes paper-resnet32  one recipe as YAML (copy it to make yours)\n"
     "  njetify recipes my.yaml         check a recipe file and print it resolved"
 )
 
 
 @command(app, "recipes", epilog=_RECIPES_EPILOG)
 def recipes(
-    name: str | None = typer.Argument(None, help="A built-in name or a YAML path: print it as YAML."),
+    name: str | None = typer.Argument(None, metavar="NAME", help="A built-in name or a YAML path: print it as YAML."),
     debug: bool = DebugOption,
 ) -> None:
     """List the built-in recipes, or print one as YAML."""

@@ -1,4 +1,4 @@
-"""torchvision datasets by name, ``folder:PATH`` image folders, and clear offline errors."""
+"""torchvision datasets by name, where data lives (``NJETIFY_DATA``), and clear offline errors."""
 
 from __future__ import annotations
 
@@ -46,7 +46,11 @@ _TV = {
         "train_32x32.mat / test_32x32.mat / extra_32x32.mat",
     ),
 }
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def default_data_dir() -> str:
+    """Where data sets live unless a folder is given: ``$NJETIFY_DATA``, else ``./data``."""
+    return os.environ.get("NJETIFY_DATA") or "data"
 
 
 def torchvision_names() -> tuple[str, ...]:
@@ -70,7 +74,7 @@ def _load_tv(name: str, split: str, data_dir: str | os.PathLike, download: bool,
 
     cls_name, *_, where = _TV[name]
     cls = getattr(tvd, cls_name)
-    root = Path(data_dir).expanduser()
+    root = Path(data_dir if data_dir is not None else default_data_dir()).expanduser()
     if name == "svhn":
         _check_split(split, ("train", "test", "extra"))
         kwargs = {"split": split}
@@ -84,14 +88,15 @@ def _load_tv(name: str, split: str, data_dir: str | os.PathLike, download: bool,
             raise RuntimeError(f"{name}: download into {root} failed: {e}") from e
         raise FileNotFoundError(
             f"{name} ({split}) not found under data_dir={str(root)!r}: expected {root / where}. "
-            f"Put the files there, or pass download=True (CLI: --download) to fetch them (needs internet)."
+            f"Put the files there (or point data_dir / $NJETIFY_DATA at the folder that holds them), or pass "
+            f"download=True to fetch them (needs internet)."
         ) from None
 
 
 def torchvision_dataset(
     name: str,
     split: str = "train",
-    data_dir: str | os.PathLike = "data",
+    data_dir: str | os.PathLike | None = None,
     download: bool = False,
     *,
     augment: bool | None = None,
@@ -125,6 +130,7 @@ def mnist_tensors(split: str, data_dir: str | os.PathLike, download: bool = Fals
 
     Cached per (split, folder): the synthetic datasets share one copy; treat it as read-only.
     """
+    data_dir = data_dir if data_dir is not None else default_data_dir()
     return _mnist_cached(split, str(Path(data_dir).expanduser().resolve()), download)
 
 
@@ -132,37 +138,3 @@ def mnist_tensors(split: str, data_dir: str | os.PathLike, download: bool = Fals
 def _mnist_cached(split: str, root: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     ds = _load_tv("mnist", split, root, download, None)
     return ds.data, ds.targets
-
-
-def image_folder(
-    path: str | os.PathLike,
-    split: str = "train",
-    *,
-    image_size: int = 224,
-    augment: bool | None = None,
-    normalize: bool = True,
-) -> Dataset:
-    """``torchvision.datasets.ImageFolder`` with the standard ImageNet-style transforms.
-
-    Uses ``PATH/<split>`` when that folder exists (``val`` falls back to ``test``),
-    else ``PATH`` itself (one class per sub-folder). Training: random-resized crop to
-    ``image_size`` and horizontal flip; evaluation: resize to ``image_size·8/7`` and
-    centre crop. Samples are ``(3, image_size, image_size)`` tensors.
-    """
-    import torchvision.datasets as tvd
-    import torchvision.transforms as T
-
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"folder:{path}: {root} is not a directory (expected one sub-folder per class)")
-    candidates = [root / split] + ([root / "test"] if split == "val" else []) + ([root / "val"] if split == "test" else [])
-    root = next((c for c in candidates if c.is_dir()), root)
-    augment = split == "train" if augment is None else augment
-    if augment:
-        t = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
-    else:
-        t = [T.Resize(round(image_size * 8 / 7)), T.CenterCrop(image_size)]
-    t.append(T.ToTensor())
-    if normalize:
-        t.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
-    return tvd.ImageFolder(str(root), transform=T.Compose(t))

@@ -47,12 +47,12 @@ class MnistResized(Dataset):
 
     Args:
         split: ``"train"`` or ``"test"`` (``"val"`` = test).
-        data_dir: folder holding ``MNIST/raw`` (torchvision layout).
+        data_dir: folder holding ``MNIST/raw`` (torchvision layout); None: ``$NJETIFY_DATA`` or ``data``.
         scale: upscaling factor (> 0), bilinear; the paper uses 1, 1.5, 2 and 4.
         normalize: subtract the MNIST mean and divide by its std.
     """
 
-    def __init__(self, split: str = "train", data_dir: str | os.PathLike = "data", scale: float = 1.0,
+    def __init__(self, split: str = "train", data_dir: str | os.PathLike | None = None, scale: float = 1.0,
                  *, normalize: bool = True, download: bool = False):
         _check_split(split, ("train", "test", "val"))
         self.scale = _check_scale("scale", scale)
@@ -95,7 +95,7 @@ class MnistMultiscaleSeg(Dataset):
     def __init__(
         self,
         split: str = "train",
-        data_dir: str | os.PathLike = "data",
+        data_dir: str | os.PathLike | None = None,
         scales: float | Sequence[float] = (1, 2, 3, 4),
         probs: Sequence[float] | None = None,
         *,

@@ -7,11 +7,84 @@ torchvision segmentation backbones and smp encoders are built without weights.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
 
 from torch import nn
 
-__all__ = ["PREFIXES", "create_library_model", "library_model_names", "smp_arch_names"]
+__all__ = ["PREFIXES", "OfflineError", "create_library_model", "library_model_names", "smp_arch_names",
+           "unsupported_kind"]
+
+
+class OfflineError(ConnectionError):
+    """Pretrained weights are needed, are not in the local cache, and their server cannot be reached."""
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """True when a TCP connection to ``host``:443 opens within ``timeout`` s (or a proxy is configured)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # the proxy decides; let the library try
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable():
+    """Inside the block, the Hugging Face hub is used offline (cached files only, no retries) when its
+    server cannot be reached: a missing file fails in a second instead of after a minute of retries."""
+    try:
+        import huggingface_hub.constants as hub
+    except ImportError:  # pragma: no cover - timm depends on it
+        yield
+        return
+    if hub.HF_HUB_OFFLINE or _reachable(urlparse(hub.ENDPOINT).hostname or "huggingface.co"):
+        yield
+        return
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    except Exception as e:
+        chain, seen = e, set()
+        while chain is not None and id(chain) not in seen:  # only the hub's "not cached, offline" errors
+            if type(chain).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError"):
+                break
+            seen.add(id(chain))
+            chain = chain.__cause__ or chain.__context__
+        else:
+            raise
+        raise OfflineError(
+            f"{urlparse(hub.ENDPOINT).hostname} cannot be reached and the pretrained weights are not in the local "
+            f"Hugging Face cache ({type(e).__name__}); download them once where there is internet, or pass "
+            f"weights=PATH with a local checkpoint"
+        ) from e
+    finally:
+        hub.HF_HUB_OFFLINE = False
+
+
+def unsupported_kind(name: str) -> str | None:
+    """``"detection"``, ``"video"`` or ``"optical flow"`` for a torchvision model njetify does not convert yet."""
+    import torchvision.models as tvm
+
+    bare = name.removeprefix("tv:")
+    for module, kind in ((tvm.detection, "detection"), (tvm.video, "video"), (tvm.optical_flow, "optical flow")):
+        if bare in tvm.list_models(module=module):
+            return kind
+    return None
+
+
+def not_supported_yet(name: str, kind: str) -> ValueError:
+    return ValueError(
+        f"create_model: {name!r} is a torchvision {kind} model: not supported yet. njetify converts "
+        f"classification and segmentation networks (timm:, tv: classifiers and segmentation models, smp:); "
+        f"a {kind} model's backbone can be converted on its own"
+    )
 
 PREFIXES = ("timm:", "tv:", "smp:")
 
@@ -83,7 +156,8 @@ def _create_timm(full, name, num_classes, in_chans, pretrained, kwargs):
         extra["num_classes"] = num_classes
     if in_chans is not None:
         extra["in_chans"] = in_chans
-    return timm.create_model(name, pretrained=pretrained, **extra)
+    with _hub_offline_unless_reachable() if pretrained else contextlib.nullcontext():
+        return timm.create_model(name, pretrained=pretrained, **extra)
 
 
 def _create_tv(full, name, num_classes, in_chans, pretrained, kwargs):
@@ -91,6 +165,9 @@ def _create_tv(full, name, num_classes, in_chans, pretrained, kwargs):
 
     kinds = _tv_names()
     if name not in kinds:
+        kind = unsupported_kind(name)
+        if kind is not None:
+            raise not_supported_yet(full, kind)
         raise _unknown(full, [f"tv:{n}" for n in kinds], "torchvision model")
     extra = dict(kwargs)
     extra.setdefault("weights", "DEFAULT" if pretrained else None)
@@ -103,10 +180,27 @@ def _create_tv(full, name, num_classes, in_chans, pretrained, kwargs):
                 f"num_classes={num_classes} needs pretrained=False (or a timm: model, whose head timm replaces)"
             )
         extra["num_classes"] = num_classes
+    if extra["weights"] is not None:
+        _check_tv_download(full, tvm.get_model_weights(name), extra["weights"])
     model = tvm.get_model(name, **extra)
     if in_chans is not None and in_chans != 3:
         _adapt_first_conv(model, in_chans, full)
     return model
+
+
+def _check_tv_download(full: str, enum, weights) -> None:
+    """Fail at once when torchvision would download weights that are not cached from an unreachable host."""
+    import torch
+
+    w = enum[weights] if isinstance(weights, str) and weights != "DEFAULT" else getattr(enum, "DEFAULT", None)
+    url = getattr(w, "url", None)
+    if not url or (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)).is_file():
+        return
+    host = urlparse(url).hostname or ""
+    if not _reachable(host):
+        raise OfflineError(f"{host} cannot be reached and the pretrained weights of {full!r} are not in the local "
+                           f"torch hub cache ({torch.hub.get_dir()}); download them once where there is internet, "
+                           f"or pass weights=PATH with a local checkpoint")
 
 
 def _adapt_first_conv(model: nn.Module, in_chans: int, name: str) -> None:
@@ -148,7 +242,8 @@ def _create_smp(full, rest, num_classes, in_chans, pretrained, kwargs):
         extra["classes"] = num_classes
     if in_chans is not None:
         extra["in_channels"] = in_chans
-    return smp.create_model(archs[arch.lower()], encoder_name=encoder, **extra)
+    with _hub_offline_unless_reachable() if extra["encoder_weights"] else contextlib.nullcontext():
+        return smp.create_model(archs[arch.lower()], encoder_name=encoder, **extra)
 
 
 def _smp_default_weights(encoder: str) -> str:

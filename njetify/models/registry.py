@@ -175,7 +175,11 @@ def _is_timm_name(name: str) -> bool:
 
 
 def _unknown_name(name: str) -> ValueError:
-    from .libraries import _all_names_for_suggestions
+    from .libraries import _all_names_for_suggestions, not_supported_yet, unsupported_kind
+
+    kind = unsupported_kind(name)
+    if kind is not None:
+        return not_supported_yet(name, kind)
 
     close = difflib.get_close_matches(name, _all_names_for_suggestions(), n=5, cutoff=0.6)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""

@@ -2,7 +2,7 @@
 
 ``summarize(model, "3x32x32")`` returns a :class:`ModelSummary` (a rich table and a dict);
 ``compare_models(original, converted, x)`` gives parameters, MACs and the output difference;
-:mod:`njetify.summary.plots` draws a summary (``plot_all``).
+:mod:`njetify.plots` draws a summary (``plot_summary``).
 """
 
 from .compare import Comparison, compare_models, default_input_size

@@ -1,15 +1,18 @@
 """What a converted model looks like at one input size: σ, filter sizes, feature maps, receptive fields.
 
-:func:`summarize` runs one forward pass at the learned σ's and one with every
-safe-subsampling put back at its original stride, and records for each spatial
-layer (N-Jet layers, tied ASPP branches, remaining convolutions, pooling and
-subsampling) its σ, filter size, output side and theoretical receptive field in
-both. :func:`count_macs` counts multiply-accumulates with ``torch.utils.flop_counter``.
+:func:`summarize` runs one forward pass at the learned σ's and one as the *original*
+network: every safe-subsampling back at its original stride and every N-Jet layer at
+the extent of the kernel it replaced (from the conversion report the model carries).
+For each spatial layer (N-Jet layers, tied ASPP branches, remaining convolutions,
+pooling and subsampling) it records σ, filter size, output side and theoretical
+receptive field in both. :func:`count_macs` counts multiply-accumulates.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+
+import math
 
 import torch
 from torch import nn
@@ -19,7 +22,7 @@ from ..layers import FixedSubsample, NJetConv2d, SafePool2d, SafeSubsample, Tied
 from ..modes import evaluating
 from .trace import MacCounter, RFTracker
 
-__all__ = ["LayerInfo", "ModelSummary", "count_macs", "parse_input_size", "summarize"]
+__all__ = ["LayerInfo", "ModelSummary", "count_macs", "original_sizes", "parse_input_size", "summarize"]
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -29,9 +32,11 @@ class LayerInfo:
     """One spatial layer. Sizes ``(H, W)`` and receptive fields ``(rf_h, rf_w)`` are in pixels.
 
     ``kind``: ``"njet"``, ``"tied"`` (an ASPP branch sharing α), ``"conv"`` (kept as is),
-    ``"subsample"`` or ``"pool"``. ``*_original``: the same with every safe-subsampling at
-    its original stride (the network before conversion). ``sigma_range``: (min, max)
-    for σ per channel. ``factor``: the current resize factor of a subsampling.
+    ``"subsample"`` or ``"pool"``. ``*_original``: the same in the network before
+    conversion (every safe-subsampling at its original stride, every N-Jet layer at the
+    extent ``(k−1)·d + 1`` of the k×k kernel with dilation d it replaced). ``sigma0``: σ at
+    conversion. ``sigma_range``: (min, max) for σ per channel. ``factor``: the current
+    resize factor of a subsampling.
     """
 
     path: str
@@ -40,6 +45,8 @@ class LayerInfo:
     sigma: float | None = None
     sigma_range: tuple[float, float] | None = None
     size: int | None = None
+    size_original: int | None = None
+    sigma0: float | None = None
     stride: int | None = None
     factor: float | None = None
     source: str | None = None
@@ -83,20 +90,16 @@ class ModelSummary:
         return ", ".join(parts)
 
     def table(self):
-        """A ``rich.table.Table``: one line per layer, fits 80 columns."""
-        from rich.table import Table
+        """A rich renderable, one line per layer, that fits the console it is printed on (module
+        paths shortened in the middle). Columns: σ, filter size s and s₀ (original), output
+        side out and out₀ (original), receptive field RF and RF₀ (original), in pixels."""
+        from ..textfit import Column, PathTable
 
-        t = Table(title=self.headline(), title_justify="left", pad_edge=False, box=None, header_style="bold")
-        t.add_column("layer", overflow="fold", ratio=1)
-        t.add_column("op", no_wrap=True)
-        for name in ("σ", "s", "out", "orig", "RF", "RF₀"):
-            t.add_column(name, justify="right", no_wrap=True)
-        for r in self.layers:
-            t.add_row(
-                r.path, r.op, _sig(r), "" if r.size is None else str(r.size),
-                _hw(r.out_size), _hw(r.out_size_original), _hw(r.rf), _hw(r.rf_original),
-            )
-        return t
+        cols = [Column("layer"), Column("op"), Column("σ", "right"), Column("s", "right"), Column("s₀", "right"),
+                Column("out", "right"), Column("out₀", "right"), Column("RF", "right"), Column("RF₀", "right")]
+        rows = [[r.path, r.op, _sig(r), _int(r.size), _int(r.size_original), _hw(r.out_size),
+                 _hw(r.out_size_original), _hw(r.rf), _hw(r.rf_original)] for r in self.layers]
+        return PathTable(cols, rows, title=self.headline())
 
     def __rich__(self):
         return self.table()
@@ -106,6 +109,10 @@ def _sig(r: LayerInfo) -> str:
     if r.sigma_range is not None:
         return f"{r.sigma_range[0]:.2g}-{r.sigma_range[1]:.2g}"
     return "" if r.sigma is None else f"{r.sigma:.3g}"
+
+
+def _int(v) -> str:
+    return "" if v is None else str(v)
 
 
 def _hw(v) -> str:
@@ -191,11 +198,36 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, tuple], list[st
     return rows, order, tuple(out.shape)
 
 
+def original_sizes(model: nn.Module) -> dict[str, dict]:
+    """``{layer: {"size", "sigma0"}}`` for every conv the conversion replaced, from the report the
+    model carries (``model.njetify_report``, also after :func:`njetify.load`): ``size`` is the
+    pixel extent ``(k−1)·d + 1`` of the original k×k kernel with dilation d. Empty without a report."""
+    report = getattr(model, "njetify_report", None)
+    out = {}
+    for row in getattr(report, "rows", None) or []:
+        if row.kind == "conv" and row.action == "converted" and isinstance(row.kernel, int):
+            d = row.dilation if isinstance(row.dilation, int) else 1
+            out[row.path] = {"size": (row.kernel - 1) * d + 1, "sigma0": row.sigma0}
+    return out
+
+
+def _as_original(model: nn.Module, sizes: dict[str, dict]) -> nn.Module:
+    """A copy of ``model`` that computes like the network before conversion: subsampling at the
+    original strides, every N-Jet layer with a known original kernel at that kernel's extent."""
+    copy = freeze_subsampling(model, "original")
+    with torch.no_grad():
+        for path, m in copy.named_modules():
+            if isinstance(m, NJetConv2d) and path in sizes and sizes[path]["size"] > 1:
+                m.log_sigma.fill_(math.log((sizes[path]["size"] - 1) / (2 * m.extent)))
+    return copy
+
+
 def summarize(model: nn.Module, input_size=(3, 224, 224), *, original: bool = True, macs: bool = True) -> ModelSummary:
     """Summarise ``model`` at ``input_size`` ``(C, H, W)`` (or ``"CxHxW"``).
 
     Runs in eval mode on a batch of one on the model's device (restoring its mode after).
-    ``original``: also run with every safe-subsampling at its original stride.
+    ``original``: also run the original network (see :func:`original_sizes`): its feature-map
+    sides and receptive fields fill the ``*_original`` fields.
     ``macs``: count multiply-accumulates of the forward pass.
     """
     if not isinstance(model, nn.Module):
@@ -204,9 +236,10 @@ def summarize(model: nn.Module, input_size=(3, 224, 224), *, original: bool = Tr
     p = next(model.parameters(), None)
     device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.float32)
     x = torch.randn(1, *size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    sizes = original_sizes(model)
     with evaluating(model):
         learned, order, out_shape = _trace(model, x)
-        orig = _trace(freeze_subsampling(model, "original"), x)[0] if original else {}
+        orig = _trace(_as_original(model, sizes), x)[0] if original else {}
         total_macs = count_macs(model, x, warmup=False) if macs else None
     modules = dict(model.named_modules())
     summary = ModelSummary(size, params=sum(q.numel() for q in model.parameters()), macs=total_macs,
@@ -215,6 +248,10 @@ def summarize(model: nn.Module, input_size=(3, 224, 224), *, original: bool = Tr
         kind, info = _describe(modules[path])
         out_size, rf = learned[path]
         o_size, o_rf = orig.get(path, (None, None))
+        if kind == "njet" and path in sizes:
+            info.update(size_original=sizes[path]["size"], sigma0=sizes[path]["sigma0"])
+        elif kind in ("conv", "pool"):
+            info["size_original"] = info.get("size")
         summary.layers.append(LayerInfo(path, kind, out_size=out_size, rf=rf, out_size_original=o_size,
                                         rf_original=o_rf, **info))
     return summary

@@ -8,6 +8,7 @@ from typing import Any
 
 ACTIONS = ("converted", "tied", "subsampled", "kept", "skipped", "inserted", "retraced")
 
+
 #: Attribute of a converted model that holds its ConversionReport (``njetify.save`` reads it).
 REPORT_ATTR = "njetify_report"
 
@@ -120,35 +121,62 @@ class ConversionReport:
         ]
         return "; ".join(parts)
 
-    def table(self):
-        """A ``rich.table.Table``, one line per row; reasons are numbered footnotes (see
-        :meth:`footnotes`) so the table fits 80 columns for typical module paths."""
-        from rich.table import Table
+    def table(self, kind: str | None = None):
+        """The rows of ``kind`` (``"conv"``, ``"subsample"``, other kinds; None: every row) as a rich
+        renderable that fits the console it is printed on: module paths are shortened in the
+        middle, never dropped; reasons are numbered footnotes (see :meth:`footnotes`)."""
+        from ..textfit import Column, PathTable
 
-        t = Table(box=None, pad_edge=False, padding=(0, 1), expand=False, header_style="bold")
-        t.add_column("module", overflow="fold", min_width=12)
-        for name in ("op", "action"):
-            t.add_column(name, no_wrap=True)
-        for name in ("N", "σ₀", "s", "err", "params", "#"):
-            t.add_column(name, justify="right", no_wrap=True)
         marks = {reason: i for i, reason in enumerate(self.footnotes(), 1)}
-        for r in self.rows:
-            t.add_row(
-                r.path, r.op, r.action, _fmt(r.order), _fmt(r.sigma0, ".3g"), _fmt(r.size),
-                _fmt(r.fit_error, ".2f"), _params(r), str(marks[r.reason]) if r.reason else "",
-            )
-        return t
+        rows = [r for r in self.rows if kind is None or r.kind == kind]
+
+        def action(r: ReportRow) -> str:
+            return f"{r.action} [{marks[r.reason]}]" if r.reason in marks else r.action
+
+        if kind == "subsample":
+            cols = [Column("module"), Column("op"), Column("action"), Column("σ from")]
+            cells = [[r.path, r.op, action(r), str(r.extra.get("source") or "")] for r in rows]
+            return PathTable(cols, cells, title="subsampling")
+        if kind == "conv" or (kind is None and all(r.kind == "conv" for r in rows)):
+            cols = [Column("module"), Column("op"), Column("action"), Column("N", "right"), Column("σ₀", "right"),
+                    Column("s", "right"), Column("err", "right", optional=True),
+                    Column("params", "right", optional=True)]
+            cells = [[r.path, r.op, action(r), _fmt(r.order), _fmt(r.sigma0, ".3g"), _fmt(r.size),
+                      _fmt(r.fit_error, ".2f"), _params(r)] for r in rows]
+            return PathTable(cols, cells, title="convolutions")
+        cols = [Column("module"), Column("kind"), Column("action"), Column("σ₀", "right"),
+                Column("op", optional=True)]
+        cells = [[r.path or "(model)", r.kind, action(r), _fmt(r.sigma0, ".3g"), r.op] for r in rows]
+        return PathTable(cols, cells, title="other changes" if kind is None else kind)
 
     def footnotes(self) -> list[str]:
-        """The distinct reasons of the rows, in order of first appearance (the table's ``#``)."""
-        return list(dict.fromkeys(r.reason for r in self.rows if r.reason))
+        """The distinct reasons of the rows, in order of first appearance (the ``[n]`` marks of the
+        tables); the σ source a subsampled row names is shown in its own column instead."""
+        return list(dict.fromkeys(r.reason for r in self.rows if r.reason and not _sourced(r)))
 
     def __rich__(self):
         from rich.console import Group
+
+        return Group(*self.rich_parts())
+
+    def rich_parts(self, summary: bool = True) -> list:
+        """What ``rich`` prints for the report: the :meth:`summary` line (if ``summary``), one table per
+        kind of row (convolutions, subsampling, other changes), the footnotes and the notes."""
         from rich.text import Text
 
-        notes = [Text(f"{i:>2}. {reason}") for i, reason in enumerate(self.footnotes(), 1)]
-        return Group(Text(self.summary()), self.table(), *notes, *[Text("note: " + n) for n in self.notes])
+        parts = [Text(self.summary()), Text("")] if summary else []
+        kinds = list(dict.fromkeys(r.kind for r in self.rows))
+        for kind in [k for k in ("conv", "subsample") if k in kinds]:
+            parts += [self.table(kind), Text("")]
+        others = [k for k in kinds if k not in ("conv", "subsample")]
+        if others:
+            from copy import copy
+
+            rest = copy(self)
+            rest.rows = [r for r in self.rows if r.kind in others]
+            parts += [rest.table(None) if len(others) > 1 else self.table(others[0]), Text("")]
+        notes = [Text(f"[{i}] {reason}") for i, reason in enumerate(self.footnotes(), 1)]
+        return parts + notes + [Text("note: " + n) for n in self.notes]
 
     def __str__(self) -> str:
         lines = [self.summary()]
@@ -157,6 +185,11 @@ class ConversionReport:
             lines.append(f"  {r.kind:9s} {r.path}: {r.op} -> {r.action}{extra}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _sourced(r: ReportRow) -> bool:
+    """A subsampled row whose reason only names its σ source (shown in the table's own column)."""
+    return r.kind == "subsample" and r.action == "subsampled" and bool(r.extra.get("source"))
 
 
 def _fmt(v, spec: str = "") -> str:

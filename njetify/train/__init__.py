@@ -10,11 +10,14 @@ from .distributed import DistInfo
 from .history import History, feature_sizes, layer_snapshot, njet_modules, subsample_modules
 from .metrics import ClassificationMeter, SegmentationMeter
 from .optim import build_optimizer, build_scheduler, lr_factor, param_groups, sigma_parameters, split_parameters
+from .interrupt import TrainingInterrupted
+from .progress import format_duration
 from .trainer import NonFiniteLossError, TrainState, fit
 
 __all__ = [
     "ClassificationMeter", "DistInfo", "History", "NonFiniteLossError", "SegmentationMeter", "TrainState",
-    "build_optimizer", "build_scheduler", "feature_sizes", "fit", "layer_snapshot", "load_checkpoint",
+    "TrainingInterrupted", "build_optimizer", "build_scheduler", "feature_sizes", "fit", "format_duration",
+    "layer_snapshot", "load_checkpoint",
     "lr_factor", "njet_modules", "param_groups", "resolve_config", "save_checkpoint", "sigma_parameters",
     "split_parameters", "subsample_modules",
 ]

@@ -6,10 +6,16 @@ History layout (``history.json``)::
               "feature_sizes_original": {subsample: [H, W]}, "subsample_sources": {subsample: layer}, ...},
      "epochs": [{"epoch", "step", "time_s", "throughput", "train": {...}, "val": {...},
                  "lr": {group: lr}, "layers": {layer: {"sigma", "sigma_min", "sigma_max", "size"}},
-                 "feature_sizes": {subsample: [H, W]}}, ...]}
+                 "feature_sizes": {subsample: [H, W]}}, ...],
+     "steps": [{"step", "epoch", "loss", "sigma": {layer: σ}}, ...],
+     "step_log": {"every", "loss_sum", "n"}}
 
-Epoch 0 is the model before fine-tuning (no ``train`` entry). ``history.csv`` holds the
-same rows flattened (``train/loss``, ``sigma/<layer>``, ``fmap/<subsample>`` = ``HxW``, …).
+Epoch 0 is the model before fine-tuning (no ``train`` entry). A run stopped inside an
+epoch (``max_steps``) ends with a row ``"partial": true`` whose ``epoch`` is fractional
+(epochs done + batches done / batches per epoch). ``steps`` samples σ and the mean
+training loss during training: every step at first, every 2nd, 4th, … step once the
+log would exceed :data:`MAX_STEP_POINTS` points. ``history.csv`` holds the epoch rows
+flattened (``train/loss``, ``sigma/<layer>``, ``fmap/<subsample>`` = ``HxW``, …).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from ..modes import evaluating
 from .checkpoint import atomic_write_bytes
 
 JSON_NAME, CSV_NAME = "history.json", "history.csv"
+#: Upper bound on the points of the step log (older points are thinned to every 2nd).
+MAX_STEP_POINTS = 1000
 
 
 def njet_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -50,6 +58,16 @@ def layer_snapshot(model: nn.Module) -> dict[str, dict]:
         s = m.sigma.detach().float().cpu()
         out[name] = {"sigma": float(s.mean()), "sigma_min": float(s.min()), "sigma_max": float(s.max()),
                      "size": int(m.kernel_size[0])}
+    return out
+
+
+@torch.no_grad()
+def sigma_values(njets: dict[str, nn.Module]) -> dict[str, float]:
+    """Mean σ (pixels) of every module of :func:`njet_modules`, by path."""
+    out = {}
+    for name, m in njets.items():
+        s = m.sigma if hasattr(m, "sigma") else m.log_sigma.exp()
+        out[name] = float(s.detach().float().mean())
     return out
 
 
@@ -91,12 +109,29 @@ def feature_sizes(model: nn.Module, sample: torch.Tensor, *, original: bool = Fa
 class History:
     """Per-epoch records of a fine-tuning run (see the module docstring for the layout)."""
 
-    def __init__(self, meta: dict | None = None, epochs: list[dict] | None = None):
+    def __init__(self, meta: dict | None = None, epochs: list[dict] | None = None,
+                 steps: list[dict] | None = None, step_log: dict | None = None):
         self.meta = dict(meta or {})
         self.epochs = list(epochs or [])
+        self.steps = list(steps or [])
+        self.step_log = {"every": 1, "loss_sum": 0.0, "n": 0, **(step_log or {})}
 
     def append(self, row: dict) -> None:
         self.epochs.append(row)
+
+    def log_step(self, step: int, epoch: float, loss: float, sigma: dict[str, float]) -> None:
+        """Add training step ``step`` (1-based) to the step log: a point every ``every`` steps
+        with the mean loss since the last point; thinned when it exceeds MAX_STEP_POINTS."""
+        log = self.step_log
+        log["loss_sum"] += loss
+        log["n"] += 1
+        if step % log["every"]:
+            return
+        self.steps.append({"step": step, "epoch": epoch, "loss": log["loss_sum"] / log["n"], "sigma": sigma})
+        log["loss_sum"], log["n"] = 0.0, 0
+        if len(self.steps) > MAX_STEP_POINTS:
+            log["every"] *= 2
+            self.steps = [p for p in self.steps if p["step"] % log["every"] == 0]
 
     def __len__(self) -> int:
         return len(self.epochs)
@@ -109,17 +144,17 @@ class History:
         return [(r["epoch"], r[split][key]) for r in self.epochs if key in r.get(split, {})]
 
     def to_dict(self) -> dict:
-        return {"meta": self.meta, "epochs": self.epochs}
+        return {"meta": self.meta, "epochs": self.epochs, "steps": self.steps, "step_log": dict(self.step_log)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
-        return cls(d.get("meta"), d.get("epochs"))
+        return cls(d.get("meta"), d.get("epochs"), d.get("steps"), d.get("step_log"))
 
     def rows(self) -> list[dict]:
         """Flat rows for the CSV."""
         out = []
         for r in self.epochs:
-            flat = {k: r.get(k) for k in ("epoch", "step", "time_s", "throughput")}
+            flat = {k: r.get(k) for k in ("epoch", "step", "time_s", "throughput", "partial")}
             for split in ("train", "val"):
                 for k, v in r.get(split, {}).items():
                     flat[f"{split}/{k}"] = v
@@ -144,7 +179,7 @@ class History:
         cols: list[str] = []
         for r in rows:
             cols += [c for c in r if c not in cols]
-        order = ("epoch", "step", "time_s", "throughput", "train/", "val/", "lr/", "sigma/", "size/", "fmap/",
+        order = ("epoch", "step", "time_s", "throughput", "partial", "train/", "val/", "lr/", "sigma/", "size/", "fmap/",
                  "fmap_original/")
         cols.sort(key=lambda c: next(i for i, p in enumerate(order + ("",)) if c == p or c.startswith(p)))
         buf = io.StringIO()

@@ -88,5 +88,7 @@ class CheckpointMixin:
         self.history = History.from_dict(ck["history"])
         set_rng_state(ck["rng"])
         self.last_ckpt = path
-        self.progress.log(f"resumed from {path}: epoch {self.state.epoch}, step {self.state.step}")
+        st = self.state
+        self.progress.log(f"resumed from {path} at step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/"
+                          f"{self.steps_per_epoch})")
         return True

@@ -20,11 +20,14 @@ from ..data.loaders import make_loader
 from ..recipes import FinetuneConfig
 from . import distributed as D
 from .config import TASKS, amp_dtype, deterministic_mode, resolve_config, seed_everything
-from .history import History, feature_sizes, layer_snapshot, njet_modules, subsample_modules
+from ..summary.core import original_sizes
+from .history import History, feature_sizes, layer_snapshot, njet_modules, sigma_values, subsample_modules
+from .interrupt import StopFlag
 from .metrics import ClassificationMeter, SegmentationMeter, inverse_frequency_weights
 from .optim import build_optimizer, build_scheduler, current_lrs, sigma_parameters
 from .progress import TrainProgress
 from .resume import CheckpointMixin
+from .stopping import StoppingMixin
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -59,6 +62,7 @@ def fit(
     max_steps: int | None = None,
     evaluate_first: bool = True,
     callbacks: Sequence[Callback] = (),
+    catch_sigint: bool = True,
     **overrides,
 ) -> History:
     """Fine-tune ``model`` in place and return its :class:`History`.
@@ -79,13 +83,18 @@ def fit(
             or a checkpoint path. Continues exactly: same weights as an uninterrupted run.
         progress: rich progress bars and epoch summaries on stderr (rank 0 only).
         device: default ``cuda:LOCAL_RANK`` when available, else CPU.
-        max_steps: stop (with a checkpoint) after this many optimizer steps in total.
+        max_steps: stop after this many optimizer steps in total: the checkpoint holds that
+            exact position, and the history ends with a ``"partial"`` row (training metrics
+            of the unfinished epoch, validation, σ) so the stop is reported, not lost.
         evaluate_first: record epoch 0 (validation of the model before fine-tuning).
         callbacks: ``fn(event, state)`` after every ``"step"`` and ``"epoch"``.
+        catch_sigint: on Ctrl-C (main thread only) finish the current step, write ``last.pt``
+            and raise :class:`~njetify.train.TrainingInterrupted`; a second Ctrl-C aborts at once.
 
     Raises:
         NonFiniteLossError: the loss was NaN/inf (the message names the step; the last good
             checkpoint is kept).
+        TrainingInterrupted: Ctrl-C (a ``KeyboardInterrupt``; ``.checkpoint`` is the file to resume).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}, got {task!r}")
@@ -95,13 +104,15 @@ def fit(
     info = D.setup(device)
     try:
         with deterministic_mode(cfg.deterministic):
-            return _Trainer(model, train_data, val_data, task, cfg, out_dir, info, progress,
-                            evaluate_first, list(callbacks)).run(resume, max_steps)
+            trainer = _Trainer(model, train_data, val_data, task, cfg, out_dir, info, progress,
+                               evaluate_first, list(callbacks))
+            with trainer.stop.watch(catch_sigint):
+                return trainer.run(resume, max_steps)
     finally:
         D.teardown(info)
 
 
-class _Trainer(CheckpointMixin):
+class _Trainer(CheckpointMixin, StoppingMixin):
     def __init__(self, model, train_data, val_data, task, cfg, out_dir, info, progress, evaluate_first, callbacks):
         self.task, self.cfg, self.info, self.callbacks = task, cfg, info, callbacks
         self.out = None if out_dir is None else Path(out_dir)
@@ -130,6 +141,10 @@ class _Trainer(CheckpointMixin):
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.sigmas = sigma_parameters(model)
+        self.njets = njet_modules(model)
+        self.stop = StopFlag()
+        self.eval_time: float | None = None  # seconds of one validation pass (for the estimate)
+        self._timing: list[float] = []  # wall times of the first steps of this process (for the estimate)
         self.meter = self._meter()
         self.state = TrainState()
         self.history = History(self._meta())
@@ -186,7 +201,7 @@ class _Trainer(CheckpointMixin):
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
     def _meta(self) -> dict:
-        njets = njet_modules(self.model)
+        njets = self.njets
         by_id = {id(m): n for n, m in njets.items()}
         subs = subsample_modules(self.model)
         return {
@@ -199,6 +214,9 @@ class _Trainer(CheckpointMixin):
             "train_samples": len(self.train_loader.dataset),
             "val_samples": None if self.val_loader is None else len(self.val_loader.dataset),
             "njet_layers": list(njets),
+            "extent": {n: float(m.extent) for n, m in njets.items() if hasattr(m, "extent")},
+            "original_sizes": original_sizes(self.model),
+            "steps_per_epoch": self.steps_per_epoch,
             "subsample_sources": {n: by_id.get(id(m.source), m.source_name) for n, m in subs.items()},
             "feature_sizes_original": feature_sizes(self.model, self.sample, original=True),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -209,8 +227,13 @@ class _Trainer(CheckpointMixin):
         resumed = self._maybe_resume(resume)
         with self.progress:
             if not resumed and self.evaluate_first:
+                t0 = time.perf_counter()
                 self._record(0, None, 0.0, 0.0)
-            while self.state.epoch < self.cfg.epochs:
+                self.eval_time = time.perf_counter() - t0
+                self._check_stop(0.0)
+            if max_steps is not None and self.state.step >= max_steps:
+                self.state.stopped = "max_steps"
+            while self.state.stopped is None and self.state.epoch < self.cfg.epochs:
                 if not self._train_epoch(max_steps):
                     break
         self.history.meta["stopped"] = self.state.stopped  # in memory only: the files keep the run's record
@@ -229,21 +252,26 @@ class _Trainer(CheckpointMixin):
         if st.batch == 0:
             self.meter.reset()
             self.train_time = 0.0
-        self.progress.start_epoch(st.epoch + 1, self.steps_per_epoch, st.batch)
+        stop = None if max_steps is None else st.batch + max_steps - st.step
+        self.progress.start_epoch(st.epoch + 1, self.steps_per_epoch, st.batch, stop)
         self.ddp.train()
         t0 = time.perf_counter()
         for x, y in self.train_loader:
             loss = self._step(self._prepare(x), y.to(self.device, non_blocking=True))
             st.batch += 1
             st.step += 1
+            self.history.log_step(st.step, st.epoch + st.batch / self.steps_per_epoch, loss, sigma_values(self.njets))
             self._show(loss, t0)
+            self._estimate(max_steps)
             if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.batch < self.steps_per_epoch:
                 self._save_checkpoint(time.perf_counter() - t0)
             for cb in self.callbacks:
                 cb("step", st)
+            if st.batch < self.steps_per_epoch:
+                self._check_stop(time.perf_counter() - t0)
             if max_steps is not None and st.step >= max_steps and st.batch < self.steps_per_epoch:
                 st.stopped = "max_steps"
-                self._save_checkpoint(time.perf_counter() - t0)
+                self._stop_partial(time.perf_counter() - t0)
                 return False
         self.train_time += time.perf_counter() - t0
         self.meter.all_reduce(self.device)
@@ -252,6 +280,7 @@ class _Trainer(CheckpointMixin):
         self._record(st.epoch, self.meter.compute(), n / max(self.train_time, 1e-9), self.train_time)
         for cb in self.callbacks:
             cb("epoch", st)
+        self._check_stop(0.0)
         if max_steps is not None and st.step >= max_steps and st.epoch < cfg.epochs:
             st.stopped = "max_steps"
             return False
@@ -325,7 +354,8 @@ class _Trainer(CheckpointMixin):
         meter.all_reduce(self.device)
         return meter.compute()
 
-    def _record(self, epoch: int, train: dict | None, throughput: float, train_time: float) -> None:
+    def _row(self, epoch: float, train: dict | None, throughput: float, train_time: float) -> dict:
+        """A history row at the current position: validation, learning rates, σ, sizes."""
         row = {"epoch": epoch, "step": self.state.step, "time_s": train_time, "throughput": throughput}
         if train is not None:
             row["train"] = train
@@ -334,6 +364,10 @@ class _Trainer(CheckpointMixin):
         row["lr"] = current_lrs(self.optimizer)
         row["layers"] = layer_snapshot(self.model)
         row["feature_sizes"] = feature_sizes(self.model, self.sample)
+        return row
+
+    def _record(self, epoch: int, train: dict | None, throughput: float, train_time: float) -> None:
+        row = self._row(epoch, train, throughput, train_time)
         self.history.append(row)
         improved = False
         if "val" in row:
@@ -348,17 +382,22 @@ class _Trainer(CheckpointMixin):
             self._save_checkpoint(0.0, best=improved)
 
     def _log(self, row: dict) -> None:
-        parts = [f"epoch {row['epoch']}/{self.cfg.epochs}"]
+        """One line per evaluation (two when it would not fit 80 columns): metrics and the σ range."""
+        if row.get("partial"):
+            st = self.state
+            head = f"stopped at step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{self.steps_per_epoch})"
+        else:
+            head = f"epoch {row['epoch']}/{self.cfg.epochs}"
+        parts = []
         for split in ("train", "val"):
-            for k, v in row.get(split, {}).items():
-                if k in ("loss", "acc", "miou"):
-                    parts.append(f"{split} {k} {v:.4g}")
+            vals = [f"{k} {v:.3g}" for k, v in row.get(split, {}).items() if k in ("loss", "acc", "miou")]
+            if vals:
+                parts.append(f"{split} " + " ".join(vals))
         sig = [d["sigma"] for d in row["layers"].values()]
         if sig:
             parts.append(f"σ {min(sig):.3g}–{max(sig):.3g}")
-        if row["throughput"]:
-            parts.append(f"{row['throughput']:,.0f} img/s")
-        self.progress.log("  ".join(parts))
+        rest = "  ".join(parts)
+        self.progress.log(f"{head}  {rest}" if len(head) + len(rest) + 2 <= 80 else f"{head}\n  {rest}")
 
 
 def _logits(out) -> torch.Tensor:

@@ -1,0 +1,111 @@
+"""``convert --calibrate``: the calibration batches, and a live display while the layers are refitted.
+
+Calibration refits one converted layer after the other, running the model once per layer
+and batch. :class:`CalibrationWatch` counts those passes from outside the surgery (a
+global forward pre-hook that recognises the calibration batches) and shows
+``layer k/n`` with elapsed time and ETA; if the surgery calls the model differently the
+display degrades to elapsed time, never to an error.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..train.progress import format_duration
+from .errors import user_errors
+
+
+def calibration_batches(name: str, data_dir: Path | None, batches: int, batch_size: int, download: bool,
+                        image_size: int, channels: int | None):
+    """The first ``batches`` batches (a fixed shuffle) of the training split of ``name`` and its info.
+
+    ``folder:PATH`` needs no labels: every image under ``PATH/train`` (or ``PATH``) is used,
+    whatever the layout; ``channels`` forces 1 or 3 (None: detected from the images).
+    """
+    from ..data import DatasetInfo, UnlabelledImages, dataset_info, get_dataset
+    from ..data.folders import GRAY_MEAN, GRAY_STD, IMAGENET_MEAN, IMAGENET_STD
+
+    with user_errors(ValueError, FileNotFoundError, TypeError, what="--calibrate"):
+        if name.startswith("folder:"):
+            root = Path(name[len("folder:"):]).expanduser()
+            ds = UnlabelledImages(root / "train" if (root / "train").is_dir() else root,
+                                  image_size=image_size, channels=channels)
+            c = ds.channels
+            info = DatasetInfo(name, "classification", 0, c, (image_size, image_size),
+                               *((GRAY_MEAN, GRAY_STD) if c == 1 else (IMAGENET_MEAN, IMAGENET_STD)))
+        else:
+            ds = get_dataset(name, "train", data_dir, download=download, augment=False)
+            info = dataset_info(name, ds, image_size=image_size)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    out = []
+    with user_errors(ValueError, what="--calibrate"):
+        for i, batch in enumerate(loader):
+            if i >= batches:
+                break
+            out.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    return out, info
+
+
+def count_convertible(model: nn.Module) -> int:
+    """Square k×k (k > 1) 2-D convolutions: about the number of layers calibration refits."""
+    return sum(isinstance(m, nn.Conv2d) and m.kernel_size[0] == m.kernel_size[1] > 1 for m in model.modules())
+
+
+class CalibrationWatch:
+    """Show calibration progress while ``njetify.convert`` runs (a context manager)."""
+
+    def __init__(self, batches: list[torch.Tensor], layers: int, console):
+        self.ids = {id(b) for b in batches}
+        self.per_layer = max(1, len(batches))
+        self.layers = max(1, layers)
+        self.console = console
+        self.root: int | None = None
+        self.calls = 0
+        self._handle = None
+        self._progress = None
+        self._task = None
+        self._t0 = self._last = 0.0
+        self._shown = 0
+
+    def _hook(self, module, args):
+        if not args or id(args[0]) not in self.ids:
+            return
+        if self.root is None:
+            self.root = id(module)
+        if id(module) != self.root:
+            return
+        self.calls += 1
+        done = min(self.layers, max(0, self.calls - 1) // self.per_layer)  # the first call orders the layers
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done)
+        elif done > self._shown and time.monotonic() - self._last > 10:  # a log: a line every 10 s at most
+            self._last, self._shown = time.monotonic(), done
+            spent = time.monotonic() - self._t0
+            print(f"calibrating: {done}/{self.layers} layers done, {format_duration(spent)}, eta "
+                  f"{format_duration(spent / done * (self.layers - done))}", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import TimeRemainingColumn
+
+        self._t0 = self._last = time.monotonic()
+        if self.console.is_terminal:
+            self._progress = Progress(TextColumn("calibrating layer"), BarColumn(bar_width=None),
+                                      MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                                      TimeRemainingColumn(), console=self.console, transient=True, expand=True)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("", total=self.layers)
+        self._handle = nn.modules.module.register_module_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+        self.seconds = time.monotonic() - self._t0
