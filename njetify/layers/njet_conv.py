@@ -13,7 +13,10 @@ from torch import nn
 
 from .. import basis as B
 from ..fit import PatchMoments, data_aware_fit, dense_kernel, weight_space_fit
+from .axis_operators import axis_geometry
+from .factorised import factorised_conv2d
 from .padding import Conv2dDynamicSame, tf_same_pads
+from .path_cost import PATHS, ConvShape, check_dense_fits, choose_path
 from ._checks import (
     check_channels,
     check_choice,
@@ -49,6 +52,11 @@ class NJetConv2d(nn.Module):
             "SAME": asymmetric, computed from the input size, as timm's ``Conv2dSame``).
         trim: pixels per side by which the output is smaller than "same" (a converted
             ``padding=0`` 3×3 conv has trim 1); negative for extra padding.
+        path: how forward runs: ``"auto"`` (the cheaper of dense and factorised, predicted
+            per call by :mod:`njetify.layers.path_cost`), ``"dense"`` (materialise the s×s
+            filter), ``"factorised"`` (separable filtering + 1×1 mix, never forms the filter),
+            or a factorised order (``"basis_first"``, ``"mix_first"``). All give the same
+            outputs and gradients. ``last_path`` holds the way the last forward ran.
 
     Shapes: input ``(N, in_channels, H, W)`` → output ``(N, out_channels, H', W')``.
     """
@@ -70,6 +78,7 @@ class NJetConv2d(nn.Module):
         *,
         padding: str = "same",
         trim: int = 0,
+        path: str = "auto",
         device=None,
         dtype=None,
     ):
@@ -80,6 +89,7 @@ class NJetConv2d(nn.Module):
         check_choice("sigma_per", sigma_per, SIGMA_PER)
         check_choice("padding_mode", padding_mode, PADDING_MODES)
         check_choice("padding", padding, PADDINGS)
+        check_choice("path", path, PATHS)
         if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
             raise ValueError(f"NJetConv2d: stride must be a positive int, got {stride!r}")
         if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
@@ -102,6 +112,7 @@ class NJetConv2d(nn.Module):
         self.order, self.extent, self.stride, self.groups = order, float(extent), stride, groups
         self.sigma_per, self.max_size, self.padding_mode = sigma_per, max_size, padding_mode
         self.padding, self.trim = padding, int(trim)
+        self.path, self.last_path = path, None
         self.learn_sigma = learn_sigma
         self.fit_error: float | None = None
         self.size_capped = False
@@ -160,10 +171,14 @@ class NJetConv2d(nn.Module):
 
     def basis(self) -> torch.Tensor:
         """The basis at the current σ: ``(F, s, s)`` per layer, ``(O, F, s, s)`` per channel."""
-        sigma = self.sigma
-        if self.sigma_per == "layer":
-            sigma = sigma[0]
-        return B.gaussian_basis_2d(sigma, self.order, self.half_width)
+        return B.gaussian_basis_2d(self._sigma_arg(), self.order, self.half_width)
+
+    def basis_1d(self) -> torch.Tensor:
+        """1-D Gaussian derivatives at the current σ: ``(N+1, s)`` per layer, ``(O, N+1, s)`` per channel."""
+        return B.gaussian_derivatives_1d(self._sigma_arg(), self.order, self.half_width)
+
+    def _sigma_arg(self) -> torch.Tensor:
+        return self.sigma[0] if self.sigma_per == "layer" else self.sigma
 
     def filters(self) -> torch.Tensor:
         """Materialised weight ``(out_channels, in_channels/groups, s, s)``; cached in eval mode."""
@@ -203,7 +218,46 @@ class NJetConv2d(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C_in, H, W)`` → ``(N, C_out, H', W')``."""
+        """``(N, C_in, H, W)`` → ``(N, C_out, H', W')``, dense or factorised (see ``path``)."""
+        path = self.choose_path(x)
+        if path == "dense":
+            out = self._conv_dense(x)
+        else:
+            out = self._conv_factorised(x, path)
+        self.last_path = path
+        return out
+
+    def choose_path(self, x: torch.Tensor) -> str:
+        """``"dense"``, ``"basis_first"`` or ``"mix_first"``: how a forward on ``x`` runs now."""
+        if self.path in ("dense", "basis_first", "mix_first"):
+            return self.path
+        size = 2 * self.half_width + 1
+        pads = self._pads(x.shape[-2:], size)
+        ho = axis_geometry(x.shape[-2], (pads[2], pads[3]), size, self.stride)[-1]
+        wo = axis_geometry(x.shape[-1], (pads[0], pads[1]), size, self.stride)[-1]
+        shape = ConvShape(x.shape[0], self.in_channels, self.out_channels, self.groups, x.shape[-2], x.shape[-1],
+                          ho, wo, size, self.order, self.sigma_per == "channel")
+        training = torch.is_grad_enabled() and (self._needs_grad() or x.requires_grad)
+        return choose_path(shape, x.device, training, self.path, self._dense_fits(size, training))
+
+    def _dense_fits(self, size: int, training: bool, *, strict: bool = False) -> bool:
+        """Whether the dense ``size×size`` filter fits in memory (``strict``: raise ``MemoryError`` if not)."""
+        cg = self.in_channels // self.groups
+        elem = self.alpha.element_size()
+        if self.out_channels * cg * size * size * elem < 2**28:  # < 256 MiB: never refused
+            return True
+        try:
+            check_dense_fits(repr(self).replace("\n", " "), self.out_channels, cg, size, elem, self.alpha.device,
+                             training)
+        except MemoryError:
+            if strict:
+                raise
+            return False
+        return True
+
+    def _conv_dense(self, x: torch.Tensor) -> torch.Tensor:
+        size = 2 * self.half_width + 1
+        self._dense_fits(size, torch.is_grad_enabled() and self._needs_grad(), strict=True)
         w = self.filters()
         pads = self._pads(x.shape[-2:], w.shape[-1])
         if self.padding_mode == "zeros" and pads[0] == pads[1] == pads[2] == pads[3] >= 0:
@@ -213,6 +267,19 @@ class NJetConv2d(nn.Module):
             pads = [max(p, 0) for p in pads]
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
         return F.conv2d(F.pad(x, pads, mode=mode), w, self.bias, self.stride, 0, 1, self.groups)
+
+    def _conv_factorised(self, x: torch.Tensor, order: str) -> torch.Tensor:
+        if order == "basis_first" and self.sigma_per == "channel":
+            raise ValueError("NJetConv2d: path='basis_first' needs one σ for all outputs (sigma_per='layer'); "
+                             "use path='mix_first' or 'factorised'")
+        pads = self._pads(x.shape[-2:], 2 * self.half_width + 1)
+        out = factorised_conv2d(x, self.alpha, self.basis_1d(), pads, stride=self.stride,
+                                padding_mode=self.padding_mode, groups=self.groups, order=order)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype).view(1, -1, 1, 1)
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
 
     def _pads(self, hw, size: int) -> list[int]:
         """Padding (left, right, top, bottom) for the current filter size."""
@@ -245,6 +312,8 @@ class NJetConv2d(nn.Module):
             s.append(f"padding={self.padding!r}, trim={self.trim}")
         if self.padding_mode != "zeros":
             s.append(f"padding_mode={self.padding_mode!r}")
+        if self.path != "auto":
+            s.append(f"path={self.path!r}")
         return ", ".join(s)
 
     # ------------------------------------------------------------- conversion
