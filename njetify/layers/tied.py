@@ -84,6 +84,8 @@ class TiedNJetConv2d(nn.Module):
         check_choice("padding_mode", padding_mode, PADDING_MODES)
         if mode is not None:
             check_choice("mode", mode, MODES)
+            warnings.warn("TiedNJetConv2d: mode= is deprecated, use path= ('separable' is now 'factorised')",
+                          DeprecationWarning, stacklevel=2)
             path = _path_of_mode(mode)
         check_choice("path", path, PATHS)
         sig = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()]
