@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import basis as B
-from ..fit import PatchMoments, data_aware_fit, dense_kernel, weight_space_fit
+from ..fit import data_aware_fit, tap_offsets, weight_space_fit
+from ..moments import TapMoments
 from .axis_operators import axis_geometry
 from .factorised import factorised_conv2d
 from .padding import Conv2dDynamicSame, tf_same_pads
@@ -371,18 +372,19 @@ class NJetConv2d(nn.Module):
             dtype=w.dtype,
             **kwargs,
         )
-        layer.fit_(dense_kernel(w.detach(), d), inputs=inputs)
+        layer.fit_(w.detach(), inputs=inputs, dilation=d)
         if conv.bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(conv.bias)
         return layer
 
     @torch.no_grad()
-    def fit_(self, kernel: torch.Tensor, inputs=None) -> float:
-        """Set α to the least-squares fit of dense kernels ``(O, C/groups, k, k)`` at the current σ.
+    def fit_(self, kernel: torch.Tensor, inputs=None, *, dilation: int = 1) -> float:
+        """Set α to the least-squares fit of kernels ``(O, C/groups, k, k)`` (dilation d) at the current σ.
 
-        With ``inputs`` (a tensor or an iterable of tensors reaching this layer) the
-        fit is data-aware. Returns and stores the relative weight-space error.
+        With ``inputs`` (a tensor or an iterable of tensors reaching this layer) the fit is
+        data-aware. The kernel is used at its k² taps: a dilated kernel is never spread on
+        its dense grid. Returns and stores the relative weight-space error.
         """
         basis = self.basis()
         if self.sigma_per == "channel":  # one basis for all outputs only while all σ are equal
@@ -390,14 +392,16 @@ class NJetConv2d(nn.Module):
                 raise ValueError("NJetConv2d.fit_: per-channel σ differ; fitting needs one σ for all outputs "
                                  "(fit at sigma_per='layer', then set the σ per channel)")
             basis = basis[0]
-        if inputs is None or kernel.shape[-1] > basis.shape[-1]:
-            alpha, err = weight_space_fit(kernel, basis)
+        if inputs is None:
+            alpha, err = weight_space_fit(kernel, basis, dilation)
         else:
-            pad = max(0, (basis.shape[-1] - 1) // 2 - (self.trim if self.padding == "same" else 0))
-            moments = PatchMoments(basis, padding=pad, stride=self.stride)
+            g1 = self.basis_1d()
+            trim = self.trim if self.padding == "same" else 0
+            moments = TapMoments([g1 if g1.dim() == 2 else g1[0]], self.order,
+                                 [tap_offsets(kernel.shape[-1], dilation)], [trim], self.stride)
             for x in [inputs] if isinstance(inputs, torch.Tensor) else inputs:
                 moments.update(x)
-            alpha, err = data_aware_fit(kernel, basis, moments, self.groups)
+            alpha, err = data_aware_fit(kernel, basis, moments, self.groups, dilation)
         self.alpha.copy_(alpha)
         self.fit_error = err
         return err

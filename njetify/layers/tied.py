@@ -31,7 +31,8 @@ from ._tied_checks import check_tieable, conv_trim
 from .factorised import _compute_dtype, factorised_conv2d, mix
 from .njet_conv import PADDING_MODES
 from .path_cost import PATHS, ConvShape, check_dense_fits, choose_path
-from .tied_fit import TiedMoments, joint_data_aware_fit, joint_weight_fit, tap_offsets
+from ..fit import joint_data_aware_fit, joint_weight_fit, tap_offsets
+from ..moments import TapMoments
 
 #: Former name of ``path`` and its values (``"separable"`` is ``"factorised"``); still accepted.
 MODES = ("auto", "dense", "separable")
@@ -334,7 +335,7 @@ class TiedNJetConv2d(nn.Module):
             alpha, err, errs = joint_weight_fit(weights, dilations, bases)
         else:
             offsets = [tap_offsets(w.shape[-1], d).tolist() for w, d in zip(weights, dilations)]
-            moments = TiedMoments(
+            moments = TapMoments(
                 [self.basis_1d(k) for k in range(self.num_branches)], self.order,
                 [torch.tensor(o) for o in offsets], self.trims,
             )
