@@ -261,7 +261,7 @@ class _FilterSum(Function):
         ho, wo = ay.shape[-2], bx.shape[-1]
         per_out = ay.dim() == 5
         gout = gout.contiguous().view(n, groups, og, ho, wo)
-        dm = torch.zeros_like(m) if need_m else None
+        dm = torch.empty_like(m) if need_m else None  # every block is written below
         day = torch.zeros_like(ay) if need_ay else None
         dbx = torch.zeros_like(bx) if need_bx else None
         off = 0
@@ -276,14 +276,15 @@ class _FilterSum(Function):
                     dbx[i] = t.reshape(-1, w).T @ gout.reshape(-1, wo)
                 del t
             dt = torch.matmul(gout, bxi.transpose(-1, -2), out=workspace("dt", (n, groups, og, ho, w), m))
-            if need_m:
-                dmi = torch.matmul(stacked.transpose(-1, -2), dt)  # (N, G, Og, J_i·H, W)
-                dm[:, :, off : off + og * ji] = dmi.view(n, groups, og * ji, h, w)
-            if need_ay:
-                if per_out:
-                    ds = torch.einsum("ngohw,ngokw->gohk", dt, mi)
-                else:
-                    ds = torch.tensordot(dt.reshape(-1, ho, w), mi.reshape(-1, ji * h, w), dims=([0, 2], [0, 2]))
+            if need_m:  # (N, G, Og, J_i·H, W), written in place sample by sample
+                dmi = dm[:, :, off : off + og * ji].view(n, groups, og, ji * h, w)
+                for k in range(n):
+                    torch.matmul(stacked.transpose(-1, -2), dt[k], out=dmi[k])
+            if need_ay:  # Σ over samples (and channels when σ is shared) of dt · miᵀ, plane by plane
+                tmp = workspace("tmp", (n, groups, og, ho, ji * h), m)
+                for k in range(n):
+                    torch.matmul(dt[k], mi[k].transpose(-1, -2), out=tmp[k])
+                ds = tmp.sum(0) if per_out else tmp.sum((0, 1, 2))
                 day[..., :ji, :, :] += ds.view(*ds.shape[:-1], ji, h).transpose(-3, -2)
             off += og * ji
         return dm, day, dbx

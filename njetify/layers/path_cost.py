@@ -31,20 +31,27 @@ PATHS = ("auto", "dense", "factorised", "basis_first", "mix_first")
 class Rates:
     """Throughputs (multiply-adds or bytes per second) and fixed costs (seconds) of one device."""
 
-    conv: float  # dense conv2d MACs/s (groups of ≥ 8 channels)
-    conv_depthwise: float  # dense conv2d MACs/s, ≤ 4 channels per group
+    conv: float  # dense conv2d MACs/s (groups of > 4 channels), forward
+    conv_train: float  # the same, forward + backward (MACs of the forward / seconds)
+    conv_depthwise: float  # dense conv2d MACs/s, ≤ 4 channels per group, forward
+    conv_depthwise_train: float  # the same, forward + backward
     gemm: float  # large matrix products (the mix)
     gemm_thin: float  # products with a small inner size (the x-pass, ~H)
     planes: float  # batched products of one image plane each (the y-pass)
     plane_call: float  # seconds per plane product
     bandwidth: float  # bytes/s of an intermediate written and read once
-    call: float  # fixed seconds per factorised call (operator building, ~20 ops)
+    fresh: float  # bytes/s of writing newly allocated memory (first touch faults pages in)
+    call: float  # fixed seconds of a basis-first forward above a dense one (operator building, ~20 ops)
+    sample_call: float  # seconds per sample and x-order of mix-first's sample-by-sample products
 
 
-CPU = Rates(conv=40e9, conv_depthwise=4e9, gemm=35e9, gemm_thin=12e9, planes=12e9, plane_call=0.3e-6,
-            bandwidth=8e9, call=300e-6)
-CUDA = Rates(conv=8e12, conv_depthwise=0.3e12, gemm=12e12, gemm_thin=2e12, planes=2e12, plane_call=1e-9,
-             bandwidth=1e12, call=250e-6)
+#: One CPU thread (measured with ``benchmarks/path_cost.py --rates --threads 1``); the MAC and
+#: memory rates scale with ``torch.get_num_threads()``.
+CPU_THREAD = Rates(conv=40e9, conv_train=10.3e9, conv_depthwise=19e9, conv_depthwise_train=0.41e9, gemm=31e9,
+                   gemm_thin=22e9, planes=27e9, plane_call=0.45e-6, bandwidth=6.4e9, fresh=1.2e9, call=250e-6,
+                   sample_call=150e-6)
+CUDA = Rates(conv=8e12, conv_train=2.5e12, conv_depthwise=0.3e12, conv_depthwise_train=0.1e12, gemm=12e12,
+             gemm_thin=2e12, planes=2e12, plane_call=1e-9, bandwidth=1e12, fresh=1e12, call=250e-6, sample_call=50e-6)
 
 
 @dataclass(frozen=True)
@@ -69,20 +76,37 @@ class ConvShape:
 
 
 def rates_for(device: torch.device | str) -> Rates:
-    """The rate table of ``device`` (CUDA-like accelerators share the CUDA table)."""
-    return CPU if torch.device(device).type == "cpu" else CUDA
+    """The rate table of ``device``: CPU rates times the threads torch uses; accelerators share CUDA's."""
+    if torch.device(device).type != "cpu":
+        return CUDA
+    k = torch.get_num_threads()
+    r = CPU_THREAD
+    return Rates(conv=r.conv * k, conv_train=r.conv_train * k, conv_depthwise=r.conv_depthwise * k,
+                 conv_depthwise_train=r.conv_depthwise_train * k, gemm=r.gemm * k, gemm_thin=r.gemm_thin * k,
+                 planes=r.planes * k, plane_call=r.plane_call / k, bandwidth=r.bandwidth * min(k, 4),
+                 fresh=r.fresh * min(k, 4), call=r.call, sample_call=r.sample_call)
+
+
+#: glibc returns allocations above this many bytes to the kernel when they are freed, so a new
+#: one faults its pages in again (the ``fresh`` rate); smaller ones are recycled.
+MMAP_BYTES = 32 * 2**20
+
+
+def _fresh(nbytes: float, rates: Rates) -> float:
+    """Seconds of writing a newly allocated tensor of ``nbytes`` (page faults above :data:`MMAP_BYTES`)."""
+    return nbytes / (rates.fresh if nbytes > MMAP_BYTES else rates.bandwidth)
 
 
 def dense_seconds(sh: ConvShape, rates: Rates, training: bool) -> float:
     """Predicted time of the dense path (forward, or forward + backward when ``training``)."""
     cg = sh.in_channels // sh.groups
     macs = sh.batch * sh.out_height * sh.out_width * sh.out_channels * cg * sh.size**2
-    rate = rates.conv_depthwise if cg <= 4 else rates.conv
-    t = macs / rate
-    if training:
-        build = sh.out_channels * cg * sh.num_basis * sh.size**2 / rates.gemm
-        t = 3 * t + 3 * build
-    return t
+    depthwise = cg <= 4
+    if not training:
+        return macs / (rates.conv_depthwise if depthwise else rates.conv)
+    filt = sh.out_channels * cg * sh.size**2
+    build = 3 * filt * sh.num_basis / rates.gemm + 2 * _fresh(4 * filt, rates)
+    return macs / (rates.conv_depthwise_train if depthwise else rates.conv_train) + build
 
 
 def factorised_seconds(sh: ConvShape, rates: Rates, training: bool, order: str, shared_mix: int = 1) -> float:
@@ -93,25 +117,26 @@ def factorised_seconds(sh: ConvShape, rates: Rates, training: bool, order: str, 
     n, c, o, nf, m = sh.batch, sh.in_channels, sh.out_channels, sh.num_basis, sh.order + 1
     cg = c // sh.groups
     h, w, ho, wo = sh.height, sh.width, sh.out_height, sh.out_width
-    elem = 4
     if order == "basis_first":
-        mix = n * ho * wo * o * cg * nf
-        xpass = n * c * h * w * m * wo
-        ypass = n * c * nf * ho * h * wo
-        planes = n * c * m
-        traffic = 2 * elem * n * c * (nf * ho * wo + m * h * wo)
-        filt = xpass / rates.gemm_thin + ypass / rates.planes + planes * rates.plane_call + traffic / rates.bandwidth
-        fwd = mix / rates.gemm + filt
-        return rates.call + (3 * mix / rates.gemm + 4 * filt if training else fwd)
+        mix = n * ho * wo * o * cg * nf / rates.gemm
+        xpass = n * c * h * w * m * wo / rates.gemm_thin
+        ypass = n * c * nf * ho * h * wo / rates.planes + n * c * m * rates.plane_call
+        traffic = 4 * n * c * (nf * ho * wo + m * h * wo) / rates.bandwidth
+        if not training:
+            return rates.call + mix + xpass + ypass + traffic
+        # backward: two mix-sized GEMMs; x-pass recomputed + dx + d(bx); y-pass recomputed + dz + d(ay)
+        return 4 * rates.call + 3 * mix + 4 * xpass + 4 * ypass + 3 * traffic + _fresh(4 * n * c * h * w, rates)
     if order == "mix_first":
-        mix = n * h * w * o * cg * nf / shared_mix
-        ystage = n * o * nf * ho * h * w
-        xstage = n * o * m * ho * w * wo
-        planes = n * o * m
-        traffic = 2 * elem * n * o * nf * h * w / shared_mix
-        filt = ystage / rates.planes + planes * rates.plane_call + xstage / rates.gemm_thin
-        fwd = mix / rates.gemm + filt + traffic / rates.bandwidth
-        return rates.call + (3 * fwd if training else fwd)
+        maps = 4 * n * o * nf * h * w
+        mix = n * h * w * o * cg * nf / rates.gemm / shared_mix
+        ystage = n * o * nf * ho * h * w / rates.planes + n * o * m * rates.plane_call
+        xstage = n * o * m * ho * w * wo / rates.gemm_thin
+        fresh = _fresh(maps, rates) / shared_mix
+        call = 1.7 * rates.call + n * m * rates.sample_call  # more, smaller ops than basis-first
+        if not training:
+            return call + mix + ystage + xstage + fresh
+        # backward: y-stage recomputed + d(maps) + d(ay); x-stage for d(bx) and the maps' gradient
+        return 4 * call + 3 * mix + 4 * ystage + 3 * xstage + 2 * fresh + _fresh(4 * n * c * h * w, rates)
     raise ValueError(f"order must be 'basis_first' or 'mix_first', got {order!r}")
 
 
