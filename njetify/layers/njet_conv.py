@@ -16,6 +16,7 @@ from ..fit import data_aware_fit, tap_offsets, weight_space_fit
 from ..moments import TapMoments
 from .axis_operators import axis_geometry
 from .factorised import factorised_conv2d
+from .factorised_conv import FactorisedConv2d, factorised_macs_per_pixel
 from .padding import Conv2dDynamicSame, tf_same_pads
 from .path_cost import PATHS, ConvShape, check_dense_fits, choose_path
 from ._checks import (
@@ -428,6 +429,22 @@ class NJetConv2d(nn.Module):
             if self.bias is not None:
                 conv.bias.copy_(self.bias)
         return conv
+
+    def to_factorised(self, order: str | None = None, reason: str = "") -> FactorisedConv2d:
+        """A :class:`FactorisedConv2d` with the current filters: same outputs, no σ and no s×s filter.
+
+        ``order``: ``"basis_first"`` or ``"mix_first"``; None picks the one with fewer multiply-adds
+        (mix-first with one σ per output channel).
+        """
+        size = self.kernel_size[0]
+        if order is None:
+            order = factorised_macs_per_pixel(self.in_channels, self.out_channels, self.groups, size, self.order,
+                                              self.sigma_per == "channel")[1]
+        with torch.no_grad():
+            g = self.basis_1d()
+        return FactorisedConv2d(g, self.alpha, self.bias, stride=self.stride, groups=self.groups,
+                                padding=self.padding, trim=self.trim, padding_mode=self.padding_mode, order=order,
+                                reason=reason).train(self.training)
 
 
 def _crop(x: torch.Tensor, crops: list[int]) -> torch.Tensor:

@@ -29,6 +29,7 @@ from .. import basis as B
 from ._checks import check_channels, check_choice, check_order, check_positive
 from ._tied_checks import check_tieable, conv_trim
 from .factorised import _compute_dtype, factorised_conv2d, mix
+from .factorised_conv import FactorisedConv2d
 from .njet_conv import PADDING_MODES
 from .path_cost import PATHS, ConvShape, check_dense_fits, choose_path
 from ..fit import joint_data_aware_fit, joint_weight_fit, tap_offsets
@@ -348,22 +349,30 @@ class TiedNJetConv2d(nn.Module):
 
     def to_convs(self) -> list[nn.Conv2d]:
         """K plain ``nn.Conv2d`` with the materialised filters (identical outputs), for deployment."""
-        convs = []
-        with torch.no_grad():
-            for k in range(self.num_branches):
-                w = self.filters(k).detach().clone()
-                pad = (w.shape[-1] - 1) // 2 - self.trims[k]
-                if pad < 0:
-                    raise ValueError(f"TiedNJetConv2d.to_convs: branch {k} filter is smaller than its trim")
-                conv = nn.Conv2d(
-                    self.in_channels, self.out_channels, w.shape[-1], padding=pad, groups=self.groups,
-                    bias=self.bias is not None, padding_mode=self.padding_mode, device=w.device, dtype=w.dtype,
-                )
-                conv.weight.copy_(w)
-                if self.bias is not None:
-                    conv.bias.copy_(self.bias[k])
-                convs.append(conv)
-        return convs
+        return [self.to_conv(k) for k in range(self.num_branches)]
+
+    @torch.no_grad()
+    def to_conv(self, k: int) -> nn.Conv2d:
+        """Branch k as a plain ``nn.Conv2d`` with its materialised filter."""
+        w = self.filters(k).detach().clone()
+        pad = (w.shape[-1] - 1) // 2 - self.trims[k]
+        if pad < 0:
+            raise ValueError(f"TiedNJetConv2d.to_convs: branch {k} filter is smaller than its trim")
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, w.shape[-1], padding=pad, groups=self.groups,
+            bias=self.bias is not None, padding_mode=self.padding_mode, device=w.device, dtype=w.dtype,
+        )
+        conv.weight.copy_(w)
+        if self.bias is not None:
+            conv.bias.copy_(self.bias[k])
+        return conv
+
+    @torch.no_grad()
+    def to_factorised(self, k: int, order: str = "basis_first", reason: str = "") -> FactorisedConv2d:
+        """Branch k as a :class:`FactorisedConv2d` (same outputs, no σ, no dense filter)."""
+        return FactorisedConv2d(self.basis_1d(k), self.alpha, None if self.bias is None else self.bias[k],
+                                groups=self.groups, trim=self.trims[k], padding_mode=self.padding_mode, order=order,
+                                reason=reason)
 
 
 class TiedNJetBranch(nn.Module):
