@@ -12,20 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import basis as B
-from ..fit import data_aware_fit, tap_offsets, weight_space_fit
-from ..moments import TapMoments
 from .axis_operators import axis_geometry
 from .factorised import factorised_conv2d
-from .factorised_conv import FactorisedConv2d, factorised_macs_per_pixel
-from .padding import Conv2dDynamicSame, tf_same_pads
+from . import njet_convert as convert
+from .factorised_conv import FactorisedConv2d
+from .padding import tf_same_pads
 from .path_cost import PATHS, ConvShape, check_dense_fits, choose_path
-from ._checks import (
-    check_channels,
-    check_choice,
-    check_order,
-    check_positive,
-    conv_kind,
-)
+from ._checks import check_channels, check_choice, check_order, check_positive
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 SIGMA_PER = ("layer", "channel")
@@ -337,43 +330,12 @@ class NJetConv2d(nn.Module):
         to the conv's weights — data-aware when ``inputs`` (tensors ``(N, C_in, H, W)``
         that reach this conv) are given. ``stride`` overrides the conv's stride (the
         surgery sets 1 and resizes afterwards). Extra keyword arguments
-        (``learn_sigma``, ``sigma_per``, ``max_size``) go to the constructor.
+        (``learn_sigma``, ``sigma_per``, ``max_size``, ``path``) go to the constructor.
         The relative weight-space error of the fit is stored in ``.fit_error``.
         """
-        kind = conv_kind(conv)
-        if kind is None:
-            raise TypeError(f"NJetConv2d.from_conv: expected an nn.Conv2d, got {type(conv).__name__}")
-        if kind != "ok":
-            raise ValueError(f"NJetConv2d.from_conv: cannot convert {conv!r}: {kind}")
-        k, d = conv.kernel_size[0], conv.dilation[0]
-        if sigma is None:
-            sigma = d * (k - 1) / (2.0 * extent)
-        dense = d * (k - 1) + 1
-        if conv.padding == "same":
-            trim = 0
-        elif conv.padding == "valid":
-            trim = (dense - 1) // 2
-        else:
-            trim = (dense - 1) // 2 - conv.padding[0]
-        padding = "dynamic_same" if type(conv).__name__ == "Conv2dSame" else "same"
-        w = conv.weight
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            order=order,
-            sigma=sigma,
-            extent=extent,
-            stride=conv.stride[0] if stride is None else stride,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            padding=padding,
-            trim=trim if padding == "same" else 0,
-            device=w.device,
-            dtype=w.dtype,
-            **kwargs,
-        )
-        layer.fit_(w.detach(), inputs=inputs, dilation=d)
+        args = convert.layer_args(conv, order, sigma, extent, stride)
+        layer = cls(**args, device=conv.weight.device, dtype=conv.weight.dtype, **kwargs)
+        layer.fit_(conv.weight.detach(), inputs=inputs, dilation=conv.dilation[0])
         if conv.bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(conv.bias)
@@ -387,22 +349,7 @@ class NJetConv2d(nn.Module):
         data-aware. The kernel is used at its k² taps: a dilated kernel is never spread on
         its dense grid. Returns and stores the relative weight-space error.
         """
-        basis = self.basis()
-        if self.sigma_per == "channel":  # one basis for all outputs only while all σ are equal
-            if not torch.allclose(self.log_sigma, self.log_sigma[:1].expand_as(self.log_sigma)):
-                raise ValueError("NJetConv2d.fit_: per-channel σ differ; fitting needs one σ for all outputs "
-                                 "(fit at sigma_per='layer', then set the σ per channel)")
-            basis = basis[0]
-        if inputs is None:
-            alpha, err = weight_space_fit(kernel, basis, dilation)
-        else:
-            g1 = self.basis_1d()
-            trim = self.trim if self.padding == "same" else 0
-            moments = TapMoments([g1 if g1.dim() == 2 else g1[0]], self.order,
-                                 [tap_offsets(kernel.shape[-1], dilation)], [trim], self.stride)
-            for x in [inputs] if isinstance(inputs, torch.Tensor) else inputs:
-                moments.update(x)
-            alpha, err = data_aware_fit(kernel, basis, moments, self.groups, dilation)
+        alpha, err = convert.fit_alpha(self, kernel, inputs, dilation)
         self.alpha.copy_(alpha)
         self.fit_error = err
         return err
@@ -413,22 +360,8 @@ class NJetConv2d(nn.Module):
         ``padding="dynamic_same"`` layers become a :class:`Conv2dDynamicSame` (TF "SAME"
         padding from the input size, as timm's ``Conv2dSame``).
         """
-        with torch.no_grad():
-            w = self.filters().detach().clone()
-        size = w.shape[-1]
-        pad = (size - 1) // 2 - self.trim if self.padding == "same" else 0
-        if pad < 0:
-            raise ValueError(f"NJetConv2d.to_conv: the filter ({size} px) is smaller than the trim {self.trim}")
-        conv = (nn.Conv2d if self.padding == "same" else Conv2dDynamicSame)(
-            self.in_channels, self.out_channels, size, stride=self.stride, padding=pad,
-            groups=self.groups, bias=self.bias is not None, padding_mode=self.padding_mode,
-            device=w.device, dtype=w.dtype,
-        )
-        with torch.no_grad():
-            conv.weight.copy_(w)
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+        self._dense_fits(self.kernel_size[0], False, strict=True)
+        return convert.dense_conv(self)
 
     def to_factorised(self, order: str | None = None, reason: str = "") -> FactorisedConv2d:
         """A :class:`FactorisedConv2d` with the current filters: same outputs, no σ and no s×s filter.
@@ -436,15 +369,7 @@ class NJetConv2d(nn.Module):
         ``order``: ``"basis_first"`` or ``"mix_first"``; None picks the one with fewer multiply-adds
         (mix-first with one σ per output channel).
         """
-        size = self.kernel_size[0]
-        if order is None:
-            order = factorised_macs_per_pixel(self.in_channels, self.out_channels, self.groups, size, self.order,
-                                              self.sigma_per == "channel")[1]
-        with torch.no_grad():
-            g = self.basis_1d()
-        return FactorisedConv2d(g, self.alpha, self.bias, stride=self.stride, groups=self.groups,
-                                padding=self.padding, trim=self.trim, padding_mode=self.padding_mode, order=order,
-                                reason=reason).train(self.training)
+        return convert.factorised_conv(self, order, reason)
 
 
 def _crop(x: torch.Tensor, crops: list[int]) -> torch.Tensor:

@@ -32,8 +32,7 @@ from .factorised import _compute_dtype, factorised_conv2d, mix
 from .factorised_conv import FactorisedConv2d
 from .njet_conv import PADDING_MODES
 from .path_cost import PATHS, ConvShape, check_dense_fits, choose_path
-from ..fit import joint_data_aware_fit, joint_weight_fit, tap_offsets
-from ..moments import TapMoments
+from . import tied_fit
 
 #: Former name of ``path`` and its values (``"separable"`` is ``"factorised"``); still accepted.
 MODES = ("auto", "dense", "separable")
@@ -331,18 +330,7 @@ class TiedNJetConv2d(nn.Module):
                 f"TiedNJetConv2d.fit_: got {len(weights)} kernels and {len(dilations)} dilations "
                 f"for {self.num_branches} branches"
             )
-        bases = [self.basis(k) for k in range(self.num_branches)]
-        if inputs is None:
-            alpha, err, errs = joint_weight_fit(weights, dilations, bases)
-        else:
-            offsets = [tap_offsets(w.shape[-1], d).tolist() for w, d in zip(weights, dilations)]
-            moments = TapMoments(
-                [self.basis_1d(k) for k in range(self.num_branches)], self.order,
-                [torch.tensor(o) for o in offsets], self.trims,
-            )
-            for x in [inputs] if isinstance(inputs, torch.Tensor) else inputs:
-                moments.update(x)
-            alpha, err, errs = joint_data_aware_fit(weights, dilations, bases, moments, self.groups)
+        alpha, err, errs = tied_fit.fit_alpha(self, weights, dilations, inputs)
         self.alpha.copy_(alpha)
         self.fit_error, self.branch_errors = err, errs
         return err
