@@ -19,6 +19,7 @@ is what autograd saves for backward in one forward (each storage once), in MiB.
     uv run python benchmarks/layer.py                 # the σ sweep (tens of minutes on 2 loaded cores)
     uv run python benchmarks/layer.py --quick         # small shapes, under a minute
     uv run python benchmarks/layer.py --shapes        # fixed-size table incl. depthwise
+    uv run python benchmarks/layer.py --conversion    # time and peak memory of fitting ASPP-sized layers
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 
@@ -186,6 +189,49 @@ def run_shapes(args, device, console) -> list[dict]:
     return rows
 
 
+CONVERSIONS = {
+    "NJetConv2d.from_conv(Conv2d(2048, 256, 3, dilation=36), max_size=63)": "single",
+    "  … with calibration inputs (2, 2048, 33, 33)": "single-data",
+    "TiedNJetConv2d.from_convs(rates 12/24/36, 2048→256, max_size=63)": "tied",
+}
+
+
+def _convert_one(case: str) -> dict:
+    """Fit one ASPP-sized layer in this (fresh) process: seconds and peak extra RSS in MiB."""
+    from convert import PeakRSS  # benchmarks/convert.py
+
+    from njetify.layers.tied import TiedNJetConv2d
+
+    torch.manual_seed(0)
+    convs = [nn.Conv2d(2048, 256, 3, padding=r, dilation=r) for r in (12, 24, 36)]
+    inputs = torch.randn(2, 2048, 33, 33) if case == "single-data" else None
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        if case == "tied":
+            layer = TiedNJetConv2d.from_convs(convs, max_size=63)
+        else:
+            layer = NJetConv2d.from_conv(convs[2], max_size=63, inputs=inputs)
+        seconds = time.perf_counter() - t0
+    weights = sum(c.weight.numel() * c.weight.element_size() for c in (convs if case == "tied" else convs[2:]))
+    return {"seconds": seconds, "peak_mib": mem.peak, "weights_mib": weights / 2**20, "fit_error": layer.fit_error}
+
+
+def run_conversion(console) -> list[dict]:
+    table = Table(title="Fitting ASPP-sized layers: one fresh process each, peak RSS above the start")
+    for col in ("conversion", "seconds", "peak extra MiB", "conv weights MiB", "fit error"):
+        table.add_column(col, justify="left" if col == "conversion" else "right")
+    rows = []
+    for label, case in CONVERSIONS.items():
+        out = subprocess.run([sys.executable, __file__, "--conversion-one", case], capture_output=True, text=True,
+                             check=True)
+        r = {"case": label, **json.loads(out.stdout.strip().splitlines()[-1])}
+        rows.append(r)
+        table.add_row(label, f"{r['seconds']:.1f}", f"{r['peak_mib']:.0f}", f"{r['weights_mib']:.0f}",
+                      f"{r['fit_error']:.3f}")
+    console.print(table)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small shapes, three σ")
@@ -195,7 +241,13 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", default=None, help="also write the measurements to this file")
+    ap.add_argument("--conversion", action="store_true", help="time and memory of fitting ASPP-sized layers")
+    ap.add_argument("--conversion-one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.conversion_one:
+        warnings.filterwarnings("ignore")
+        print(json.dumps(_convert_one(args.conversion_one)))
+        return
     args.reps = args.reps or (3 if args.quick else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -207,8 +259,13 @@ def main() -> None:
     load = open("/proc/loadavg").read().split()[:3] if device.type == "cpu" else []
     console.print(f"device={device}, torch {torch.__version__}, threads={torch.get_num_threads()}, reps={args.reps}, "
                   f"load average at start {' '.join(load)}")
-    rows = run_shapes(args, device, console) if args.shapes else run_sweep(args, device, console)
-    console.print(f"factorised scratch buffers held after the run: {release_workspace() / 2**20:.0f} MiB")
+    if args.conversion:
+        rows = run_conversion(console)
+    elif args.shapes:
+        rows = run_shapes(args, device, console)
+    else:
+        rows = run_sweep(args, device, console)
+    console.print(f"factorised scratch buffers held after the run: {release_workspace() / 2**20:.1f} MiB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
