@@ -7,8 +7,14 @@
 2. Checks the model: for a grid of layers, times dense, basis-first and mix-first (train step and
    eval, interleaved) and compares the model's choice with the measured best.
 
-    uv run python benchmarks/path_cost.py              # both (a few minutes)
+3. ``--alternatives``: the 1-D filtering implemented three ways on one layer (256→256 at 33²,
+   batch 8, σ = 6), as ratios to the 3×3 conv: depthwise ``conv2d`` passes then a 1×1 conv
+   (the first prototype), the factorised path with fresh tensors instead of scratch buffers
+   (page faults), and the factorised path as shipped.
+
+    uv run python benchmarks/path_cost.py              # rates and the model check (a few minutes)
     uv run python benchmarks/path_cost.py --rates      # only the rates
+    uv run python benchmarks/path_cost.py --alternatives
 """
 
 from __future__ import annotations
@@ -148,9 +154,74 @@ def check_model(reps: int) -> None:
     print(f"worst model/best: {worst:.2f}")
 
 
+def depthwise_prototype(x, alpha, g, half):
+    """Basis-first with depthwise 1-D ``conv2d`` passes (y then x per basis filter) and a 1×1 conv."""
+    from njetify.basis import basis_orders
+
+    n, c = x.shape[:2]
+    pairs = basis_orders(g.shape[0] - 1)
+    nf = len(pairs)
+    gy = torch.stack([g[j] for _, j in pairs]).repeat(c, 1).view(c * nf, 1, -1, 1)
+    gx = torch.stack([g[i] for i, _ in pairs]).repeat(c, 1).view(c * nf, 1, 1, -1)
+    r = x.repeat_interleave(nf, 1)
+    r = F.conv2d(r, gy, padding=(half, 0), groups=c * nf)
+    r = F.conv2d(r, gx, padding=(0, half), groups=c * nf)
+    return F.conv2d(r, alpha.reshape(alpha.shape[0], -1, 1, 1))
+
+
+def alternatives(reps: int) -> None:
+    """Ratios to the 3×3 conv of three implementations of the same factorised layer."""
+    from njetify.basis import gaussian_derivatives_1d, half_width
+    from njetify.layers import factorised
+
+    torch.manual_seed(0)
+    n, c, o, hw, sigma = 8, 256, 256, 33, 6.0
+    half = half_width(sigma)
+    x = torch.randn(n, c, hw, hw, requires_grad=True)
+    alpha = torch.randn(o, c, 10, requires_grad=True)
+    log_sigma = torch.tensor(sigma).log().requires_grad_()
+    gy = torch.randn(n, o, hw, hw)
+    conv3 = torch.nn.Conv2d(c, o, 3, padding=1)
+    real_workspace = factorised.workspace
+
+    def fresh(slot, shape, like):
+        return like.new_empty(shape)
+
+    def shipped():
+        return factorised.factorised_conv2d(x, alpha, gaussian_derivatives_1d(log_sigma.exp(), 3, half), [half] * 4)
+
+    def no_scratch():
+        factorised.workspace = fresh
+        try:
+            return shipped()
+        finally:
+            factorised.workspace = real_workspace
+
+    fns = {"conv 3×3": lambda: conv3(x),
+           "depthwise conv2d passes + 1×1 conv": lambda: depthwise_prototype(
+               x, alpha, gaussian_derivatives_1d(log_sigma.exp(), 3, half), half),
+           "matrix products, fresh tensors": no_scratch, "matrix products + scratch (shipped)": shipped}
+    for kind in ("eval", "train"):
+        times = {k: [] for k in fns}
+        for _ in range(reps + 1):
+            for k, f in fns.items():
+                t0 = time.perf_counter()
+                if kind == "train":
+                    factorised.workspace = fresh if "fresh" in k else real_workspace
+                    f().backward(gy)
+                    factorised.workspace = real_workspace
+                else:
+                    with torch.no_grad():
+                        f()
+                times[k].append(time.perf_counter() - t0)
+        med = {k: statistics.median(t[1:]) for k, t in times.items()}
+        print(f"{kind}: " + "; ".join(f"{k} {v * 1e3:.0f} ms = {v / med['conv 3×3']:.2f}×" for k, v in med.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rates", action="store_true", help="only measure the rates")
+    ap.add_argument("--alternatives", action="store_true", help="compare implementations of the 1-D filtering")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
@@ -158,6 +229,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, load {open('/proc/loadavg').read().split()[:3]}")
+    if args.alternatives:
+        alternatives(args.reps)
+        return
     rates = measure_rates(args.reps)
     print("measured:", ", ".join(f"{k}={v:.3g}" for k, v in vars(rates).items()))
     print("in use:  ", ", ".join(f"{k}={v:.3g}" for k, v in vars(path_cost.rates_for("cpu")).items()))

@@ -18,8 +18,10 @@ Two evaluation orders, both exact:
   Cost ≈ ``O·Cg·F`` at the input resolution ``+ O·F·H + O·(N+1)·W``; it keeps the ``O·F``
   mixed maps for backward. Needed for one σ per output channel; shared by tied branches.
 
-The maps are laid out so every product is one large matrix product (no depthwise conv,
-no gather of the ``(i, j)`` pairs). All functions take and return plain tensors.
+The maps are laid out so every product is a large matrix product or a batch of per-plane
+products writing in place (no depthwise conv, no gather of the ``(i, j)`` pairs, no copies);
+transient maps live in reusable CPU scratch buffers (:func:`workspace`). Gradients are
+first-order only (``once_differentiable``): for double backward use ``path="dense"``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from functools import lru_cache
 
 import torch
 from torch.autograd import Function
+from torch.autograd.function import once_differentiable
 
 from ..basis import basis_orders
 from .axis_operators import axis_operators
@@ -139,6 +142,7 @@ class _BasisFirst(Function):
         return out.view(n, -1, ho, wo)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gout):
         x, alpha, ay, bx = ctx.saved_tensors
         groups = ctx.groups
@@ -252,6 +256,7 @@ class _FilterSum(Function):
         return out.view(n, groups * og, ho, wo)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gout):
         m, ay, bx = ctx.saved_tensors
         need_m, need_ay, need_bx = ctx.needs_input_grad[:3]
