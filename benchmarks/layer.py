@@ -13,10 +13,15 @@ and an eval forward (no_grad, eval mode: the dense filter is cached) of
 
 Candidates are timed interleaved, repetition by repetition, and the median is printed as a
 ratio to conv3 (and auto to the better of dense and fact, and to conv_s). A candidate whose
-first run takes longer than ``--max-seconds`` is timed once (marked ``¹``). Activation memory
-is what autograd saves for backward in one forward (each storage once), in MiB.
+first run takes longer than ``--max-seconds`` is timed once (marked ``¹``). Where the dense
+s×s filter alone exceeds ``--max-filter-gib`` (2048→256 at σ = 12: 4.7 GiB, with its gradient
+and conv_s's copy ~19 GiB) dense and conv_s are not run (``—``). Activation memory is what
+autograd saves for backward in one forward (each storage once), in MiB. Every point is
+appended to ``--json`` (one JSON object per line) as soon as it is measured; ``--table FILE``
+prints the tables from such a file (several runs may append to one file).
 
-    uv run python benchmarks/layer.py                 # the σ sweep (tens of minutes on 2 loaded cores)
+    uv run python benchmarks/layer.py --json sweep.jsonl   # the σ sweep (hours on 2 loaded cores)
+    uv run python benchmarks/layer.py --only 256 --sigmas 6 # one shape (label substring), some σ
     uv run python benchmarks/layer.py --quick         # small shapes, under a minute
     uv run python benchmarks/layer.py --shapes        # fixed-size table incl. depthwise
     uv run python benchmarks/layer.py --conversion    # time and peak memory of fitting ASPP-sized layers
@@ -100,7 +105,7 @@ def saved_mib(module: nn.Module, x: torch.Tensor) -> float:
     return sum(seen.values()) / 2**20
 
 
-def sweep_point(spec, sigma: float, reps: int, device, max_seconds: float) -> dict:
+def sweep_point(spec, sigma: float, reps: int, device, max_seconds: float, max_filter_gib: float) -> dict:
     label, batch, cin, cout, hw, groups = spec
     torch.manual_seed(0)
     njet = {p: NJetConv2d(cin, cout, order=3, sigma=sigma, groups=groups, path=p, device=device)
@@ -108,9 +113,12 @@ def sweep_point(spec, sigma: float, reps: int, device, max_seconds: float) -> di
     for m in njet.values():
         m.load_state_dict(njet["dense"].state_dict())
     size = njet["dense"].kernel_size[0]
-    mods = {"conv3": nn.Conv2d(cin, cout, 3, padding=1, groups=groups, device=device),
-            "conv_s": nn.Conv2d(cin, cout, size, padding=size // 2, groups=groups, device=device),
-            "dense": njet["dense"], "fact": njet["factorised"], "auto": njet["auto"]}
+    mods = {"conv3": nn.Conv2d(cin, cout, 3, padding=1, groups=groups, device=device)}
+    filter_gib = cout * cin // groups * size * size * 4 / 2**30
+    if filter_gib <= max_filter_gib:
+        mods["conv_s"] = nn.Conv2d(cin, cout, size, padding=size // 2, groups=groups, device=device)
+        mods["dense"] = njet["dense"]
+    mods.update(fact=njet["factorised"], auto=njet["auto"])
     x = torch.randn(batch, cin, hw, hw, device=device)
     xr = x.clone().requires_grad_(True)
     gy = torch.randn(batch, cout, hw, hw, device=device)
@@ -120,13 +128,13 @@ def sweep_point(spec, sigma: float, reps: int, device, max_seconds: float) -> di
         xr.grad = None
         m(xr).backward(gy)
 
-    row = {"shape": label, "sigma": sigma, "size": size, "batch": batch}
+    row = {"shape": label, "sigma": sigma, "size": size, "batch": batch, "filter_gib": filter_gib}
     for m in mods.values():
         m.train()
     t, single = median_times({n: (lambda m=m: train_step(m)) for n, m in mods.items()}, reps, device, max_seconds)
     row["train"], row["train_single"] = t, sorted(single)
     row["train_path"] = njet["auto"].last_path
-    row["saved"] = {n: saved_mib(mods[n], xr) for n in ("conv3", "dense", "fact")}
+    row["saved"] = {n: saved_mib(mods[n], xr) for n in ("conv3", "dense", "fact") if n in mods}
     for m in mods.values():
         m.eval()
     with torch.no_grad():
@@ -137,40 +145,66 @@ def sweep_point(spec, sigma: float, reps: int, device, max_seconds: float) -> di
 
 
 def _ratio(row, kind, name, base="conv3") -> str:
+    if name not in row[kind] or base not in row[kind]:
+        return "—"
     mark = "¹" if name in row[f"{kind}_single"] else ""
     return f"{row[kind][name] / row[kind][base]:.2f}{mark}"
 
 
+def _auto_vs_best(row, kind) -> float:
+    return row[kind]["auto"] / min(row[kind].get("dense", float("inf")), row[kind]["fact"])
+
+
 def sweep_table(rows: list[dict], kind: str) -> Table:
     title = "train step (forward + backward)" if kind == "train" else "eval forward (no_grad)"
-    table = Table(title=f"{title}: median time ÷ the 3×3 nn.Conv2d's (¹ = timed once)")
-    for col in ("shape", "σ", "s", "conv3 ms", "dense", "fact", "auto", "auto/best", "auto/conv s×s",
+    table = Table(title=f"{title}: median time ÷ the 3×3 nn.Conv2d's (¹ = timed once, — = not run)")
+    for col in ("shape", "batch", "σ", "s", "conv3 ms", "dense", "fact", "auto", "auto/best", "auto/conv s×s",
                 "act. MiB conv3/dense/fact"):
         table.add_column(col, justify="left" if col == "shape" else "right", no_wrap=True)
     for r in rows:
-        best = min(r[kind]["dense"], r[kind]["fact"])
-        mem = "/".join(f"{r['saved'][n]:.0f}" for n in ("conv3", "dense", "fact")) if kind == "train" else ""
+        mem = "/".join(f"{r['saved'][n]:.0f}" if n in r["saved"] else "—" for n in ("conv3", "dense", "fact"))
         table.add_row(
-            r["shape"], f"{r['sigma']:g}", str(r["size"]), f"{r[kind]['conv3']:.0f}",
+            r["shape"], str(r["batch"]), f"{r['sigma']:g}", str(r["size"]), f"{r[kind]['conv3']:.0f}",
             _ratio(r, kind, "dense"), _ratio(r, kind, "fact"),
             f"{_ratio(r, kind, 'auto')} {PATH_LETTER.get(r[f'{kind}_path'], '?')}",
-            f"{r[kind]['auto'] / best:.2f}", _ratio(r, kind, "auto", "conv_s"), mem,
+            f"{_auto_vs_best(r, kind):.2f}", _ratio(r, kind, "auto", "conv_s"), mem if kind == "train" else "",
         )
     return table
 
 
+def print_sweep(rows: list[dict], console) -> None:
+    for kind in ("train", "eval"):
+        console.print(sweep_table(rows, kind))
+    worst = max(_auto_vs_best(r, k) for r in rows for k in ("train", "eval"))
+    console.print(f"auto ÷ better of dense and factorised, worst point: {worst:.2f} (target ≤ 1.10)")
+
+
 def run_sweep(args, device, console) -> list[dict]:
     specs, sigmas = (QUICK_SWEEP, QUICK_SIGMAS) if args.quick else (SWEEP, SIGMAS)
+    if args.only:
+        specs = [s for s in specs if args.only in s[0]]
+    if args.sigmas:
+        sigmas = [float(v) for v in args.sigmas.split(",")]
     rows = []
     for spec in specs:
         for sigma in sigmas:
-            rows.append(sweep_point(spec, sigma, args.reps, device, args.max_seconds))
+            row = sweep_point(spec, sigma, args.reps, device, args.max_seconds, args.max_filter_gib)
+            row["threads"], row["load"] = torch.get_num_threads(), _load()
+            rows.append(row)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(row) + "\n")
             console.print(f"  done {spec[0]} σ={sigma:g}", style="dim")
-    for kind in ("train", "eval"):
-        console.print(sweep_table(rows, kind))
-    worst = max(r[k]["auto"] / min(r[k]["dense"], r[k]["fact"]) for r in rows for k in ("train", "eval"))
-    console.print(f"auto ÷ better of dense and factorised, worst point: {worst:.2f} (target ≤ 1.10)")
+    print_sweep(rows, console)
     return rows
+
+
+def _load() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
 
 
 def run_shapes(args, device, console) -> list[dict]:
@@ -179,7 +213,8 @@ def run_shapes(args, device, console) -> list[dict]:
     for col in ("shape", "path", "train ms", "/conv s×s", "/conv 3×3", "eval ms", "/conv s×s", "/conv 3×3"):
         table.add_column(col, justify="left" if col == "shape" else "right", no_wrap=True)
     for label, batch, cin, cout, hw, groups, sigma in QUICK_SHAPES if args.quick else SHAPES:
-        r = sweep_point((label, batch, cin, cout, hw, groups), sigma, args.reps, device, args.max_seconds)
+        r = sweep_point((label, batch, cin, cout, hw, groups), sigma, args.reps, device, args.max_seconds,
+                        args.max_filter_gib)
         rows.append(r)
         tr, ev = r["train"], r["eval"]
         table.add_row(label, r["train_path"], f"{tr['auto']:.1f}", f"{tr['auto'] / tr['conv_s']:.2f}",
@@ -240,13 +275,21 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=4.0, help="time once what takes longer than this")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--json", default=None, help="also write the measurements to this file")
+    ap.add_argument("--max-filter-gib", type=float, default=2.0, help="skip dense where its filter exceeds this")
+    ap.add_argument("--only", default=None, help="sweep only the shapes whose label contains this")
+    ap.add_argument("--sigmas", default=None, help="comma-separated σ values for the sweep")
+    ap.add_argument("--json", default=None, help="append the sweep's points to this file (JSON lines)")
+    ap.add_argument("--table", default=None, help="print the sweep tables from a --json file and exit")
     ap.add_argument("--conversion", action="store_true", help="time and memory of fitting ASPP-sized layers")
     ap.add_argument("--conversion-one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.conversion_one:
         warnings.filterwarnings("ignore")
         print(json.dumps(_convert_one(args.conversion_one)))
+        return
+    if args.table:
+        with open(args.table) as f:
+            print_sweep([json.loads(line) for line in f if line.strip()], Console(width=150))
         return
     args.reps = args.reps or (3 if args.quick else 5)
     if args.threads:
@@ -255,20 +298,17 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     warnings.filterwarnings("ignore", message=".*capped at max_size.*")
-    console = Console(width=140)
+    console = Console(width=150)
     load = open("/proc/loadavg").read().split()[:3] if device.type == "cpu" else []
     console.print(f"device={device}, torch {torch.__version__}, threads={torch.get_num_threads()}, reps={args.reps}, "
                   f"load average at start {' '.join(load)}")
     if args.conversion:
-        rows = run_conversion(console)
+        run_conversion(console)
     elif args.shapes:
-        rows = run_shapes(args, device, console)
+        run_shapes(args, device, console)
     else:
-        rows = run_sweep(args, device, console)
+        run_sweep(args, device, console)
     console.print(f"factorised scratch buffers held after the run: {release_workspace() / 2**20:.1f} MiB")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":
