@@ -108,6 +108,7 @@ class NJetConv2d(nn.Module):
         self.sigma_per, self.max_size, self.padding_mode = sigma_per, max_size, padding_mode
         self.padding, self.trim = padding, int(trim)
         self.path, self.last_path = path, None
+        self._plan: tuple | None = None  # (call signature, path) of the last auto decision
         self.learn_sigma = learn_sigma
         self.fit_error: float | None = None
         self.size_capped = False
@@ -227,13 +228,18 @@ class NJetConv2d(nn.Module):
         if self.path in ("dense", "basis_first", "mix_first"):
             return self.path
         size = 2 * self.half_width + 1
+        training = torch.is_grad_enabled() and (self._needs_grad() or x.requires_grad)
+        key = (tuple(x.shape), x.device, size, training, self.path, torch.get_num_threads())
+        if self._plan is not None and self._plan[0] == key:  # same call as last time: same answer
+            return self._plan[1]
         pads = self._pads(x.shape[-2:], size)
         ho = axis_geometry(x.shape[-2], (pads[2], pads[3]), size, self.stride)[-1]
         wo = axis_geometry(x.shape[-1], (pads[0], pads[1]), size, self.stride)[-1]
         shape = ConvShape(x.shape[0], self.in_channels, self.out_channels, self.groups, x.shape[-2], x.shape[-1],
                           ho, wo, size, self.order, self.sigma_per == "channel")
-        training = torch.is_grad_enabled() and (self._needs_grad() or x.requires_grad)
-        return choose_path(shape, x.device, training, self.path, self._dense_fits(size, training))
+        path = choose_path(shape, x.device, training, self.path, self._dense_fits(size, training))
+        self._plan = (key, path)
+        return path
 
     def _dense_fits(self, size: int, training: bool, *, strict: bool = False) -> bool:
         """Whether the dense ``size×size`` filter fits in memory (``strict``: raise ``MemoryError`` if not)."""
