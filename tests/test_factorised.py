@@ -17,6 +17,15 @@ from njetify.layers.tied import TiedNJetConv2d
 ORDERS = ("basis_first", "mix_first")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Thousands of tiny ops: one thread avoids OpenMP barrier stalls on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _random_layer(rng: random.Random) -> tuple[NJetConv2d, torch.Tensor]:
     """A float64 layer with random channels, groups, σ (per layer or channel), stride, padding and trim."""
     groups = rng.choice([1, 1, 2, 3])
