@@ -200,6 +200,7 @@ def test_sizes_too_small_for_the_filter_name_the_problem():
 def test_module_wrapper_shapes(groups, cin, cout):
     layer = NJetConv2d(cin, cout, sigma=3.0, groups=groups, stride=2, path="factorised")
     assert layer(torch.randn(2, cin, 21, 18)).shape == (2, cout, 11, 9)
+    assert layer(torch.randn(cin, 21, 18)).shape == (cout, 11, 9)  # unbatched, as nn.Conv2d
     assert "path='factorised'" in repr(layer)
 
 

@@ -214,12 +214,17 @@ class NJetConv2d(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C_in, H, W)`` → ``(N, C_out, H', W')``, dense or factorised (see ``path``)."""
+        """``(N, C_in, H, W)`` → ``(N, C_out, H', W')``, dense or factorised (see ``path``); unbatched works too."""
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
         path = self.choose_path(x)
         if path == "dense":
             out = self._conv_dense(x)
         else:
             out = self._conv_factorised(x, path)
+        if unbatched:
+            out = out.squeeze(0)
         self.last_path = path
         return out
 
