@@ -1,4 +1,8 @@
-"""Training-step throughput and memory: CIFAR ResNet-32 converted with ``paper-resnet32`` vs the original.
+"""Training-step throughput and memory: CIFAR ResNet-32 converted with ``paper-resnet32`` and ``default`` vs the original.
+
+Recipes (``--recipes``): ``paper-resnet32`` (σ₀ = 1, the paper's from-scratch setting) and ``default``
+(σ₀ from the kernels: 0.5 for a 3×3, so the converted network starts with 3×3 filters). Every
+converted variant below is built once per recipe and labelled ``variant[recipe]``.
 
 For every variant — original, converted with ``subsample="keep"``, converted with
 ``subsample="safe"`` — and every execution setting (fp32, channels_last, bf16 autocast,
@@ -37,8 +41,8 @@ SETTINGS = {"fp32": (False, False), "channels_last": (True, False), "bf16": (Fal
             "channels_last+bf16": (True, True)}
 
 
-def build(variant: str) -> nn.Module:
-    """``original`` resnet32; converted with the paper-resnet32 recipe and ``subsample`` = ``keep``/``safe``;
+def build(variant: str, recipe: str = "paper-resnet32") -> nn.Module:
+    """``original`` resnet32; converted with ``recipe`` and ``subsample`` = ``keep``/``safe``;
     or ``keep-baked``: the ``keep`` model with every N-Jet layer replaced by the plain ``nn.Conv2d`` of its
     materialised filter (same kernel size) — the cost of the convolutions alone, without the N-Jet machinery."""
     torch.manual_seed(0)
@@ -46,7 +50,7 @@ def build(variant: str) -> nn.Module:
     if variant == "original":
         return model
     base = variant.removesuffix("-baked").removesuffix("-fixed")
-    model = njetify.njetify(model, recipe="paper-resnet32", subsample=base)
+    model = njetify.njetify(model, recipe=recipe, subsample=base)
     if variant.endswith("-fixed"):  # σ frozen at σ₀: filter sizes cannot grow during the steps
         for m in model.modules():
             if isinstance(m, njetify.NJetConv2d):
@@ -80,10 +84,11 @@ def saved_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) 
 
 
 class Case:
-    def __init__(self, variant: str, setting: str, batch: int, device: torch.device):
+    def __init__(self, variant: str, setting: str, batch: int, device: torch.device, recipe: str = "paper-resnet32"):
         self.variant, self.setting = variant, setting
+        self.label = variant if variant == "original" else f"{variant}[{recipe}]"
         cl, self.bf16 = SETTINGS[setting]
-        self.model = build(variant).to(device).train()
+        self.model = build(variant, recipe).to(device).train()
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(batch, 3, 32, 32, generator=g).to(device)
         self.y = torch.randint(0, 10, (batch,), generator=g).to(device)
@@ -136,6 +141,7 @@ def main() -> None:
     p.add_argument("--variants", default="original,keep,keep-fixed,keep-baked,safe",
                    help="comma-separated: original (first), keep, keep-fixed, keep-baked, safe")
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {list(SETTINGS)}")
+    p.add_argument("--recipes", default="paper-resnet32,default", help="comma-separated recipes to convert with")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,7 +150,9 @@ def main() -> None:
     variants = args.variants.split(",")
     if variants[0] != "original":
         raise SystemExit("--variants must start with 'original' (the baseline of the ratios)")
-    cases = [Case(v, s, args.batch, device) for s in settings for v in variants]
+    recipes = args.recipes.split(",")
+    cases = [Case(v, s, args.batch, device, r) for s in settings for v in variants
+             for r in (recipes[:1] if v == "original" else recipes)]
     for c in cases:
         c.step()  # warm-up (allocations, σ host reads, autotuning)
         c.measure_memory()
@@ -154,20 +162,23 @@ def main() -> None:
     mem_kind = "peak MiB" if device.type == "cuda" else "saved-for-backward MiB"
     print(f"resnet32, batch {args.batch}, 32×32, device {device} ({torch.get_num_threads()} threads), "
           f"median of {args.rounds} rounds × {args.steps} steps")
-    print(f"{'setting':<20}{'model':<11}{'img/s':>9}{'slowdown':>10}{mem_kind:>24}{'mem ratio':>11}  filters")
+    print(f"{'setting':<20}{'model':<28}{'img/s':>9}{'slowdown':>10}{mem_kind:>24}{'mem ratio':>11}  filters")
     for s in settings:
         row = [c for c in cases if c.setting == s]
         base = row[0]
         for c in row:
-            print(f"{s:<20}{c.variant:<11}{c.ips:>9.1f}{base.ips / c.ips:>9.2f}×{c.memory / 2**20:>24.1f}"
+            print(f"{s:<20}{c.label:<28}{c.ips:>9.1f}{base.ips / c.ips:>9.2f}×{c.memory / 2**20:>24.1f}"
                   f"{c.memory / base.memory:>10.2f}×  {kernel_sizes(c.model)}")
-    fp = {c.variant: c for c in cases if c.setting == settings[0]}
-    if "keep" in fp:
-        print(f"\n{settings[0]}: converted/original slowdown keep {fp['original'].ips / fp['keep'].ips:.2f}× "
-              "(target ≤ 1.5×)" + (f", safe {fp['original'].ips / fp['safe'].ips:.2f}×" if "safe" in fp else ""))
-    if "keep-fixed" in fp and "keep-baked" in fp:
-        print(f"N-Jet machinery over plain convs with the same kernels (σ fixed): "
-              f"{fp['keep-baked'].ips / fp['keep-fixed'].ips:.2f}×")
+    fp = {c.label: c for c in cases if c.setting == settings[0]}
+    for r in recipes:
+        keep, safe = fp.get(f"keep[{r}]"), fp.get(f"safe[{r}]")
+        if keep is not None:
+            print(f"\n{settings[0]}, {r}: converted/original slowdown keep {fp['original'].ips / keep.ips:.2f}× "
+                  "(target ≤ 1.5×)" + (f", safe {fp['original'].ips / safe.ips:.2f}×" if safe else ""))
+        fixed, baked = fp.get(f"keep-fixed[{r}]"), fp.get(f"keep-baked[{r}]")
+        if fixed is not None and baked is not None:
+            print(f"{r}: N-Jet machinery over plain convs with the same kernels (σ fixed): "
+                  f"{baked.ips / fixed.ips:.2f}×")
 
 
 def kernel_sizes(model: nn.Module) -> str:

@@ -6,29 +6,46 @@ filter (:meth:`NJetConv2d.to_conv`), every tied ASPP branch by its own conv, and
 factor. The baked model computes the same outputs as the converted one for every input
 size (the resize rule is the same function of the input side), has no ``log_sigma``
 parameter, and exports to ONNX (:func:`export_onnx`).
+
+Where the dense filter is not reasonable — its multiply-adds per output pixel exceed
+:data:`FACTORISED_RATIO` times those of the factorised form (a 2048→256 layer at σ = 18
+with a 63×63 filter: ~300×) — the layer is baked as a
+:class:`~njetify.layers.factorised_conv.FactorisedConv2d` instead (1-D convs + a 1×1
+conv, same outputs, also exportable); :func:`bake` warns once, naming those layers, and
+:func:`factorised_layers` lists them with the reason.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .layers import Conv2dDynamicSame, FixedSubsample, SafeSubsample, carries_sigma
+from .layers.factorised_conv import FACTORISED_RATIO, FactorisedConv2d
 from .modes import evaluating
 
 __all__ = [
     "Conv2dDynamicSame",
+    "FACTORISED_RATIO",
+    "FactorisedConv2d",
     "FixedSubsample",
     "bake",
+    "factorised_layers",
     "check_onnx",
     "export_onnx",
     "freeze_subsampling",
     "save_baked",
 ]
+
+
+def factorised_layers(model: nn.Module) -> list[tuple[str, FactorisedConv2d]]:
+    """The layers of a baked model kept in factorised form, with their paths (``.reason`` says why)."""
+    return [(p, m) for p, m in model.named_modules() if isinstance(m, FactorisedConv2d)]
 
 
 def _set(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -55,7 +72,8 @@ def freeze_subsampling(model: nn.Module, at: str = "learned", *, inplace: bool =
 
 @torch.no_grad()
 def bake(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """Freeze a converted model: N-Jet layers → ``nn.Conv2d``, SafeSubsample → :class:`FixedSubsample`.
+    """Freeze a converted model: N-Jet layers → ``nn.Conv2d`` (or :class:`FactorisedConv2d` where the
+    dense filter is unreasonable, see :data:`FACTORISED_RATIO`), SafeSubsample → :class:`FixedSubsample`.
 
     Args:
         model: a model from :func:`njetify.njetify` (or :func:`njetify.load`), fine-tuned or not.
@@ -87,6 +105,12 @@ def bake(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if left:
         names = ", ".join(f"{p} ({t})" for p, t in left[:5])
         raise ValueError(f"bake: cannot freeze {len(left)} module(s) with a learned σ: {names}")
+    kept = factorised_layers(model)
+    if kept:
+        names = ", ".join(f"{p} ({m.size}x{m.size})" for p, m in kept[:5]) + (" ..." if len(kept) > 5 else "")
+        warnings.warn(f"bake: {len(kept)} layer(s) baked as FactorisedConv2d (1-D convs + 1x1 conv, same outputs) "
+                      f"because a dense filter would cost over {FACTORISED_RATIO:g}x the multiply-adds: {names}",
+                      stacklevel=2)
     return model
 
 
@@ -112,8 +136,6 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
-    import warnings
-
     with evaluating(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shapes turned into constants
         torch.onnx.export(

@@ -1,18 +1,19 @@
-"""Least-squares projection of pretrained kernels onto the N-Jet basis (DESIGN §3).
+"""Least-squares projection of pretrained kernels onto the N-Jet basis (DESIGN §3, §5).
 
-Two fits, both solved in float64:
+K ≥ 1 kernels may share one α (tied ASPP branches; a single layer is K = 1), each with
+its own basis ``B_k`` (at σ_k, on an ``s_k × s_k`` grid). Two fits, both in float64:
 
-* weight space — ``min_α ‖Σ_f α_f B_f − W‖²`` for every (out, in) pair at once
-  with one pseudo-inverse of the ``F × s²`` basis matrix;
-* data-aware — weights the fit by the second moments of the layer's real input
-  patches, ``α_oc = W_oc C_c Bᵀ (B C_c Bᵀ)⁻¹``, which minimises the error of the
-  layer's *output*. :class:`PatchMoments` collects ``C_c Bᵀ = E[p qᵀ]`` and
-  ``B C_c Bᵀ = E[q qᵀ]`` (with ``q = B p``) batch by batch, so the s²×s² patch
-  covariance is never formed.
+* weight space — ``min_α Σ_k ‖α B_k − W_k‖²``;
+* data-aware — the error of the layers' *outputs* on recorded inputs, per input channel c:
+  ``α_oc = α0_oc + (Σ_k W_k,oc M_k,c − α0_oc Q_k,c)(Σ_k Q_k,c + λI)⁻¹`` with
+  ``M = E[P qᵀ]`` (input at the kernel's taps × basis responses) and ``Q = E[q qᵀ]``,
+  collected by :class:`njetify.moments.TapMoments`.
 
-Kernels are compared on a dense square grid: a dilated k×k kernel becomes a
-``d(k−1)+1`` grid with zeros between taps, and the smaller of kernel and basis
-is zero-padded to the larger, centred.
+Memory stays bounded: a kernel is used at its own taps only — a dilated 3×3 kernel at
+rate 36 is 9 taps, never the dense 73×73 grid — so ``W Bᵀ`` needs the basis at the taps,
+``(Σ_k B_k B_kᵀ)⁺`` is F×F, and the weight-space error splits exactly into the residual at
+the taps plus ``‖α B_off‖²`` (the basis off the taps) computed through an F×F factor. Work
+runs in chunks of output channels: no float64 tensor of size ``O·C·s²`` is ever formed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 #: ``E[q qᵀ]``; keeps channels that never fire (dead ReLUs) at the weight-space fit.
 RIDGE = 1e-6
 
-#: Patch tensors of the data-aware statistics are built in channel chunks of about this many bytes.
+#: Temporary tensors of the fits and statistics are built in chunks of about this many bytes.
 CHUNK_BYTES = 64 * 2**20
 
 
@@ -45,120 +46,158 @@ def center_pad(t: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(t, (p, p, p, p)) if p > 0 else t
 
 
-def weight_space_fit(weight: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Least-squares coefficients of ``weight`` in ``basis``.
+def tap_offsets(kernel_size: int, dilation: int) -> torch.Tensor:
+    """``(k², 2)`` integer (dy, dx) offsets of a k×k kernel's taps from its centre, row-major."""
+    r = torch.arange(kernel_size) - (kernel_size - 1) // 2
+    dy, dx = torch.meshgrid(r * dilation, r * dilation, indexing="ij")
+    return torch.stack([dy.flatten(), dx.flatten()], 1)
+
+
+def basis_at_taps(basis2d: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Basis values at tap offsets: ``(F, s, s)`` × ``(T, 2)`` → ``(F, T)``; taps outside the grid are 0."""
+    half = (basis2d.shape[-1] - 1) // 2
+    out = basis2d.new_zeros(basis2d.shape[0], offsets.shape[0])
+    inside = (offsets.abs() <= half).all(1)
+    idx = offsets[inside] + half
+    out[:, inside] = basis2d[:, idx[:, 0], idx[:, 1]]
+    return out
+
+
+class _Branch:
+    """One kernel's view of its basis: ``taps (F, T)`` and ``off (r, F)`` with
+    ``‖α B_off‖² = ‖α offᵀ‖²`` for the basis at the grid points that are not taps."""
+
+    def __init__(self, basis2d: torch.Tensor, kernel_size: int, dilation: int):
+        b = basis2d.detach().double()
+        offsets = tap_offsets(kernel_size, dilation)
+        self.taps = basis_at_taps(b, offsets)
+        half = (b.shape[-1] - 1) // 2
+        off = b.clone()
+        inside = offsets[(offsets.abs() <= half).all(1)] + half
+        off[:, inside[:, 0], inside[:, 1]] = 0
+        self.off = torch.linalg.qr(off.flatten(1).T, mode="r").R  # (min(s², F), F)
+        self.full = b.flatten(1)
+
+
+def _gram_pinv(branches: list[_Branch]) -> torch.Tensor:
+    """``(Σ_k B_k B_kᵀ)⁺`` (F×F) from the stacked full-grid bases, with pinv's cut-off on B, not on B Bᵀ."""
+    stacked = torch.cat([b.full for b in branches], 1)  # (F, Σ s_k²)
+    u, s, _ = torch.linalg.svd(stacked, full_matrices=False)
+    keep = s > s.max() * max(stacked.shape) * torch.finfo(stacked.dtype).eps
+    u, s = u[:, keep], s[keep]
+    return (u / s**2) @ u.T
+
+
+def _chunks(out_channels: int, per_row_bytes: int):
+    """Slices of output channels whose temporaries take about :data:`CHUNK_BYTES`."""
+    step = max(1, CHUNK_BYTES // max(1, per_row_bytes))
+    for o0 in range(0, out_channels, step):
+        yield slice(o0, min(out_channels, o0 + step))
+
+
+def _taps(weight: torch.Tensor, rows: slice) -> torch.Tensor:
+    return weight[rows].detach().double().flatten(2)  # (rows, Cg, T)
+
+
+def _errors(alpha: torch.Tensor, weights, branches) -> tuple[float, list[float]]:
+    """Joint and per-kernel relative weight-space errors ``‖α B_k − W_k‖ / ‖W_k‖`` on the dense grids."""
+    e2, n2 = [0.0] * len(weights), [0.0] * len(weights)
+    cg, nf = alpha.shape[1:]
+    per_row = 8 * cg * max(nf, max(w[0, 0].numel() for w in weights))
+    for rows in _chunks(alpha.shape[0], 3 * per_row):
+        a = alpha[rows]
+        for k, (w, br) in enumerate(zip(weights, branches)):
+            wt = _taps(w, rows)
+            e2[k] += float((a @ br.taps - wt).square().sum()) + float((a @ br.off.T).square().sum())
+            n2[k] += float(wt.square().sum())
+    errs = [(e / n) ** 0.5 if n > 0 else e**0.5 for e, n in zip(e2, n2)]
+    num, den = sum(e2), sum(n2)
+    return ((num / den) ** 0.5 if den > 0 else num**0.5), errs
+
+
+def joint_weight_fit(
+    weights: list[torch.Tensor], dilations: list[int], bases: list[torch.Tensor]
+) -> tuple[torch.Tensor, float, list[float]]:
+    """Shared α minimising ``Σ_k ‖α B_k − W_k‖²``.
 
     Args:
-        weight: dense kernels ``(O, C, k, k)`` (k odd).
-        basis: ``(F, s, s)`` (s odd) — one σ for all outputs.
+        weights: K kernels ``(O, C/groups, k, k)`` (k odd), as stored in the convs.
+        dilations: K dilation rates; kernel k covers a ``d(k−1)+1`` grid.
+        bases: K bases ``(F, s_k, s_k)``, each at its kernel's σ.
 
     Returns:
-        ``alpha (O, C, F)`` in weight's dtype, and the relative error
-        ``‖W_fit − W‖ / ‖W‖`` on the common grid.
+        ``alpha (O, C/groups, F)`` in float64, the joint relative error
+        ``sqrt(Σ_k ‖α B_k − W_k‖² / Σ_k ‖W_k‖²)`` and the per-kernel relative errors.
     """
-    grid = max(weight.shape[-1], basis.shape[-1])
-    w = center_pad(weight.double(), grid).flatten(2)  # (O, C, g²)
-    b = center_pad(basis.detach().double(), grid).flatten(1)  # (F, g²)
-    alpha = w @ torch.linalg.pinv(b)  # (O, C, F)
-    return alpha.to(weight.dtype), relative_error(alpha @ b, w)
+    branches = [_Branch(b, w.shape[-1], d) for w, d, b in zip(weights, dilations, bases)]
+    pinv = _gram_pinv(branches)
+    out_ch, cg = weights[0].shape[:2]
+    alpha = torch.empty(out_ch, cg, pinv.shape[0], dtype=torch.float64, device=weights[0].device)
+    per_row = 8 * cg * max(w[0, 0].numel() for w in weights)
+    for rows in _chunks(out_ch, 2 * per_row):
+        rhs = sum(_taps(w, rows) @ br.taps.T for w, br in zip(weights, branches))  # (rows, Cg, F)
+        alpha[rows] = rhs @ pinv
+    err, errs = _errors(alpha, weights, branches)
+    return alpha, err, errs
 
 
-def relative_error(approx: torch.Tensor, target: torch.Tensor) -> float:
-    """``‖approx − target‖ / ‖target‖`` (0 when both are 0)."""
-    norm = target.norm()
-    if norm == 0:
-        return float((approx - target).norm())
-    return float((approx - target).norm() / norm)
+def weight_space_fit(weight: torch.Tensor, basis: torch.Tensor, dilation: int = 1) -> tuple[torch.Tensor, float]:
+    """Least-squares coefficients of one kernel ``(O, C, k, k)`` (dilation d) in ``basis (F, s, s)``.
 
-
-class PatchMoments:
-    """Running second moments of a layer's input patches, projected on a basis.
-
-    Accumulates, per input channel c, ``E[p qᵀ]`` (s²×F) and ``E[q qᵀ]`` (F×F),
-    where p is the s×s patch the conv sees and ``q = B p``.
-
-    Args:
-        basis: ``(F, s, s)`` at the initial σ.
-        padding: zero padding the layer applies (``(s−1)/2`` for "same").
-        stride: positions the layer evaluates (the original conv's stride).
+    Returns ``alpha (O, C, F)`` in weight's dtype and the relative error ``‖W_fit − W‖ / ‖W‖``
+    on the common grid. The dense dilated grid is never formed.
     """
-
-    def __init__(self, basis: torch.Tensor, padding: int, stride: int = 1):
-        self.basis = basis.detach().double()
-        self.size = basis.shape[-1]
-        self.padding = padding
-        self.stride = stride
-        self.pq: torch.Tensor | None = None  # (C, s², F)
-        self.qq: torch.Tensor | None = None  # (C, F, F)
-        self.count = 0
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Add one batch ``x (N, C, H, W)`` of the layer's inputs."""
-        x = x.detach().double()
-        n, c = x.shape[:2]
-        s, nf = self.size, self.basis.shape[0]
-        if self.pq is None:
-            self.pq = x.new_zeros(c, s * s, nf)
-            self.qq = x.new_zeros(c, nf, nf)
-        x = F.pad(x, [self.padding] * 4)
-        positions = _positions(x.shape[-2], s, self.stride) * _positions(x.shape[-1], s, self.stride)
-        chunk = max(1, CHUNK_BYTES // max(1, n * s * s * positions * 8))
-        for c0 in range(0, c, chunk):
-            xc = x[:, c0 : c0 + chunk]
-            cc = xc.shape[1]
-            flat = xc.reshape(n * cc, 1, *xc.shape[-2:])
-            p = F.unfold(flat, s, stride=self.stride).view(n, cc, s * s, -1)
-            q = torch.einsum("fk,nckl->ncfl", self.basis.flatten(1), p)
-            self.pq[c0 : c0 + cc] += torch.einsum("nckl,ncfl->ckf", p, q)
-            self.qq[c0 : c0 + cc] += torch.einsum("ncfl,ncgl->cfg", q, q)
-        self.count += n * positions
+    alpha, err, _ = joint_weight_fit([weight], [dilation], [basis])
+    return alpha.to(weight.dtype), err
 
 
-def _positions(length: int, size: int, stride: int) -> int:
-    return max(0, (length - size) // stride + 1)
+def joint_data_aware_fit(
+    weights: list[torch.Tensor], dilations: list[int], bases: list[torch.Tensor], moments, groups: int = 1
+) -> tuple[torch.Tensor, float, list[float]]:
+    """Shared α minimising the summed output error of the K kernels on the recorded inputs.
+
+    Starts from :func:`joint_weight_fit` and fits its residual, so channels that never fire
+    keep their weight-space coefficients. ``moments``: a :class:`njetify.moments.TapMoments`
+    recorded with the same bases and the kernels' taps.
+
+    Returns ``alpha (O, C/groups, F)`` in float64 and the joint and per-kernel *weight-space*
+    relative errors of that α (the output error is measured by the caller).
+    """
+    if any(m is None for m in moments.m) or min(moments.count) == 0:
+        raise ValueError("data-aware fit: no calibration position reached the layer (moments are empty)")
+    alpha, _, _ = joint_weight_fit(weights, dilations, bases)
+    ms = [m / cnt for m, cnt in zip(moments.m, moments.count)]  # (C, T_k, F)
+    den = sum(q / cnt for q, cnt in zip(moments.q, moments.count))  # (C, F, F)
+    nf = den.shape[-1]
+    ridge = RIDGE * den.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
+    inv = torch.linalg.inv(den + ridge[:, None, None] * torch.eye(nf, dtype=den.dtype, device=den.device))
+    out_ch, cg = alpha.shape[:2]
+    og = out_ch // groups
+    per_row = 8 * cg * max(w[0, 0].numel() + nf for w in weights)
+    for g in range(groups):
+        chans = slice(g * cg, (g + 1) * cg)
+        for rows in _chunks(og, 2 * per_row):
+            rows = slice(g * og + rows.start, g * og + rows.stop)
+            a0 = alpha[rows]
+            num = sum(torch.einsum("oct,ctf->ocf", _taps(w, rows), m[chans]) for w, m in zip(weights, ms))
+            num = num - torch.einsum("ocg,cgf->ocf", a0, den[chans])
+            alpha[rows] = a0 + torch.einsum("ocf,cfg->ocg", num, inv[chans])
+    branches = [_Branch(b, w.shape[-1], d) for w, d, b in zip(weights, dilations, bases)]
+    err, errs = _errors(alpha, weights, branches)
+    return alpha, err, errs
 
 
 def data_aware_fit(
-    weight: torch.Tensor, basis: torch.Tensor, moments: PatchMoments, groups: int = 1
+    weight: torch.Tensor, basis: torch.Tensor, moments, groups: int = 1, dilation: int = 1
 ) -> tuple[torch.Tensor, float]:
-    """Coefficients that minimise the error of the layer's output on the recorded inputs.
-
-    Fits the residual of the weight-space fit, so a channel with no signal keeps
-    its weight-space coefficients.
+    """Coefficients of one kernel that minimise the error of the layer's output on recorded inputs.
 
     Args:
-        weight: dense kernels ``(O, C/groups, k, k)``.
-        basis: ``(F, s, s)``, the same basis the moments were recorded with.
-        moments: statistics of the layer's inputs (all C input channels).
+        weight: kernels ``(O, C/groups, k, k)`` with dilation ``dilation``.
+        basis: ``(F, s, s)``, the basis the moments were recorded with.
+        moments: a :class:`njetify.moments.TapMoments` of the layer's inputs (all C channels).
 
-    Returns:
-        ``alpha (O, C/groups, F)`` and the weight-space relative error of that α
-        on the common grid (the output-space gain is measured by the caller).
+    Returns ``alpha (O, C/groups, F)`` in weight's dtype and its weight-space relative error.
     """
-    if moments.pq is None:
-        raise ValueError("data_aware_fit: no calibration batch reached this layer (moments are empty)")
-    s = basis.shape[-1]
-    if weight.shape[-1] > s:
-        raise ValueError(
-            f"data_aware_fit: kernel grid {weight.shape[-1]} is larger than the basis grid {s}; "
-            "fit in weight space or use a larger σ"
-        )
-    alpha0, _ = weight_space_fit(weight, basis)
-    alpha0 = alpha0.double()
-    b = basis.detach().double().flatten(1)  # (F, s²)
-    w = center_pad(weight.double(), s).flatten(2)  # (O, Cg, s²)
-    resid = w - alpha0 @ b
-    pq, qq = moments.pq / moments.count, moments.qq / moments.count
-    nf = b.shape[0]
-    ridge = RIDGE * qq.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)  # (C,)
-    eye = torch.eye(nf, dtype=qq.dtype, device=qq.device)
-    solve = torch.linalg.solve(qq + ridge[:, None, None] * eye, pq.transpose(1, 2))  # (C, F, s²)
-    proj = solve.transpose(1, 2)  # (C, s², F) = E[pqᵀ] (E[qqᵀ] + λI)⁻¹
-    out_ch, cg = weight.shape[:2]
-    og = out_ch // groups
-    alpha = alpha0.clone()
-    for g in range(groups):
-        rows = slice(g * og, (g + 1) * og)
-        alpha[rows] += torch.einsum("ock,ckf->ocf", resid[rows], proj[g * cg : (g + 1) * cg])
-    return alpha.to(weight.dtype), relative_error(alpha @ b, w)
+    alpha, err, _ = joint_data_aware_fit([weight], [dilation], [basis], moments, groups)
+    return alpha.to(weight.dtype), err

@@ -92,9 +92,10 @@ def test_tied_branches_and_residuals():
     model = nn.Sequential(Head(), Residual(NJetConv2d(3, 3, order=2, sigma=0.7)))
     with torch.no_grad():
         tied.log_sigma.add_(0.3)
-    baked = bake(model)
-    assert all(type(b) is nn.Conv2d for b in baked[0].branches)
-    assert [b.kernel_size[0] for b in baked[0].branches] == [tied.kernel_size(k)[0] for k in range(3)]
+    with pytest.warns(UserWarning, match="branches.2 \\(11x11\\)"):  # 11×11 on 4→3: 3× the factorised MACs
+        baked = bake(model)
+    assert [type(b).__name__ for b in baked[0].branches] == ["Conv2d", "Conv2d", "FactorisedConv2d"]
+    assert [b.kernel_size[0] for b in baked[0].branches[:2]] == [tied.kernel_size(k)[0] for k in range(2)]
     _assert_same(model, baked)
 
 
@@ -179,3 +180,44 @@ def test_save_baked_pt(tmp_path):
         y = torch.randn(1, 3, s, s)
         with torch.no_grad():
             assert torch.equal(whole(y), model(y))
+
+
+def test_large_filters_bake_factorised_with_identical_outputs_and_export(tmp_path):
+    """σ = 4 on 32→32 (17×17 filter): the dense filter would cost ~9× the factorised MACs."""
+    from njetify.bake import factorised_layers
+
+    torch.manual_seed(0)
+    big = NJetConv2d(16, 32, order=3, sigma=4.0, stride=2, trim=1, padding_mode="reflect")
+    per_channel = NJetConv2d(32, 8, order=2, sigma=[3.0, 4.0] * 4, sigma_per="channel")
+    same = NJetConv2d(8, 8, order=2, sigma=3.0, padding="dynamic_same", stride=2)
+    small = NJetConv2d(8, 4, order=3, sigma=0.5)
+    model = nn.Sequential(big, nn.ReLU(), per_channel, same, small).eval()
+    with pytest.warns(UserWarning, match=r"3 layer\(s\) baked as FactorisedConv2d"):
+        baked = bake(model)
+    kinds = [type(m).__name__ for m in baked]
+    assert kinds == ["FactorisedConv2d", "ReLU", "FactorisedConv2d", "FactorisedConv2d", "Conv2d"]
+    assert [p for p, _ in factorised_layers(baked)] == ["0", "2", "3"]
+    assert baked[2].order == "mix_first" and "multiply-adds" in baked[0].reason
+    assert not any("log_sigma" in k for k in baked.state_dict())
+    _assert_same(model, baked, channels=16, sizes=(33, 40))
+    x = torch.randn(1, 16, 40, 40)
+    program = torch.export.export(baked, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), baked(x))
+    if pytest.importorskip("onnxruntime", reason="onnxruntime not installed"):
+        path = export_onnx(baked, tmp_path / "f.onnx", x)
+        assert check_onnx(path, model, x) < 1e-4
+
+
+def test_tied_branches_with_large_filters_bake_factorised():
+    torch.manual_seed(0)
+    convs = [nn.Conv2d(32, 16, 3, padding=r, dilation=r) for r in (1, 12)]
+    tied = TiedNJetConv2d.from_convs(convs, order=2)
+    model = nn.ModuleList(tied.branches)
+    with pytest.warns(UserWarning, match="FactorisedConv2d"):
+        baked = bake(model)
+    assert type(baked[0]) is nn.Conv2d and type(baked[1]).__name__ == "FactorisedConv2d"
+    x = torch.randn(2, 32, 30, 30)
+    with torch.no_grad():
+        for b, m in zip(baked, model):
+            torch.testing.assert_close(b(x), m(x), atol=1e-5, rtol=1e-4)

@@ -12,18 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import basis as B
-from ..fit import PatchMoments, data_aware_fit, dense_kernel, weight_space_fit
 from ..options import PADDING_MODES, SIGMA_PER
 from ._fx import as_traced_leaf
-from .padding import Conv2dDynamicSame, tf_same_pads
+from .axis_operators import axis_geometry
+from .factorised import factorised_conv2d
+from . import njet_convert as convert
+from .factorised_conv import FactorisedConv2d, factorised_bake_rule
+from .padding import tf_same_pads
+from .path_cost import PATHS, ConvShape, check_dense_fits, choose_path
 from .protocol import SigmaModule
-from ._checks import (
-    check_channels,
-    check_choice,
-    check_order,
-    check_positive,
-    conv_kind,
-)
+from ._checks import check_channels, check_choice, check_order, check_positive
 
 PADDINGS = ("same", "dynamic_same")
 
@@ -50,6 +48,11 @@ class NJetConv2d(SigmaModule):
             "SAME": asymmetric, computed from the input size, as timm's ``Conv2dSame``).
         trim: pixels per side by which the output is smaller than "same" (a converted
             ``padding=0`` 3×3 conv has trim 1); negative for extra padding.
+        path: how forward runs: ``"auto"`` (the cheaper of dense and factorised, predicted
+            per call by :mod:`njetify.layers.path_cost`), ``"dense"`` (materialise the s×s
+            filter), ``"factorised"`` (separable filtering + 1×1 mix, never forms the filter),
+            or a factorised order (``"basis_first"``, ``"mix_first"``). All give the same
+            outputs and gradients. ``last_path`` holds the way the last forward ran.
 
     A converted strided layer runs at stride 1 and carries its safe-subsampling as the
     ``subsample`` child (a :class:`~njetify.layers.SafeSubsample`, None otherwise), applied
@@ -75,6 +78,7 @@ class NJetConv2d(SigmaModule):
         *,
         padding: str = "same",
         trim: int = 0,
+        path: str = "auto",
         device=None,
         dtype=None,
     ):
@@ -85,6 +89,7 @@ class NJetConv2d(SigmaModule):
         check_choice("sigma_per", sigma_per, SIGMA_PER)
         check_choice("padding_mode", padding_mode, PADDING_MODES)
         check_choice("padding", padding, PADDINGS)
+        check_choice("path", path, PATHS)
         if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
             raise ValueError(f"NJetConv2d: stride must be a positive int, got {stride!r}")
         if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
@@ -107,6 +112,8 @@ class NJetConv2d(SigmaModule):
         self.order, self.extent, self.stride, self.groups = order, float(extent), stride, groups
         self.sigma_per, self.max_size, self.padding_mode = sigma_per, max_size, padding_mode
         self.padding, self.trim = padding, int(trim)
+        self.path, self.last_path = path, None
+        self._plan: tuple | None = None  # (call signature, path) of the last auto decision
         self.learn_sigma = learn_sigma
         self.fit_error: float | None = None
         self.size_capped = False
@@ -170,10 +177,14 @@ class NJetConv2d(SigmaModule):
 
     def basis(self) -> torch.Tensor:
         """The basis at the current σ: ``(F, s, s)`` per layer, ``(O, F, s, s)`` per channel."""
-        sigma = self.sigma
-        if self.sigma_per == "layer":
-            sigma = sigma[0]
-        return B.gaussian_basis_2d(sigma, self.order, self.half_width)
+        return B.gaussian_basis_2d(self._sigma_arg(), self.order, self.half_width)
+
+    def basis_1d(self) -> torch.Tensor:
+        """1-D Gaussian derivatives at the current σ: ``(N+1, s)`` per layer, ``(O, N+1, s)`` per channel."""
+        return B.gaussian_derivatives_1d(self._sigma_arg(), self.order, self.half_width)
+
+    def _sigma_arg(self) -> torch.Tensor:
+        return self.sigma[0] if self.sigma_per == "layer" else self.sigma
 
     def filters(self) -> torch.Tensor:
         """Materialised weight ``(out_channels, in_channels/groups, s, s)``; cached in eval mode."""
@@ -213,14 +224,64 @@ class NJetConv2d(SigmaModule):
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C_in, H, W)`` → ``(N, C_out, H', W')``."""
+        """``(N, C_in, H, W)`` → ``(N, C_out, H', W')``, dense or factorised (see ``path``); unbatched works too.
+
+        A carried ``subsample`` is applied to the output.
+        """
         leaf = as_traced_leaf(self, x)
         if leaf is not None:
             return leaf
-        y = self._convolve(x)
-        return y if self.subsample is None else self.subsample(y)
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        path = self.choose_path(x)
+        if path == "dense":
+            out = self._conv_dense(x)
+        else:
+            out = self._conv_factorised(x, path)
+        if self.subsample is not None:
+            out = self.subsample(out)
+        if unbatched:
+            out = out.squeeze(0)
+        self.last_path = path
+        return out
 
-    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
+    def choose_path(self, x: torch.Tensor) -> str:
+        """``"dense"``, ``"basis_first"`` or ``"mix_first"``: how a forward on ``x`` runs now."""
+        if self.path in ("dense", "basis_first", "mix_first"):
+            return self.path
+        size = 2 * self.half_width + 1
+        training = torch.is_grad_enabled() and (self._needs_grad() or x.requires_grad)
+        key = (tuple(x.shape), x.device, size, training, self.path, torch.get_num_threads())
+        if self._plan is not None and self._plan[0] == key:  # same call as last time: same answer
+            return self._plan[1]
+        pads = self._pads(x.shape[-2:], size)
+        ho = axis_geometry(x.shape[-2], (pads[2], pads[3]), size, self.stride)[-1]
+        wo = axis_geometry(x.shape[-1], (pads[0], pads[1]), size, self.stride)[-1]
+        shape = ConvShape(x.shape[0], self.in_channels, self.out_channels, self.groups, x.shape[-2], x.shape[-1],
+                          ho, wo, size, self.order, self.sigma_per == "channel")
+        path = choose_path(shape, x.device, training, self.path, self._dense_fits(size, training))
+        self._plan = (key, path)
+        return path
+
+    def _dense_fits(self, size: int, training: bool, *, strict: bool = False) -> bool:
+        """Whether the dense ``size×size`` filter fits in memory (``strict``: raise ``MemoryError`` if not)."""
+        cg = self.in_channels // self.groups
+        elem = self.alpha.element_size()
+        if self.out_channels * cg * size * size * elem < 2**28:  # < 256 MiB: never refused
+            return True
+        try:
+            check_dense_fits(repr(self).replace("\n", " "), self.out_channels, cg, size, elem, self.alpha.device,
+                             training)
+        except MemoryError:
+            if strict:
+                raise
+            return False
+        return True
+
+    def _conv_dense(self, x: torch.Tensor) -> torch.Tensor:
+        size = 2 * self.half_width + 1
+        self._dense_fits(size, torch.is_grad_enabled() and self._needs_grad(), strict=True)
         w = self.filters()
         pads = self._pads(x.shape[-2:], w.shape[-1])
         if self.padding_mode == "zeros" and pads[0] == pads[1] == pads[2] == pads[3] >= 0:
@@ -230,6 +291,19 @@ class NJetConv2d(SigmaModule):
             pads = [max(p, 0) for p in pads]
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
         return F.conv2d(F.pad(x, pads, mode=mode), w, self.bias, self.stride, 0, 1, self.groups)
+
+    def _conv_factorised(self, x: torch.Tensor, order: str) -> torch.Tensor:
+        if order == "basis_first" and self.sigma_per == "channel":
+            raise ValueError("NJetConv2d: path='basis_first' needs one σ for all outputs (sigma_per='layer'); "
+                             "use path='mix_first' or 'factorised'")
+        pads = self._pads(x.shape[-2:], 2 * self.half_width + 1)
+        out = factorised_conv2d(x, self.alpha, self.basis_1d(), pads, stride=self.stride,
+                                padding_mode=self.padding_mode, groups=self.groups, order=order)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype).view(1, -1, 1, 1)
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
 
     def _pads(self, hw, size: int) -> list[int]:
         """Padding (left, right, top, bottom) for the current filter size."""
@@ -262,6 +336,8 @@ class NJetConv2d(SigmaModule):
             s.append(f"padding={self.padding!r}, trim={self.trim}")
         if self.padding_mode != "zeros":
             s.append(f"padding_mode={self.padding_mode!r}")
+        if self.path != "auto":
+            s.append(f"path={self.path!r}")
         return ", ".join(s)
 
     # ------------------------------------------------------------- conversion
@@ -283,69 +359,26 @@ class NJetConv2d(SigmaModule):
         to the conv's weights — data-aware when ``inputs`` (tensors ``(N, C_in, H, W)``
         that reach this conv) are given. ``stride`` overrides the conv's stride (the
         surgery sets 1 and resizes afterwards). Extra keyword arguments
-        (``learn_sigma``, ``sigma_per``, ``max_size``) go to the constructor.
+        (``learn_sigma``, ``sigma_per``, ``max_size``, ``path``) go to the constructor.
         The relative weight-space error of the fit is stored in ``.fit_error``.
         """
-        kind = conv_kind(conv)
-        if kind is None:
-            raise TypeError(f"NJetConv2d.from_conv: expected an nn.Conv2d, got {type(conv).__name__}")
-        if kind != "ok":
-            raise ValueError(f"NJetConv2d.from_conv: cannot convert {conv!r}: {kind}")
-        k, d = conv.kernel_size[0], conv.dilation[0]
-        if sigma is None:
-            sigma = d * (k - 1) / (2.0 * extent)
-        dense = d * (k - 1) + 1
-        if conv.padding == "same":
-            trim = 0
-        elif conv.padding == "valid":
-            trim = (dense - 1) // 2
-        else:
-            trim = (dense - 1) // 2 - conv.padding[0]
-        padding = "dynamic_same" if type(conv).__name__ == "Conv2dSame" else "same"
-        w = conv.weight
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            order=order,
-            sigma=sigma,
-            extent=extent,
-            stride=conv.stride[0] if stride is None else stride,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            padding=padding,
-            trim=trim if padding == "same" else 0,
-            device=w.device,
-            dtype=w.dtype,
-            **kwargs,
-        )
-        layer.fit_(dense_kernel(w.detach(), d), inputs=inputs)
+        args = convert.layer_args(conv, order, sigma, extent, stride)
+        layer = cls(**args, device=conv.weight.device, dtype=conv.weight.dtype, **kwargs)
+        layer.fit_(conv.weight.detach(), inputs=inputs, dilation=conv.dilation[0])
         if conv.bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(conv.bias)
         return layer
 
     @torch.no_grad()
-    def fit_(self, kernel: torch.Tensor, inputs=None) -> float:
-        """Set α to the least-squares fit of dense kernels ``(O, C/groups, k, k)`` at the current σ.
+    def fit_(self, kernel: torch.Tensor, inputs=None, *, dilation: int = 1) -> float:
+        """Set α to the least-squares fit of kernels ``(O, C/groups, k, k)`` (dilation d) at the current σ.
 
-        With ``inputs`` (a tensor or an iterable of tensors reaching this layer) the
-        fit is data-aware. Returns and stores the relative weight-space error.
+        With ``inputs`` (a tensor or an iterable of tensors reaching this layer) the fit is
+        data-aware. The kernel is used at its k² taps: a dilated kernel is never spread on
+        its dense grid. Returns and stores the relative weight-space error.
         """
-        basis = self.basis()
-        if self.sigma_per == "channel":  # one basis for all outputs only while all σ are equal
-            if not torch.allclose(self.log_sigma, self.log_sigma[:1].expand_as(self.log_sigma)):
-                raise ValueError("NJetConv2d.fit_: per-channel σ differ; fitting needs one σ for all outputs "
-                                 "(fit at sigma_per='layer', then set the σ per channel)")
-            basis = basis[0]
-        if inputs is None or kernel.shape[-1] > basis.shape[-1]:
-            alpha, err = weight_space_fit(kernel, basis)
-        else:
-            pad = max(0, (basis.shape[-1] - 1) // 2 - (self.trim if self.padding == "same" else 0))
-            moments = PatchMoments(basis, padding=pad, stride=self.stride)
-            for x in [inputs] if isinstance(inputs, torch.Tensor) else inputs:
-                moments.update(x)
-            alpha, err = data_aware_fit(kernel, basis, moments, self.groups)
+        alpha, err = convert.fit_alpha(self, kernel, inputs, dilation)
         self.alpha.copy_(alpha)
         self.fit_error = err
         return err
@@ -356,26 +389,24 @@ class NJetConv2d(SigmaModule):
         ``padding="dynamic_same"`` layers become a :class:`Conv2dDynamicSame` (TF "SAME"
         padding from the input size, as timm's ``Conv2dSame``).
         """
-        with torch.no_grad():
-            w = self.filters().detach().clone()
-        size = w.shape[-1]
-        pad = (size - 1) // 2 - self.trim if self.padding == "same" else 0
-        if pad < 0:
-            raise ValueError(f"NJetConv2d.to_conv: the filter ({size} px) is smaller than the trim {self.trim}")
-        conv = (nn.Conv2d if self.padding == "same" else Conv2dDynamicSame)(
-            self.in_channels, self.out_channels, size, stride=self.stride, padding=pad,
-            groups=self.groups, bias=self.bias is not None, padding_mode=self.padding_mode,
-            device=w.device, dtype=w.dtype,
-        )
-        with torch.no_grad():
-            conv.weight.copy_(w)
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+        self._dense_fits(self.kernel_size[0], False, strict=True)
+        return convert.dense_conv(self)
+
+    def to_factorised(self, order: str | None = None, reason: str = "") -> FactorisedConv2d:
+        """A :class:`FactorisedConv2d` with the current filters: same outputs, no σ and no s×s filter.
+
+        ``order``: ``"basis_first"`` or ``"mix_first"``; None picks the one with fewer multiply-adds
+        (mix-first with one σ per output channel).
+        """
+        return convert.factorised_conv(self, order, reason)
 
     def baked(self) -> nn.Module:
-        """:meth:`to_conv`, followed by the frozen safe-subsampling when the layer carries one."""
-        conv = self.to_conv().train(self.training)
+        """The layer without σ: :meth:`to_conv`, or :meth:`to_factorised` where the dense filter
+        costs over ``FACTORISED_RATIO``× the factorised multiply-adds; a carried safe-subsampling
+        follows, frozen at its current factor."""
+        rule = factorised_bake_rule(self.in_channels, self.out_channels, self.groups, self.kernel_size[0],
+                                    self.order, self.sigma_per == "channel")
+        conv = (self.to_conv() if rule is None else self.to_factorised(*rule)).train(self.training)
         if self.subsample is None:
             return conv
         fixed = self.subsample.frozen() if hasattr(self.subsample, "frozen") else self.subsample

@@ -9,11 +9,11 @@ once, as ``tied`` inside branch 0 (state_dict keys ``<branch0>.tied.alpha``,
 ``.tied.log_sigma``, ``.tied.bias``); the other branches hold a plain reference.
 
 Branch k's filter is ``W_k = Σ_f α_f · B_f(σ_k)`` of size ``s_k = 2⌈extent·σ_k⌉+1``.
-Because the basis is separable and shared by every (out, in) pair, the branch is
-evaluated as a 1×1 mixing ``C → O·F`` followed by F separable 1-D blurs: this is
-exact and costs ``O·Cg·F + 2·O·F·s_k`` multiply-adds per pixel instead of
-``O·Cg·s_k²`` — a 49×49 filter on 2048 channels is never formed. Small filters use
-the dense path, whichever needs fewer operations.
+Branches run like :class:`~njetify.layers.NJetConv2d` (``path``): dense, or factorised
+(:mod:`njetify.layers.factorised`) — mix-first, where the 1×1 mixing ``C → O·F`` is computed
+once per input and shared by all branches (a 49×49 filter on 2048 channels is never
+formed), or basis-first; ``"auto"`` picks per branch and call with the cost model of
+:mod:`njetify.layers.path_cost`.
 """
 
 from __future__ import annotations
@@ -30,9 +30,14 @@ from ._checks import check_channels, check_choice, check_order, check_positive
 from ._tied_checks import check_tieable, conv_trim
 from ..options import PADDING_MODES
 from ._fx import as_traced_leaf
+from .factorised import _compute_dtype, factorised_conv2d, mix
+from .factorised_conv import FactorisedConv2d, factorised_bake_rule
+from .path_cost import PATHS, ConvShape, check_dense_fits, choose_path
 from .protocol import SigmaModule
-from .tied_fit import TiedMoments, joint_data_aware_fit, joint_weight_fit, tap_offsets
+from . import tied_fit
 
+
+#: Former name of ``path`` and its values (``"separable"`` is ``"factorised"``); still accepted.
 MODES = ("auto", "dense", "separable")
 
 
@@ -49,7 +54,9 @@ class TiedNJetConv2d(nn.Module):
             sets ``size_capped[k]`` and warns once.
         trims: K per-branch trims (pixels per side the output is smaller than "same").
         padding_mode: ``"zeros" | "reflect" | "replicate" | "circular"``.
-        mode: ``"auto"`` (fewest multiply-adds), ``"dense"`` or ``"separable"`` evaluation.
+        path: ``"auto"`` (cost model, per branch and call), ``"dense"``, ``"factorised"``,
+            ``"basis_first"`` or ``"mix_first"`` (as :class:`~njetify.layers.NJetConv2d`).
+        mode: deprecated spelling of ``path`` (``"separable"`` = ``"factorised"``).
 
     Shapes: ``forward(x)`` maps ``(N, in_channels, H, W)`` to a list of K tensors
     ``(N, out_channels, H − 2·trim_k, W − 2·trim_k)``; branch k alone is ``forward_branch(x, k)``.
@@ -68,8 +75,9 @@ class TiedNJetConv2d(nn.Module):
         max_size: int | None = None,
         trims=None,
         padding_mode: str = "zeros",
-        mode: str = "auto",
+        mode: str | None = None,
         *,
+        path: str = "auto",
         device=None,
         dtype=None,
     ):
@@ -78,7 +86,12 @@ class TiedNJetConv2d(nn.Module):
         check_channels(in_channels, out_channels, groups)
         check_positive("extent", extent)
         check_choice("padding_mode", padding_mode, PADDING_MODES)
-        check_choice("mode", mode, MODES)
+        if mode is not None:
+            check_choice("mode", mode, MODES)
+            warnings.warn("TiedNJetConv2d: mode= is deprecated, use path= ('separable' is now 'factorised')",
+                          DeprecationWarning, stacklevel=2)
+            path = _path_of_mode(mode)
+        check_choice("path", path, PATHS)
         sig = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()]
         if not sig:
             raise ValueError("TiedNJetConv2d: sigmas must hold at least one scale, got none")
@@ -91,7 +104,8 @@ class TiedNJetConv2d(nn.Module):
             raise ValueError(f"TiedNJetConv2d: max_size must be a positive int or None, got {max_size!r}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.order, self.extent, self.max_size = order, float(extent), max_size
-        self.trims, self.padding_mode, self.mode = trims, padding_mode, mode
+        self.trims, self.padding_mode, self.path = trims, padding_mode, path
+        self.last_paths: list[str | None] = [None] * len(sig)
         self.learn_sigma = learn_sigma
         self.fit_error: float | None = None
         self.branch_errors: list[float] | None = None
@@ -109,6 +123,16 @@ class TiedNJetConv2d(nn.Module):
         self._mix_cache: list | None = None
 
     # ------------------------------------------------------------------ state
+    @property
+    def mode(self) -> str:
+        """Deprecated view of :attr:`path` (``"separable"`` for any factorised path)."""
+        return self.path if self.path in ("auto", "dense") else "separable"
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        check_choice("mode", value, MODES)
+        self.path = _path_of_mode(value)
+
     @property
     def num_branches(self) -> int:
         return self.log_sigma.shape[0]
@@ -172,40 +196,59 @@ class TiedNJetConv2d(nn.Module):
         half = self.half_width(k)
         pad = half - self.trims[k]
         bias = None if self.bias is None else self.bias[k]
-        if self._use_dense(2 * half + 1):
+        path = self.choose_path(x, k)
+        if path == "dense":
             w = self.filters(k)
             if self.padding_mode == "zeros" and pad >= 0:
-                return F.conv2d(x, w, bias, 1, pad, 1, self.groups)
-            return F.conv2d(self._pad(x, pad), w, bias, 1, 0, 1, self.groups)
-        o, nf = self.out_channels, self.alpha.shape[-1]
-        m = self._mixed(x)  # (N, O·F, H, W), channel o·F + f
-        g1 = self.basis_1d(k)  # (N+1, s)
-        ix, iy = B._order_index(self.order, g1.device)
-        gy = g1.index_select(0, iy).repeat(o, 1).unsqueeze(1).unsqueeze(-1)  # (O·F, 1, s, 1)
-        gx = g1.index_select(0, ix).repeat(o, 1).unsqueeze(1).unsqueeze(-2)  # (O·F, 1, 1, s)
-        if self.padding_mode == "zeros" and pad >= 0:
-            m = F.conv2d(m, gy, None, 1, (pad, 0), 1, o * nf)
-            m = F.conv2d(m, gx, None, 1, (0, pad), 1, o * nf)
+                out = F.conv2d(x, w, bias, 1, pad, 1, self.groups)
+            else:
+                out = F.conv2d(self._pad(x, pad), w, bias, 1, 0, 1, self.groups)
         else:
-            m = F.conv2d(self._pad(m, pad), gy, None, 1, 0, 1, o * nf)
-            m = F.conv2d(m, gx, None, 1, 0, 1, o * nf)
-        out = m.unflatten(1, (o, nf)).sum(2)
-        return out if bias is None else out + bias.view(1, -1, 1, 1)
+            mixed = self._mixed(x) if path == "mix_first" else None
+            out = factorised_conv2d(x, self.alpha, self.basis_1d(k), [pad] * 4, padding_mode=self.padding_mode,
+                                    groups=self.groups, order=path, mixed=mixed)
+            if bias is not None:
+                out = out + bias.to(out.dtype).view(1, -1, 1, 1)
+        self.last_paths[k] = path
+        return out
+
+    def choose_path(self, x: torch.Tensor, k: int) -> str:
+        """How branch k runs on ``x`` now: ``"dense"``, ``"basis_first"`` or ``"mix_first"``.
+
+        Raises ``MemoryError`` naming the head when ``path="dense"`` and the filter cannot fit.
+        """
+        size = 2 * self.half_width(k) + 1
+        o, cg = self.alpha.shape[:2]
+        training = torch.is_grad_enabled() and (self.alpha.requires_grad or self.log_sigma.requires_grad)
+        dense_ok = True
+        if o * cg * size * size * self.alpha.element_size() >= 2**28:  # ≥ 256 MiB: ask the memory
+            try:
+                check_dense_fits(f"TiedNJetConv2d({self.in_channels}→{self.out_channels}) branch {k}", o, cg, size,
+                                 self.alpha.element_size(), self.alpha.device, training)
+            except MemoryError:
+                if self.path == "dense":
+                    raise
+                dense_ok = False
+        if self.path in ("dense", "basis_first", "mix_first"):
+            return self.path
+        h, w = x.shape[-2:]
+        t = self.trims[k]
+        shape = ConvShape(x.shape[0], self.in_channels, self.out_channels, self.groups, h, w, h - 2 * t, w - 2 * t,
+                          size, self.order)
+        return choose_path(shape, x.device, training, self.path, dense_ok, shared_mix=self.num_branches)
 
     def _mixed(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` mixed by α (1×1 conv C → O·F). Branches read the same input and share α, so the
-        result is computed once per input and reused by the other branches of the same forward
-        (kept until all K have used it, or the input, α or the grad mode changes)."""
-        key = (x._version, self.alpha._version, self.alpha.data_ptr(), torch.is_grad_enabled())
+        """``x`` mixed by α (:func:`~njetify.layers.factorised.mix`). Branches read the same input and
+        share α, so the result is computed once per input and reused by the other branches of the same
+        forward (kept until all K have used it, or the input, α, the grad mode or dtype changes)."""
+        key = (x._version, self.alpha._version, self.alpha.data_ptr(), torch.is_grad_enabled(), _compute_dtype(x))
         cache = self._mix_cache
         if cache is not None and cache[0] is x and cache[1] == key:
             cache[3] -= 1
             if cache[3] <= 0:
                 self._mix_cache = None
             return cache[2]
-        o, nf = self.out_channels, self.alpha.shape[-1]
-        mix = self.alpha.permute(0, 2, 1).reshape(o * nf, -1, 1, 1)
-        m = F.conv2d(x, mix, None, 1, 0, 1, self.groups)
+        m = mix(x, self.alpha, self.groups)
         self._mix_cache = [x, key, m, self.num_branches - 1] if self.num_branches > 1 else None
         return m
 
@@ -216,12 +259,6 @@ class TiedNJetConv2d(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         self._mix_cache = None
         return super()._apply(fn, *args, **kwargs)
-
-    def _use_dense(self, size: int) -> bool:
-        if self.mode != "auto":
-            return self.mode == "dense"
-        o, cg, nf = self.alpha.shape
-        return o * cg * size * size <= o * cg * nf + 2 * o * nf * size
 
     def _pad(self, x: torch.Tensor, pad: int) -> torch.Tensor:
         if pad < 0:
@@ -240,6 +277,8 @@ class TiedNJetConv2d(nn.Module):
             s += ", bias=False"
         if self.max_size is not None:
             s += f", max_size={self.max_size}"
+        if self.path != "auto":
+            s += f", path={self.path!r}"
         return s
 
     # ------------------------------------------------------------- conversion
@@ -259,7 +298,7 @@ class TiedNJetConv2d(nn.Module):
         σ_k = d_k·(k−1)/(2·extent) unless ``sigmas`` are given. α is the joint least-squares
         fit of all kernels, each on its own dense dilated grid — data-aware when ``inputs``
         (tensors ``(N, C_in, H, W)`` reaching the branches) are given. Biases are copied.
-        Extra keyword arguments (``learn_sigma``, ``max_size``, ``mode``) go to the constructor.
+        Extra keyword arguments (``learn_sigma``, ``max_size``, ``path``) go to the constructor.
 
         Raises:
             ValueError: when a conv cannot be tied or the convs differ in channels, groups,
@@ -294,18 +333,7 @@ class TiedNJetConv2d(nn.Module):
                 f"TiedNJetConv2d.fit_: got {len(weights)} kernels and {len(dilations)} dilations "
                 f"for {self.num_branches} branches"
             )
-        bases = [self.basis(k) for k in range(self.num_branches)]
-        if inputs is None:
-            alpha, err, errs = joint_weight_fit(weights, dilations, bases)
-        else:
-            offsets = [tap_offsets(w.shape[-1], d).tolist() for w, d in zip(weights, dilations)]
-            moments = TiedMoments(
-                [self.basis_1d(k) for k in range(self.num_branches)], self.order,
-                [torch.tensor(o) for o in offsets], self.trims,
-            )
-            for x in [inputs] if isinstance(inputs, torch.Tensor) else inputs:
-                moments.update(x)
-            alpha, err, errs = joint_data_aware_fit(weights, dilations, bases, moments, self.groups)
+        alpha, err, errs = tied_fit.fit_alpha(self, weights, dilations, inputs)
         self.alpha.copy_(alpha)
         self.fit_error, self.branch_errors = err, errs
         return err
@@ -329,6 +357,13 @@ class TiedNJetConv2d(nn.Module):
         if self.bias is not None:
             conv.bias.copy_(self.bias[k])
         return conv
+
+    @torch.no_grad()
+    def to_factorised(self, k: int, order: str = "basis_first", reason: str = "") -> FactorisedConv2d:
+        """Branch k as a :class:`FactorisedConv2d` (same outputs, no σ, no dense filter)."""
+        return FactorisedConv2d(self.basis_1d(k), self.alpha, None if self.bias is None else self.bias[k],
+                                groups=self.groups, trim=self.trims[k], padding_mode=self.padding_mode, order=order,
+                                reason=reason)
 
 
 class TiedNJetBranch(SigmaModule):
@@ -365,8 +400,12 @@ class TiedNJetBranch(SigmaModule):
         return self.owner.filters(self.index)
 
     def baked(self) -> nn.Module:
-        """This branch as a plain ``nn.Conv2d`` (identical outputs at the current σ)."""
-        return self.owner.to_conv(self.index).train(self.training)
+        """This branch without σ: a plain ``nn.Conv2d`` (or a :class:`FactorisedConv2d` where the
+        dense filter costs over ``FACTORISED_RATIO``× the factorised multiply-adds); same outputs."""
+        o, k = self.owner, self.index
+        rule = factorised_bake_rule(o.in_channels, o.out_channels, o.groups, o.kernel_size(k)[0], o.order, False)
+        conv = o.to_conv(k) if rule is None else o.to_factorised(k, *rule)
+        return conv.train(self.training)
 
     @property
     def kernel_size(self) -> tuple[int, int]:
@@ -388,3 +427,7 @@ class TiedNJetBranch(SigmaModule):
         o = self.owner
         sigma = float(self.sigma.detach())
         return f"branch {self.index}/{o.num_branches}, sigma={sigma:.3g}, size={self.kernel_size[0]}"
+
+
+def _path_of_mode(mode: str) -> str:
+    return "factorised" if mode == "separable" else mode
