@@ -40,6 +40,7 @@ class Rule:
     learn_sigma: bool | None = None
     sigma_per: str | None = None
     max_size: int | None = None
+    max_fit_error: float | None = None  # a rule disables the gate with .inf
 
 
 @dataclass
@@ -82,6 +83,7 @@ class LayerSettings:
     learn_sigma: bool
     sigma_per: str
     max_size: int | None
+    max_fit_error: float | None = None
 
 
 @dataclass
@@ -92,10 +94,11 @@ class Recipe:
     description: str = ""
     order: int = 3
     extent: float = 2.0
-    sigma_init: float | str = "kernel"  # "kernel": σ₀ from k and dilation; or a number in pixels
+    sigma_init: float | str = "kernel"  # "kernel": σ₀ from k and dilation; "fit": the best of a few σ₀ on the data; or pixels
     learn_sigma: bool = True
     sigma_per: str = "layer"  # "layer" | "channel"
     max_size: int | None = 63  # filter size cap in pixels (None: no cap)
+    max_fit_error: float | None = 0.5  # fidelity gate: a layer fitted worse than this stays the original conv (None: off)
     convs: bool = True  # convert the k×k convolutions (False: only what aspp/subsample ask for)
     subsample: SubsampleConfig = field(default_factory=SubsampleConfig)
     aspp: AsppConfig = field(default_factory=AsppConfig)
@@ -112,6 +115,7 @@ class Recipe:
             learn_sigma=self.learn_sigma,
             sigma_per=self.sigma_per,
             max_size=self.max_size,
+            max_fit_error=self.max_fit_error,
         )
         for rule in self.rules:
             if fnmatch.fnmatchcase(path, rule.match):

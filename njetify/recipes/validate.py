@@ -49,8 +49,14 @@ def _at_least(lo):
 
 def _sigma_init(v):
     if isinstance(v, str):
-        return None if v == "kernel" else "'kernel' (σ₀ from the kernel size) or a positive number of pixels"
+        return None if v in ("kernel", "fit") else (
+            "'kernel' (σ₀ from the kernel size), 'fit' (the σ₀ that reproduces the layer's outputs best "
+            "on the calibration data) or a positive number of pixels")
     return _positive(v)
+
+
+def _max_fit_error(v):
+    return None if v > 0 else "a positive relative error (e.g. 0.5; .inf never reverts), or null for no gate"
 
 
 def _r(v):
@@ -82,6 +88,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "sigma_init": _sigma_init,
     "sigma_per": _choice("layer", "channel"),
     "max_size": _at_least(1),
+    "max_fit_error": _max_fit_error,
     "subsample.mode": _choice("safe", "keep"),
     "subsample.r": _r,
     "subsample.where": _choice("original", "every_layer"),

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..basis import MAX_ORDER
+from ..calibration import prepare_batches
 from ..layers._checks import conv_kind
 from ..recipes import validate_rules_against
 from ..recipes.schema import Recipe
@@ -22,7 +23,7 @@ from .plan import plan_pass
 from .report import REPORT_ATTR, ConversionReport
 from .subsample import subsample_pass
 from .trace import example_shapes, trace_pass
-from .util import count_params, evaluating, first_input, model_device_dtype, to_model
+from .util import count_params, evaluating, model_device_dtype, to_model
 
 SUBSAMPLE_MODES = ("safe", "keep")
 
@@ -167,7 +168,8 @@ def convert(
             ``"keep"`` (strides and pooling stay).
         r: ``"auto"`` (factor at σ₀ = original stride, default) or a positive number (paper: 4).
         calibration_data: iterable of input batches (tensors, or ``(x, y, ...)`` tuples); when
-            given, α is fitted data-aware, layer by layer (DESIGN §3).
+            given, every converted layer is refitted to reproduce the original conv's outputs,
+            layer by layer (output matching, DESIGN §3; docs/calibration.md).
         example_inputs: a tensor or tuple of inputs, used to record shapes and check the result.
         inplace: modify ``model``'s modules instead of a deep copy (always use the returned model).
 
@@ -188,25 +190,18 @@ def convert(
         params_before=count_params(model),
         model_class=type(model).__name__,
     )
-    work = model if inplace else copy.deepcopy(model)
-    device, dtype = model_device_dtype(work)
+    device, dtype = model_device_dtype(model)
     if examples is not None:
         examples = tuple(to_model(t, device, dtype) for t in examples)
     batches = None
-    if calibration_data is not None:
-        if isinstance(calibration_data, torch.Tensor):
-            calibration_data = [calibration_data]
-        try:
-            batches = [to_model(first_input(b), device, dtype) for b in calibration_data]
-        except TypeError:
-            raise TypeError("calibration_data must be an iterable of input batches (a DataLoader or a list of "
-                            f"tensors), got {type(calibration_data).__name__}") from None
-        if not batches:
-            raise ValueError("calibration_data is empty: give a few input batches, or None for a weight-space fit")
-        if examples is None:
+    if calibration_data is not None:  # checked (and run through the original model) before any change
+        batches = prepare_batches(model, calibration_data, device, dtype)
+        if examples is None and isinstance(batches[0], torch.Tensor):
             examples = (batches[0],)
             report.example_input_shape = example_shapes(examples)
+    work = model if inplace else copy.deepcopy(model)
     ctx = SurgeryContext(work, rec, report, calibration=batches, example_inputs=examples)
+    ctx.state["original"] = copy.deepcopy(model) if inplace else model  # targets and reverts of calibration
     if not _has_convertible(work, rec) and not rec.aspp.tie:
         msg = f"{type(model).__name__} has no convertible convolution: returned unchanged"
         warnings.warn(f"njetify: {msg}", stacklevel=2)

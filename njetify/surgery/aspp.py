@@ -248,8 +248,8 @@ def aspp_pass(ctx) -> None:
             continue
         st = recipe.settings_for(head.branches[0])
         rows += tie_heads(ctx.model, [head], order=st.order, extent=st.extent, max_size=st.max_size,
-                          learn_sigma=st.learn_sigma, calibration_data=ctx.calibration,
-                          sigmas=None if st.sigma_init == "kernel" else float(st.sigma_init))
+                          learn_sigma=st.learn_sigma, calibration_data=None,  # the calibrate pass fits the heads
+                          sigmas=None if st.sigma_init in ("kernel", "fit") else float(st.sigma_init))
     rows += [AsppRow(path=s.path, action="skipped", branches=s.branches, reason=s.reason) for s in skips]
     for r in rows:
         report.add(_report_row(ReportRow, r))

@@ -1,96 +1,90 @@
-"""Data-aware calibration (DESIGN §3): refit α layer by layer on the inputs each layer really sees.
+"""The calibrate pass: hand the converted layers to :mod:`njetify.calibration` and report what it did.
 
-Layers are visited in the order the forward calls them; each is refitted on the
-inputs produced by the layers before it, which are already converted and
-calibrated. One partial forward per layer and batch (the forward stops at the
-layer), in eval mode without gradients; BatchNorm statistics are not touched.
+With calibration data every converted layer (and tied ASPP head) is refitted by output
+matching (:func:`njetify.calibration.calibrate_model`); without, σ₀ by fit and the
+fidelity gate use the weight-space error (:func:`njetify.calibration.calibrate_weights`).
+A layer that fails the gate is swapped back to its original conv at once (``_revert``).
 """
 
 from __future__ import annotations
 
-import time
-
-from torch import nn
-
+from ..calibration import LayerOptions, calibrate_model, calibrate_weights, restore_conv, sigma_candidates
 from .context import SurgeryContext
-from .convs import fit_layer
-from .util import evaluating
 
 
-class _Reached(Exception):
-    """Raised by the capture hook to end a forward pass early."""
+def _paths(ctx: SurgeryContext) -> list[str]:
+    """Converted conv paths and tied-branch paths, in report order."""
+    convs = [r.path for r in ctx.report.select("conv", "converted")]
+    branches = [r.path for r in ctx.report.select("aspp", "converted") if r.op.startswith("tied branch")]
+    return convs + branches
 
 
-def _call(model: nn.Module, x) -> None:
-    if isinstance(x, dict):
-        model(**x)
-    else:
-        model(x)
+def _layer_options(ctx: SurgeryContext, original):
+    def options(path: str) -> LayerOptions:
+        st = ctx.recipe.settings_for(path)
+        sigmas = None
+        if st.sigma_init == "fit":
+            conv = original.get_submodule(path)
+            sigmas = sigma_candidates(conv.kernel_size[0], conv.dilation[0], st.extent)
+        return LayerOptions(sigmas=sigmas, max_error=st.max_fit_error)
+
+    return options
 
 
-def execution_order(model: nn.Module, layers: dict[int, nn.Module], x) -> list[nn.Module]:
-    """The layers of ``layers`` (id → module) in the order one forward on ``x`` first calls them."""
-    order: list[nn.Module] = []
-    seen: set[int] = set()
+def _revert(ctx: SurgeryContext, original):
+    def revert(path: str, reason: str) -> None:
+        restore_conv(ctx.model, original, path)
+        row = ctx.rows.get(path) or next((r for r in ctx.report.select("aspp") if r.path == path), None)
+        if row is not None:
+            row.action, row.reason, row.params_after = "kept", reason, row.params_before
+            row.extra["reverted"] = True
+        for r in ctx.report.select("subsample", "subsampled"):
+            if r.extra.get("source") == path:
+                r.reason = f"σ source {path} reverted to its original conv: factor fixed at 1/{r.stride}"
+                r.extra["source"] = None
 
-    def hook(m, args):
-        if id(m) not in seen:
-            seen.add(id(m))
-            order.append(m)
-
-    handles = [m.register_forward_pre_hook(hook) for m in layers.values()]
-    try:
-        _call(model, x)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
+    return revert
 
 
 def calibrate_pass(ctx: SurgeryContext) -> None:
-    """Refit every converted layer data-aware on ``ctx.calibration`` (list of input batches)."""
-    batches = ctx.calibration
-    if not batches:
-        ctx.report.calibration = {"fit": "weight-space", "batches": 0}
-        if ctx.report.converted:
-            ctx.report.note("no calibration data: α fitted in weight space (give calibration_data for a "
-                            "data-aware fit that preserves the outputs better)")
-        return
-    t0 = time.perf_counter()
-    layers = {id(m): m for m in ctx.model.modules() if id(m) in ctx.kernels}
-    with evaluating(ctx.model):
-        order = execution_order(ctx.model, layers, batches[0])
-        for layer in order:
-            captured = []
-
-            def hook(m, args, captured=captured):
-                captured.append(args[0].detach())
-                raise _Reached
-
-            handle = layer.register_forward_pre_hook(hook)
-            try:
-                for x in batches:
-                    try:
-                        _call(ctx.model, x)
-                    except _Reached:
-                        pass
-            finally:
-                handle.remove()
-            path, kernel = ctx.kernels[id(layer)]
-            err = fit_layer(layer, kernel, captured)
-            row = ctx.rows.get(path)
-            if row is not None:
-                row.fit_error = err
-                row.extra["fit"] = "data-aware"
-    unreached = sorted(path for i, (path, _) in ctx.kernels.items() if layers.get(i) not in order)
-    ctx.report.calibration = {
-        "fit": "data-aware",
-        "batches": len(batches),
-        "layers": len(order),
-        "unreached": unreached,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    if unreached:
-        ctx.report.note(f"{len(unreached)} converted layer(s) not reached by the calibration data keep the "
-                        f"weight-space fit: {', '.join(unreached[:5])}{' ...' if len(unreached) > 5 else ''}")
+    """Calibrate every converted layer on ``ctx.calibration`` (list of input batches) or, without
+    data, apply σ₀-by-fit and the gate in weight space; fill the report rows and ``report.calibration``."""
+    original = ctx.state["original"]
+    paths = _paths(ctx)
     ctx.kernels.clear()
+    if not paths:
+        ctx.report.calibration = {"fit": "weight-space", "batches": 0}
+        return
+    options, revert = _layer_options(ctx, original), _revert(ctx, original)
+    if ctx.calibration:
+        result = calibrate_model(original, ctx.model, paths, ctx.calibration, layer_options=options, revert=revert)
+        fit = "output-matching"
+    else:
+        result = calibrate_weights(original, ctx.model, paths, layer_options=options, revert=revert)
+        fit = "weight-space"
+        ctx.report.note("no calibration data: α fitted in weight space (give calibration_data for output "
+                        "matching, which preserves the outputs much better)")
+    rows = {r.path: r for r in ctx.report.rows if r.kind in ("conv", "aspp")}
+    for res in result.layers:
+        for k, path in enumerate(res.paths):
+            row = rows.get(path)
+            if row is None:
+                continue
+            row.extra["fit"] = fit if res.status in ("calibrated", "weight-space") else res.status
+            if res.status != "reverted":
+                k = min(k, len(res.sigma0) - 1)
+                row.sigma0, row.size = res.sigma0[k], res.size[k]
+                row.fit_error = res.weight_error if res.kind == "conv" else row.fit_error
+                if res.reason and not row.reason:
+                    row.reason = res.reason
+            row.error_before, row.error_after = res.error_before, res.error_after
+            if res.candidates:
+                row.extra["sigma_candidates"] = res.candidates
+    by = {s: [r.path for r in result.select(s)] for s in ("reverted", "unreached", "skipped")}
+    ctx.report.calibration = {"fit": fit, **result.summary(), **by}
+    if by["unreached"]:
+        ctx.report.note(f"{len(by['unreached'])} converted layer(s) not reached by the calibration data keep the "
+                        f"weight-space fit: {', '.join(by['unreached'][:5])}{' ...' if len(by['unreached']) > 5 else ''}")
+    if by["reverted"]:
+        ctx.report.note(f"{len(by['reverted'])} layer(s) stay the original conv (fidelity gate, recipe "
+                        f"max_fit_error): {', '.join(by['reverted'][:5])}{' ...' if len(by['reverted']) > 5 else ''}")

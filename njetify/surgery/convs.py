@@ -54,7 +54,7 @@ def conv_pass(ctx: SurgeryContext) -> None:
             row.action = "skipped"
             row.reason = "recipe: convs disabled" if not ctx.recipe.convs else "recipe rule: skip"
             continue
-        sigma = None if settings.sigma_init == "kernel" else float(settings.sigma_init)
+        sigma = None if settings.sigma_init in ("kernel", "fit") else float(settings.sigma_init)  # "fit": calibrate pass
         new = NJetConv2d.from_conv(
             m, order=settings.order, sigma=sigma, extent=settings.extent,
             learn_sigma=settings.learn_sigma, max_size=settings.max_size,

@@ -19,7 +19,10 @@ class ReportRow:
 
     ``kind`` says which (``"conv"``, ``"subsample"``, ``"guard"``; other passes add their
     own, e.g. ``"aspp"``). Fields that do not apply stay None. σ₀ and sizes are in pixels;
-    ``fit_error`` is the relative weight-space error ``‖W_fit − W‖/‖W‖``.
+    ``fit_error`` is the relative weight-space error ``‖W_fit − W‖/‖W‖``; ``error_before`` /
+    ``error_after`` the relative output error ``‖y − y_orig‖/‖y_orig‖`` on the calibration data
+    before / after output-matching calibration (the table's ``err`` shows ``error_after`` when
+    there is one, else ``fit_error``).
     """
 
     kind: str
@@ -34,6 +37,8 @@ class ReportRow:
     sigma0: float | None = None
     size: int | None = None
     fit_error: float | None = None
+    error_before: float | None = None
+    error_after: float | None = None
     params_before: int = 0
     params_after: int = 0
     reason: str | None = None
@@ -131,7 +136,7 @@ class ConversionReport:
         for r in self.rows:
             t.add_row(
                 r.path, r.op, r.action, _fmt(r.order), _fmt(r.sigma0, ".3g"), _fmt(r.size),
-                _fmt(r.fit_error, ".2f"), _params(r), str(marks[r.reason]) if r.reason else "",
+                _fmt(r.fit_error if r.error_after is None else r.error_after, ".2f"), _params(r), str(marks[r.reason]) if r.reason else "",
             )
         return t
 

@@ -1,0 +1,205 @@
+"""Fit one unit (an N-Jet layer or a tied head) on the inputs it receives in the converted model.
+
+For every batch and branch: basis responses of the converted input at the sampled
+positions, regressed on the original conv's outputs there (:mod:`.ridge` or, for wide
+layers, :mod:`.iterative`). With σ₀ candidates, each is tried on a subset of the
+positions and the winner (:func:`.sigma_search.choose`) is refitted on all of them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from .iterative import DesignStore
+from .options import CalibrationOptions, LayerOptions
+from .responses import basis_responses, sample_positions, take
+from .results import LayerResult
+from .ridge import GramStats, design, pack, unpack
+from .sigma_search import choose
+from .targets import Sample
+from .units import Unit
+
+Inputs = list[tuple[int, torch.Tensor]]
+Targets = list[dict[int, Sample]]
+
+
+def is_wide(unit: Unit, opts: CalibrationOptions) -> bool:
+    """True when the unit's regression is too wide for a Gram matrix."""
+    return unit.dim + unit.num_bias > opts.direct_max_dim
+
+
+def sample_budget(unit: Unit, opts: CalibrationOptions) -> int:
+    """Positions to sample for the unit: ``max_samples``, fewer for a wide layer's stored design."""
+    if not is_wide(unit, opts):
+        return opts.max_samples
+    row = 4 * unit.groups * (unit.dim + unit.num_bias)
+    return max(1, min(opts.max_samples, opts.design_bytes // row))
+
+
+def _stats(unit: Unit, opts: CalibrationOptions, device):
+    if is_wide(unit, opts):
+        store = DesignStore(unit.groups, unit.dim, unit.num_bias, unit.outputs_per_group, unit.num_basis, device)
+        store.max_iter = opts.max_iter
+        return store
+    return GramStats(unit.groups, unit.dim, unit.num_bias, unit.outputs_per_group, device)
+
+
+def _responses(unit: Unit, inputs: Inputs, targets: Targets, every: int = 1):
+    """Yield ``(branch, q (S, C, F), targets (S, O))`` at the unit's current σ, batch by batch."""
+    for b, x in inputs:
+        for k, (basis, geometry, _) in enumerate(unit.bases()):
+            smp = targets[k].get(b)
+            if smp is None:
+                continue
+            q = basis_responses(x, basis, geometry, smp.positions[::every], smp.step)
+            yield k, q, smp.values[::every].to(q.device, q.dtype)
+
+
+def accumulate(unit: Unit, inputs: Inputs, targets: Targets, opts: CalibrationOptions, every: int = 1):
+    """Statistics of the unit's regression at its current σ (every ``every``-th position)."""
+    stats = _stats(unit, opts, unit.module.alpha.device)
+    for k, q, t in _responses(unit, inputs, targets, every):
+        stats.update(q, t, k)
+    return stats
+
+
+def output_error(unit: Unit, inputs: Inputs, targets: Targets) -> float:
+    """Relative output error of the unit as it is now, on every sampled position (no Gram matrix)."""
+    x = pack(*unit.params(), unit.groups).float()
+    err2 = norm2 = 0.0
+    for k, q, t in _responses(unit, inputs, targets):
+        pred = design(q, unit.groups, k, unit.num_bias) @ x.to(q.dtype)
+        ts = t.reshape(t.shape[0], unit.groups, -1).transpose(0, 1)
+        err2 += float((pred - ts).double().pow(2).sum())
+        norm2 += float(ts.double().pow(2).sum())
+    return math.sqrt(err2 / norm2) if norm2 > 0 else math.sqrt(err2)
+
+
+def _search_step(unit: Unit, targets: Targets, opts: CalibrationOptions) -> int:
+    """Every how many positions the σ₀ search uses: ``1/search_fraction``, but never fewer than
+    four samples per unknown."""
+    total = sum(s.positions.shape[0] for branch in targets for s in branch.values())
+    return max(1, min(round(1 / max(opts.search_fraction, 1e-6)), total // (4 * (unit.dim + unit.num_bias))))
+
+
+def _relative(stats, x) -> float:
+    norm2 = stats.target_norm2()
+    err2 = stats.error2(x)
+    return math.sqrt(err2 / norm2) if norm2 > 0 else math.sqrt(err2)
+
+
+def check_geometry(unit: Unit, inputs: Inputs, targets: Targets) -> str | None:
+    """Why the unit cannot be fitted on these inputs (None when it can).
+
+    Checks that the converted input has the original conv's input size, that the sampled grid is
+    the converted layer's, and that the responses reproduce the layer's own forward.
+    """
+    b, x = inputs[0]
+    alpha, bias = unit.params()
+    for k, (basis, geometry, stride) in enumerate(unit.bases()):
+        smp = targets[k].get(b)
+        if smp is None:
+            continue
+        if tuple(x.shape[-2:]) != smp.input_hw:
+            return (f"its input in the converted model is {tuple(x.shape[-2:])}, the original conv's "
+                    f"{smp.input_hw} (a subsampling that does not keep the original sizes, e.g. a numeric r)")
+        grid = geometry.out_size(x.shape[-2], x.shape[-1], basis.shape[-1], smp.step)
+        if grid != smp.grid:
+            return f"its output grid {grid} differs from the original conv's {smp.grid}"
+        with torch.no_grad():
+            y = unit.module.forward_branch(x, k) if unit.tied else unit.module(x)
+        pos = sample_positions(y.shape[0], y.shape[-2], y.shape[-1], 8, torch.Generator().manual_seed(0))
+        a = design(basis_responses(x, basis, geometry, pos, stride), unit.groups, k, unit.num_bias)
+        pred = (a.double() @ pack(alpha, bias, unit.groups)).transpose(0, 1).reshape(pos.shape[0], -1)
+        ref = take(y, pos).double()
+        if float((pred - ref).norm()) > 1e-3 * float(ref.norm()) + 1e-6:
+            return "the basis responses do not reproduce the layer's output (unsupported padding or geometry)"
+    return None
+
+
+def _set_fit(unit: Unit, x: torch.Tensor) -> None:
+    alpha, bias = unpack(x, unit.num_bias, unit.num_basis)
+    unit.set_params(alpha, bias)
+
+
+def _solve(unit: Unit, stats, opts: CalibrationOptions) -> tuple[torch.Tensor, float, float]:
+    """Fit from ``stats``; returns the unknowns and the relative errors before / after."""
+    x0 = pack(*unit.params(), unit.groups)
+    x = stats.solve(x0, opts.ridge)
+    return x, _relative(stats, x0), _relative(stats, x)
+
+
+def fit_unit(
+    unit: Unit, inputs: Inputs, targets: Targets, opts: CalibrationOptions, lopts: LayerOptions,
+    lock_sigma: str | None = None,
+) -> LayerResult:
+    """Fit ``unit`` in place; the result says how (status "calibrated" or "skipped").
+
+    ``lock_sigma``: why σ₀ must not change (then the candidates of ``lopts`` are not tried).
+    """
+    t0 = time.perf_counter()
+    res = LayerResult(path=unit.path, paths=unit.paths + unit.extra_paths, kind="tied" if unit.tied else "conv",
+                      status="calibrated", sigma0=unit.sigmas(), weight_error=_weight_error(unit),
+                      size=[b.shape[-1] for b, _, _ in unit.bases()])
+    if not unit.uniform_sigma():
+        res.status, res.reason = "skipped", "not calibrated: per-channel σ's differ (one basis cannot serve every output)"
+        return res
+    why = check_geometry(unit, inputs, targets)
+    if why is not None:
+        res.status, res.reason = "skipped", f"not calibrated: {why}"
+        return res
+    start_sigma = res.sigma0[0]
+    alpha0, bias0 = unit.params()
+    start = (alpha0.clone(), None if bias0 is None else bias0.clone())
+
+    def restore():
+        if not unit.tied:
+            unit.set_sigma(start_sigma)
+        unit.set_params(*start)
+
+    res.error_before = output_error(unit, inputs, targets)
+    sigmas = [] if unit.tied else list(lopts.sigmas or [])
+    if len(sigmas) > 1 and lock_sigma:
+        sigmas, res.reason = [], f"σ₀ kept: {lock_sigma}"
+    chosen = start_sigma
+    if len(sigmas) > 1:
+        if not any(_same(s, start_sigma) for s in sigmas):
+            sigmas = [start_sigma, *sigmas]
+        every = _search_step(unit, targets, opts)
+        for s in sigmas:
+            if _same(s, start_sigma):
+                restore()
+            else:
+                unit.set_sigma(s)
+                unit.weight_space_fit()
+            _, _, after = _solve(unit, accumulate(unit, inputs, targets, opts, every), opts)
+            res.candidates[round(float(s), 6)] = after
+        chosen = choose(res.candidates, opts.sigma_tolerance)
+    if _same(chosen, start_sigma):
+        restore()
+    else:
+        unit.set_sigma(chosen)
+        unit.weight_space_fit()
+    stats = accumulate(unit, inputs, targets, opts)
+    x, _, after = _solve(unit, stats, opts)
+    _set_fit(unit, x)
+    res.error_after = after
+    res.samples = stats.count
+    res.solver = "direct" if isinstance(stats, GramStats) else f"pcg ({stats.iterations} iterations)"
+    res.sigma0 = [round(v, 6) for v in unit.sigmas()]
+    res.weight_error = _weight_error(unit)  # of the weight-space fit at the final σ₀
+    res.size = [b.shape[-1] for b, _, _ in unit.bases()]
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1.0)
+
+
+def _weight_error(unit: Unit) -> float | None:
+    err = getattr(unit.module, "fit_error", None)
+    return None if err is None else float(err)
