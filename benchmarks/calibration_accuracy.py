@@ -7,13 +7,16 @@ before any fine-tuning:
 
 * ``weight-space``: no calibration data (α fitted to the kernels);
 * ``kernel``: output-matching calibration on 4×128 training digits, σ₀ from the kernel rule;
-* ``fit``: the same with ``sigma_init: fit``.
+* ``fit``: the same with ``sigma_init: fit``;
+* ``weight-space-fit`` (on request): no data, σ₀ by the weight-space error.
 
 ``--engine KEY=VALUE`` sets :class:`njetify.calibration.CalibrationOptions` fields (e.g.
 ``ridge=1e-4``, ``max_samples=2048``, ``dense_strided=true``) for the calibrated variants, which
 then call the engine directly on a model converted without data. ``--train-step`` adds the
 median time of one training step (forward, backward, Adam) of every variant on a batch of 128,
-interleaved over rounds, as a ratio to the original network's step measured in the same rounds.
+interleaved over rounds, as a ratio to the original network's step measured in the same rounds,
+with σ learned and with σ frozen at σ₀ (σ₀ = 0.5 sits on the 3 → 5 px boundary: the first
+step that grows σ makes the filter 5×5, so only the frozen figures separate the sizes).
 
     uv run python benchmarks/calibration_accuracy.py
     uv run python benchmarks/calibration_accuracy.py --orders 3 --engine ridge=1e-2 --nets plain
@@ -23,6 +26,7 @@ interleaved over rounds, as a ratio to the original network's step measured in t
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -40,6 +44,7 @@ from njetify.calibration import CalibrationOptions, LayerOptions, calibrate_mode
 from njetify.recipes import resolve_recipe  # noqa: E402
 
 VARIANTS = ("weight-space", "kernel", "fit")
+EXTRA_VARIANTS = ("weight-space-fit",)  # no data, σ₀ by weight-space error
 
 
 def _value(text: str):
@@ -58,10 +63,11 @@ def convert(net, variant: str, order: int, cal, engine: dict | None, subsample: 
     """``(converted model, seconds of calibration, report or engine result)`` for one variant."""
     rules = [] if dw_order is None else [{"match": p, "order": dw_order} for p, m in net.named_modules()
                                          if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
-    if variant == "weight-space":
-        model, report = njetify.convert(net, order=order, subsample=subsample, recipe=resolve_recipe(rules=rules))
+    sigma = "fit" if variant.endswith("fit") else "kernel"
+    if variant.startswith("weight-space"):
+        model, report = njetify.convert(net, order=order, subsample=subsample,
+                                        recipe=resolve_recipe(rules=rules, sigma_init=sigma))
         return model, 0.0, report
-    sigma = "fit" if variant == "fit" else "kernel"
     if engine is None:
         t = time.perf_counter()
         model, report = njetify.convert(net, order=order, subsample=subsample, calibration_data=cal,
@@ -108,6 +114,7 @@ def main() -> None:
     ap.add_argument("--engine", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--dw-order", type=int, default=None, help="order of the depthwise convs (a recipe rule)")
     ap.add_argument("--train-step", action="store_true")
+    ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds of --train-step")
     args = ap.parse_args()
     engine = dict((k, _value(v)) for k, v in (e.split("=", 1) for e in args.engine)) if args.engine else None
     if not M.available():
@@ -135,8 +142,14 @@ def main() -> None:
                       f"{sig} | {kept} |", flush=True)
                 models[f"{variant} o{order}"] = model
         if args.train_step:
-            t = step_times(models)
-            print(f"train step ({name}, batch 128, median of 7 interleaved rounds): "
+            for key in [k for k in models if k != "original"]:  # σ frozen at σ₀: the filter size stays put
+                frozen = copy.deepcopy(models[key])
+                for m in frozen.modules():
+                    if isinstance(m, njetify.NJetConv2d):
+                        m.log_sigma.requires_grad_(False)
+                models[f"{key} σ frozen"] = frozen
+            t = step_times(models, args.rounds)
+            print(f"train step ({name}, batch 128, median of {args.rounds} interleaved rounds): "
                   + ", ".join(f"{k} {v * 1e3:.1f} ms ({v / t['original']:.2f}×)" for k, v in t.items()), flush=True)
 
 

@@ -41,6 +41,7 @@ class Rule:
     sigma_per: str | None = None
     max_size: int | None = None
     max_fit_error: float | None = None  # a rule disables the gate with .inf
+    depthwise_order: int | None = None
 
 
 @dataclass
@@ -84,6 +85,7 @@ class LayerSettings:
     sigma_per: str
     max_size: int | None
     max_fit_error: float | None = None
+    depthwise_order: int | None = None
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Recipe:
     name: str = "default"
     description: str = ""
     order: int = 3
+    depthwise_order: int | None = 4  # depthwise convs get max(order, this): order 4 spans every 3×3 kernel (None: order)
     extent: float = 2.0
     sigma_init: float | str = "kernel"  # "kernel": σ₀ from k and dilation; "fit": the best of a few σ₀ on the data; or pixels
     learn_sigma: bool = True
@@ -116,6 +119,7 @@ class Recipe:
             sigma_per=self.sigma_per,
             max_size=self.max_size,
             max_fit_error=self.max_fit_error,
+            depthwise_order=self.depthwise_order,
         )
         for rule in self.rules:
             if fnmatch.fnmatchcase(path, rule.match):

@@ -84,6 +84,7 @@ def _gamma(v):
 #: Allowed values per key path (``rules.<field>`` falls back to the top-level field's check).
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "order": _order,
+    "depthwise_order": _order,
     "extent": _positive,
     "sigma_init": _sigma_init,
     "sigma_per": _choice("layer", "channel"),
