@@ -15,5 +15,6 @@ from .weight_space import calibrate_weights
 
 __all__ = [
     "MAX_FIT_ERROR", "CalibrationOptions", "CalibrationResult", "LayerOptions", "LayerResult", "calibrate_model",
-    "calibrate_weights",    "fix_subsamples", "prepare_batches", "restore_conv", "retarget_subsamples", "sigma_candidates",
+    "calibrate_weights", "fix_subsamples", "prepare_batches", "restore_conv", "retarget_subsamples",
+    "sigma_candidates",
 ]

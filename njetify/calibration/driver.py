@@ -9,15 +9,14 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from .gate import RevertFn, apply_gate, options_for
 from .layer_fit import fit_unit, sample_budget
 from .options import CalibrationOptions, LayerOptions
 from .results import CalibrationResult, LayerResult
-from .revert import fixed_r_reason, is_auto_r, restore_conv, retarget_subsamples, subsamples_of
+from .revert import fixed_r_reason, is_auto_r, retarget_subsamples, subsamples_of
 from .sweep import Sweep
-from .targets import _batch_size, collect_targets
-from .units import Unit, build_units
-
-RevertFn = Callable[[str, str], None]
+from .targets import batch_size, collect_targets
+from .units import build_units
 
 
 @contextlib.contextmanager
@@ -31,17 +30,6 @@ def _eval(*models: nn.Module):
     finally:
         for m, mode in modes:
             m.training = mode
-
-
-def _options_for(layer_options) -> Callable[[str], LayerOptions]:
-    if layer_options is None:
-        return lambda path: LayerOptions()
-    if isinstance(layer_options, Mapping):
-        return lambda path: layer_options.get(path, LayerOptions())
-    if callable(layer_options):
-        return layer_options
-    raise TypeError(f"layer_options must be None, a mapping path → LayerOptions or a callable, "
-                    f"got {type(layer_options).__name__}")
 
 
 def calibrate_model(
@@ -82,10 +70,10 @@ def calibrate_model(
     if original is converted:
         raise ValueError("calibration: original and converted are the same module; keep an unconverted copy")
     opts = options or CalibrationOptions()
-    options_for = _options_for(layer_options)
+    per_layer = options_for(layer_options)
     t0 = time.perf_counter()
     units = build_units(original, converted, list(paths))
-    result = CalibrationResult(batches=len(batches), images=sum(_batch_size(b) for b in batches))
+    result = CalibrationResult(batches=len(batches), images=sum(batch_size(b) for b in batches))
     done: dict[int, LayerResult] = {}
     with _eval(original, converted):
         budgets = {u.index: sample_budget(u, opts) for u in units}
@@ -100,7 +88,7 @@ def calibrate_model(
 
         def fit(key, inputs):
             u = units[key]
-            lo = options_for(u.path)
+            lo = per_layer(u.path)
             auto, lock = [], None
             if not u.tied:
                 auto = [p for p, ss in subsamples_of(converted, u.module) if is_auto_r(ss)]
@@ -109,48 +97,18 @@ def calibrate_model(
             res = fit_unit(u, inputs, targets[u.index], opts, lo, lock)
             if res.sigma0 != before and auto:
                 retarget_subsamples(converted, u.module, auto)
-            _gate(u, res, lo, converted, original, revert, sweep)
+            apply_gate(u, res, lo, converted, original, revert, sweep)
             done[key] = res
 
         sweep.run(fit)
         for u in units:
             if u.index not in done:
                 res = LayerResult(path=u.path, paths=u.paths + u.extra_paths, kind="tied" if u.tied else "conv",
-                                  status="unreached", sigma0=u.sigmas(), weight_error=_weight_error(u),
+                                  status="unreached", sigma0=u.sigmas(), weight_error=u.weight_error(),
                                   size=[b.shape[-1] for b, _, _ in u.bases()],
                                   reason="not reached by the calibration data: weight-space fit kept")
-                _gate(u, res, options_for(u.path), converted, original, revert, None)
+                apply_gate(u, res, per_layer(u.path), converted, original, revert, None)
                 done[u.index] = res
     result.layers = list(done.values())
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def _weight_error(u: Unit) -> float | None:
-    err = getattr(u.module, "fit_error", None)
-    return None if err is None else float(err)
-
-
-def _gate(u: Unit, res: LayerResult, lo: LayerOptions, converted, original, revert, sweep) -> None:
-    """Revert the unit when its error is above ``lo.max_error`` (output error after the fit, else
-    the weight-space error)."""
-    measured = res.status == "calibrated"
-    err = res.error_after if measured else res.weight_error
-    if lo.max_error is None or err is None or err <= lo.max_error:
-        return
-    what = "output" if measured else "weight-space"
-    reason = f"fidelity gate: relative {what} error {err:.3f} > max_fit_error {lo.max_error:g}: original conv kept"
-    olds = [converted.get_submodule(p) for p in res.paths]
-    if revert is None:
-        if u.tied:
-            for p in res.paths:
-                restore_conv(converted, original, p)
-        else:
-            restore_conv(converted, original, *res.paths)
-    else:
-        for p in res.paths:
-            revert(p, reason)
-    if sweep is not None:
-        for old, p in zip(olds, res.paths):
-            sweep.replace(old, converted.get_submodule(p))
-    res.status, res.reason = "reverted", reason

@@ -142,10 +142,11 @@ def fit_unit(
     """
     t0 = time.perf_counter()
     res = LayerResult(path=unit.path, paths=unit.paths + unit.extra_paths, kind="tied" if unit.tied else "conv",
-                      status="calibrated", sigma0=unit.sigmas(), weight_error=_weight_error(unit),
+                      status="calibrated", sigma0=unit.sigmas(), weight_error=unit.weight_error(),
                       size=[b.shape[-1] for b, _, _ in unit.bases()])
     if not unit.uniform_sigma():
-        res.status, res.reason = "skipped", "not calibrated: per-channel σ's differ (one basis cannot serve every output)"
+        res.status = "skipped"
+        res.reason = "not calibrated: per-channel σ's differ (one basis cannot serve every output)"
         return res
     why = check_geometry(unit, inputs, targets)
     if why is not None:
@@ -190,7 +191,7 @@ def fit_unit(
     res.samples = stats.count
     res.solver = "direct" if isinstance(stats, GramStats) else f"pcg ({stats.iterations} iterations)"
     res.sigma0 = [round(v, 6) for v in unit.sigmas()]
-    res.weight_error = _weight_error(unit)  # of the weight-space fit at the final σ₀
+    res.weight_error = unit.weight_error()  # of the weight-space fit at the final σ₀
     res.size = [b.shape[-1] for b, _, _ in unit.bases()]
     res.seconds = time.perf_counter() - t0
     return res
@@ -198,8 +199,3 @@ def fit_unit(
 
 def _same(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1.0)
-
-
-def _weight_error(unit: Unit) -> float | None:
-    err = getattr(unit.module, "fit_error", None)
-    return None if err is None else float(err)

@@ -72,7 +72,7 @@ def collect_targets(
     Returns ``{unit.index: [ {batch index: Sample} per branch ]}``; a branch the batches never
     reach has no entries.
     """
-    images = sum(_batch_size(b) for b in batches)
+    images = sum(batch_size(b) for b in batches)
     out = {u.index: [{} for _ in u.originals] for u in units}
     current = {"batch": 0}
     handles = []
@@ -113,7 +113,8 @@ def collect_targets(
     return out
 
 
-def _batch_size(batch) -> int:
+def batch_size(batch) -> int:
+    """Number of samples in a batch (its first tensor's first dimension)."""
     if isinstance(batch, torch.Tensor):
         return batch.shape[0]
     if isinstance(batch, dict):

@@ -119,11 +119,10 @@ class Unit:
                 m.bias.copy_(bias.detach())
         return float(err)
 
-    def original_bias(self) -> torch.Tensor | None:
-        """The originals' biases ``(K, O)`` (None when the layer has no bias)."""
-        if self.module.bias is None:
-            return None
-        return torch.stack([c.bias.detach() for c in self.originals])
+    def weight_error(self) -> float | None:
+        """Relative weight-space error of the layer's last weight-space fit (``fit_error``)."""
+        err = getattr(self.module, "fit_error", None)
+        return None if err is None else float(err)
 
 
 def build_units(original: nn.Module, converted: nn.Module, paths: list[str]) -> list[Unit]:

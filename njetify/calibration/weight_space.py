@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from torch import nn
 
-from .driver import RevertFn, _gate, _options_for, _weight_error
+from .gate import RevertFn, apply_gate, options_for
 from .options import CalibrationOptions, LayerOptions
 from .results import CalibrationResult, LayerResult
 from .revert import fixed_r_reason, is_auto_r, retarget_subsamples, subsamples_of
@@ -29,11 +29,11 @@ def calibrate_weights(
     error (smallest within ``options.sigma_tolerance``), then layers whose weight-space error is
     above their gate are reverted. Status of every result: ``"weight-space"``."""
     opts = options or CalibrationOptions()
-    options_for = _options_for(layer_options)
+    per_layer = options_for(layer_options)
     t0 = time.perf_counter()
     result = CalibrationResult()
     for u in build_units(original, converted, list(paths)):
-        lo = options_for(u.path)
+        lo = per_layer(u.path)
         res = LayerResult(path=u.path, paths=u.paths + u.extra_paths, kind="tied" if u.tied else "conv",
                           status="weight-space")
         lock = None if u.tied else fixed_r_reason(converted, u.module)
@@ -50,10 +50,10 @@ def calibrate_weights(
                 retarget_subsamples(converted, u.module, auto)
         elif lock and lo.sigmas and len(lo.sigmas) > 1:
             res.reason = f"σ₀ kept: {lock}"
-        res.weight_error = _weight_error(u)
+        res.weight_error = u.weight_error()
         res.sigma0 = [round(v, 6) for v in u.sigmas()]
         res.size = [b.shape[-1] for b, _, _ in u.bases()]
-        _gate(u, res, lo, converted, original, revert, None)
+        apply_gate(u, res, lo, converted, original, revert, None)
         result.layers.append(res)
     result.seconds = time.perf_counter() - t0
     return result

@@ -84,7 +84,11 @@ def calibrate_pass(ctx: SurgeryContext) -> None:
     ctx.report.calibration = {"fit": fit, **result.summary(), **by}
     if by["unreached"]:
         ctx.report.note(f"{len(by['unreached'])} converted layer(s) not reached by the calibration data keep the "
-                        f"weight-space fit: {', '.join(by['unreached'][:5])}{' ...' if len(by['unreached']) > 5 else ''}")
+                        f"weight-space fit: {_some(by['unreached'])}")
     if by["reverted"]:
         ctx.report.note(f"{len(by['reverted'])} layer(s) stay the original conv (fidelity gate, recipe "
-                        f"max_fit_error): {', '.join(by['reverted'][:5])}{' ...' if len(by['reverted']) > 5 else ''}")
+                        f"max_fit_error): {_some(by['reverted'])}")
+
+
+def _some(paths: list[str]) -> str:
+    return ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
