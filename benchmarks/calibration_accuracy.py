@@ -20,7 +20,7 @@ step that grows σ makes the filter 5×5, so only the frozen figures separate th
 
     uv run python benchmarks/calibration_accuracy.py
     uv run python benchmarks/calibration_accuracy.py --orders 3 --engine ridge=1e-2 --nets plain
-    uv run python benchmarks/calibration_accuracy.py --orders 3 --train-step
+    uv run python benchmarks/calibration_accuracy.py --orders 3 --variants kernel,fit --train-step --threads 1
 """
 
 from __future__ import annotations
@@ -115,7 +115,11 @@ def main() -> None:
     ap.add_argument("--dw-order", type=int, default=None, help="order of the depthwise convs (a recipe rule)")
     ap.add_argument("--train-step", action="store_true")
     ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds of --train-step")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--cache", default=None, help="directory caching the trained networks' weights")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     engine = dict((k, _value(v)) for k, v in (e.split("=", 1) for e in args.engine)) if args.engine else None
     if not M.available():
         sys.exit(f"MNIST not found under {M.DATA.resolve()}")
@@ -125,7 +129,7 @@ def main() -> None:
     print("| net | original | order | variant | accuracy | Δ points | calibration s | σ₀ chosen | reverted |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.nets.split(","):
-        net = M.trained(name)
+        net = M.trained(name, args.cache)
         base = M.accuracy(net)
         models = {"original": net}
         for order in map(int, args.orders.split(",")):

@@ -140,10 +140,19 @@ def _reestimate_bn(model: nn.Module, x: torch.Tensor) -> None:
         bn.momentum = 0.1
 
 
-def trained(name: str) -> nn.Module:
-    """Network ``name`` trained one epoch on ``N_TRAIN`` digits (cached per process), in eval mode."""
+def trained(name: str, cache_dir: str | os.PathLike | None = None) -> nn.Module:
+    """Network ``name`` trained on ``N_TRAIN`` digits (cached per process, and in ``cache_dir`` when
+    given: ``<cache_dir>/<name>.pt`` is read if present, else written), in eval mode."""
     model = build(name)
-    model.load_state_dict(_trained_state(name))
+    path = None if cache_dir is None else Path(cache_dir) / f"{name}.pt"
+    if path is not None and path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    state = _trained_state(name)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+    model.load_state_dict(state)
     return model.eval()
 
 

@@ -305,3 +305,19 @@ def test_engine_rejects_wrong_paths():
         calibrate_model(model, conv, ["nope"], [torch.randn(1, 3, 8, 8)])
     with pytest.raises(ValueError, match="same module"):
         calibrate_model(conv, conv, ["0"], [torch.randn(1, 3, 8, 8)])
+
+
+def test_save_load_rebuilds_chosen_sigmas_and_reverts(tmp_path):
+    torch.manual_seed(0)
+    model = TinyResNet().eval()
+    batches = [torch.randn(2, 3, 24, 24) for _ in range(2)]
+    rec = resolve_recipe(sigma_init="fit", rules=[{"match": "layer2.conv1", "max_fit_error": 0.0}])
+    conv, report = njetify.convert(model, calibration_data=batches, recipe=rec)
+    assert report.calibration["reverted"] == ["layer2.conv1"]
+    assert {"match": "layer2.conv1", "max_fit_error": 0.0} in report.recipe["rules"]
+    njetify.save(conv, tmp_path / "m.safetensors")
+    back = njetify.load(tmp_path / "m.safetensors", model=TinyResNet()).eval()
+    assert type(back.get_submodule("layer2.conv1")) is nn.Conv2d
+    sub = {p: (m.source is None, m.factor) for p, m in back.named_modules() if isinstance(m, SafeSubsample)}
+    assert sub == {p: (m.source is None, m.factor) for p, m in conv.named_modules() if isinstance(m, SafeSubsample)}
+    assert torch.equal(back(batches[0]), conv.eval()(batches[0]))

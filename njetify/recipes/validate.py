@@ -56,7 +56,7 @@ def _sigma_init(v):
 
 
 def _max_fit_error(v):
-    return None if v > 0 else "a positive relative error (e.g. 0.5; .inf never reverts), or null for no gate"
+    return None if v >= 0 else "a relative error ≥ 0 (e.g. 0.5; .inf never reverts, 0 always does), or null for no gate"
 
 
 def _r(v):

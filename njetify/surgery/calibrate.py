@@ -80,6 +80,7 @@ def calibrate_pass(ctx: SurgeryContext) -> None:
             row.error_before, row.error_after = res.error_before, res.error_after
             if res.candidates:
                 row.extra["sigma_candidates"] = res.candidates
+    _record_decisions(ctx, result)
     by = {s: [r.path for r in result.select(s)] for s in ("reverted", "unreached", "skipped")}
     ctx.report.calibration = {"fit": fit, **result.summary(), **by}
     if by["unreached"]:
@@ -88,6 +89,25 @@ def calibrate_pass(ctx: SurgeryContext) -> None:
     if by["reverted"]:
         ctx.report.note(f"{len(by['reverted'])} layer(s) stay the original conv (fidelity gate, recipe "
                         f"max_fit_error): {_some(by['reverted'])}")
+
+
+def _record_decisions(ctx: SurgeryContext, result) -> None:
+    """Write the per-layer decisions into ``report.recipe`` as rules (σ₀ chosen by fit →
+    ``sigma_init: σ₀``; a reverted layer → ``max_fit_error: 0``) and turn the gate off there, so that
+    redoing the conversion without data (``njetify.load``) rebuilds this very model."""
+    rules = ctx.report.recipe.setdefault("rules", [])
+    for res in result.layers:
+        for path in res.paths:
+            if res.status == "reverted":
+                rules.append({"match": _literal(path), "max_fit_error": 0.0})
+            elif res.candidates and res.kind == "conv":
+                rules.append({"match": _literal(path), "sigma_init": res.sigma0[0]})
+    ctx.report.recipe["max_fit_error"] = None
+
+
+def _literal(path: str) -> str:
+    """A glob that matches ``path`` only."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in path)
 
 
 def _some(paths: list[str]) -> str:
