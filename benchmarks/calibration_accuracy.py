@@ -7,8 +7,7 @@ before any fine-tuning:
 
 * ``weight-space``: no calibration data (α fitted to the kernels);
 * ``kernel``: output-matching calibration on 4×128 training digits, σ₀ from the kernel rule;
-* ``fit``: the same with ``sigma_init: fit``;
-* ``weight-space-fit`` (on request): no data, σ₀ by the weight-space error.
+* ``fit``: the same with ``sigma_init: fit`` (the default recipe's).
 
 ``--engine KEY=VALUE`` sets :class:`njetify.calibration.CalibrationOptions` fields (e.g.
 ``ridge=1e-4``, ``max_samples=2048``, ``dense_strided=true``) for the calibrated variants, which
@@ -44,7 +43,6 @@ from njetify.calibration import CalibrationOptions, LayerOptions, calibrate_mode
 from njetify.recipes import resolve_recipe  # noqa: E402
 
 VARIANTS = ("weight-space", "kernel", "fit")
-EXTRA_VARIANTS = ("weight-space-fit",)  # no data, σ₀ by weight-space error
 
 
 def _value(text: str):
@@ -63,10 +61,9 @@ def convert(net, variant: str, order: int, cal, engine: dict | None, subsample: 
     """``(converted model, seconds of calibration, report or engine result)`` for one variant."""
     rules = [] if dw_order is None else [{"match": p, "order": dw_order} for p, m in net.named_modules()
                                          if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
-    sigma = "fit" if variant.endswith("fit") else "kernel"
-    if variant.startswith("weight-space"):
-        model, report = njetify.convert(net, order=order, subsample=subsample,
-                                        recipe=resolve_recipe(rules=rules, sigma_init=sigma))
+    sigma = "fit" if variant == "fit" else "kernel"
+    if variant == "weight-space":
+        model, report = njetify.convert(net, order=order, subsample=subsample, recipe=resolve_recipe(rules=rules))
         return model, 0.0, report
     if engine is None:
         t = time.perf_counter()

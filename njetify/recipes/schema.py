@@ -97,7 +97,7 @@ class Recipe:
     order: int = 3
     depthwise_order: int | None = 4  # depthwise convs get max(order, this): order 4 spans every 3×3 kernel (None: order)
     extent: float = 2.0
-    sigma_init: float | str = "kernel"  # "kernel": σ₀ from k and dilation; "fit": the best of a few σ₀ on the data; or pixels
+    sigma_init: float | str = "fit"  # "fit": the best of a few σ₀ (on the data); "kernel": σ₀ from k and dilation; or pixels
     learn_sigma: bool = True
     sigma_per: str = "layer"  # "layer" | "channel"
     max_size: int | None = 63  # filter size cap in pixels (None: no cap)

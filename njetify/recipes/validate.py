@@ -51,7 +51,7 @@ def _sigma_init(v):
     if isinstance(v, str):
         return None if v in ("kernel", "fit") else (
             "'kernel' (σ₀ from the kernel size), 'fit' (the σ₀ that reproduces the layer's outputs best "
-            "on the calibration data) or a positive number of pixels")
+            "on the calibration data; the kernel's without data) or a positive number of pixels")
     return _positive(v)
 
 

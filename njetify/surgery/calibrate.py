@@ -1,8 +1,9 @@
 """The calibrate pass: hand the converted layers to :mod:`njetify.calibration` and report what it did.
 
 With calibration data every converted layer (and tied ASPP head) is refitted by output
-matching (:func:`njetify.calibration.calibrate_model`); without, σ₀ by fit and the
-fidelity gate use the weight-space error (:func:`njetify.calibration.calibrate_weights`).
+matching (:func:`njetify.calibration.calibrate_model`), σ₀ chosen by fit where the recipe
+says ``sigma_init: fit``; without data the fidelity gate reads the weight-space error
+(:func:`njetify.calibration.calibrate_weights`) and σ₀ stays the kernel rule's.
 A layer that fails the gate is swapped back to its original conv at once (``_revert``).
 """
 
@@ -19,11 +20,14 @@ def _paths(ctx: SurgeryContext) -> list[str]:
     return convs + branches
 
 
-def _layer_options(ctx: SurgeryContext, original):
+def _layer_options(ctx: SurgeryContext, original, with_data: bool):
+    """Per path: σ₀ candidates for ``sigma_init: fit`` (only with data: without, σ₀ stays the kernel
+    rule's) and the fidelity gate ``max_fit_error``."""
+
     def options(path: str) -> LayerOptions:
         st = ctx.recipe.settings_for(path)
         sigmas = None
-        if st.sigma_init == "fit":
+        if st.sigma_init == "fit" and with_data:
             conv = original.get_submodule(path)
             sigmas = sigma_candidates(conv.kernel_size[0], conv.dilation[0], st.extent)
         return LayerOptions(sigmas=sigmas, max_error=st.max_fit_error)
@@ -48,14 +52,14 @@ def _revert(ctx: SurgeryContext, original):
 
 def calibrate_pass(ctx: SurgeryContext) -> None:
     """Calibrate every converted layer on ``ctx.calibration`` (list of input batches) or, without
-    data, apply σ₀-by-fit and the gate in weight space; fill the report rows and ``report.calibration``."""
+    data, apply the gate in weight space; fill the report rows and ``report.calibration``."""
     original = ctx.state["original"]
     paths = _paths(ctx)
     ctx.kernels.clear()
     if not paths:
         ctx.report.calibration = {"fit": "weight-space", "batches": 0}
         return
-    options, revert = _layer_options(ctx, original), _revert(ctx, original)
+    options, revert = _layer_options(ctx, original, bool(ctx.calibration)), _revert(ctx, original)
     if ctx.calibration:
         result = calibrate_model(original, ctx.model, paths, ctx.calibration, layer_options=options, revert=revert)
         fit = "output-matching"
