@@ -100,9 +100,11 @@ def main() -> None:
             res = calibrate_model(original, converted, paths, batches, options=opts, layer_options=layer_options)
             cal_t.append(time.perf_counter() - t)
         slow = sorted(res.layers, key=lambda r: -r.seconds)[:3]
+        fits = sum(r.seconds for r in res.layers)
         print(f"repeat {rep}: baseline forward {base_t[-1]:.1f} s (peak +{fwd_mem.peak / 2**20:.0f} MiB); "
               f"calibration {cal_t[-1]:.1f} s = {cal_t[-1] / base_t[-1]:.1f}× baseline "
-              f"(targets {res.target_seconds:.1f} s), peak +{cal_mem.peak / 2**20:.0f} MiB; "
+              f"(targets {res.target_seconds:.1f} s, layer fits {fits:.1f} s, the rest is the converted model's "
+              f"forward), peak +{cal_mem.peak / 2**20:.0f} MiB; "
               f"{res.summary()['calibrated']} calibrated; slowest layers: "
               + ", ".join(f"{r.path} {r.seconds:.1f} s ({r.samples} samples, {r.solver})" for r in slow), flush=True)
         del converted, res

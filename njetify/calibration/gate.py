@@ -34,10 +34,11 @@ def apply_gate(u: Unit, res: LayerResult, lo: LayerOptions, converted: nn.Module
     calls of the old layer still in progress in ``sweep`` finish with the original conv."""
     measured = res.status == "calibrated"
     err = res.error_after if measured else res.weight_error
-    if lo.max_error is None or err is None or err <= lo.max_error:
-        return
+    if lo.max_error is None or err is None or (err <= lo.max_error and lo.max_error > 0):
+        return  # max_error 0 reverts even an exact fit
     what = "output" if measured else "weight-space"
-    reason = f"fidelity gate: relative {what} error {err:.3f} > max_fit_error {lo.max_error:g}: original conv kept"
+    cmp = ">" if err > lo.max_error else "≥"
+    reason = f"fidelity gate: relative {what} error {err:.3f} {cmp} max_fit_error {lo.max_error:g}: original conv kept"
     olds = [converted.get_submodule(p) for p in res.paths]
     if revert is None:
         if u.tied:

@@ -66,18 +66,6 @@ def accumulate(unit: Unit, inputs: Inputs, targets: Targets, opts: CalibrationOp
     return stats
 
 
-def output_error(unit: Unit, inputs: Inputs, targets: Targets) -> float:
-    """Relative output error of the unit as it is now, on every sampled position (no Gram matrix)."""
-    x = pack(*unit.params(), unit.groups).float()
-    err2 = norm2 = 0.0
-    for k, q, t in _responses(unit, inputs, targets):
-        pred = design(q, unit.groups, k, unit.num_bias) @ x.to(q.dtype)
-        ts = t.reshape(t.shape[0], unit.groups, -1).transpose(0, 1)
-        err2 += float((pred - ts).double().pow(2).sum())
-        norm2 += float(ts.double().pow(2).sum())
-    return math.sqrt(err2 / norm2) if norm2 > 0 else math.sqrt(err2)
-
-
 def _search_step(unit: Unit, targets: Targets, opts: CalibrationOptions) -> int:
     """Every how many positions the σ₀ search uses: ``1/search_fraction``, but never fewer than
     four samples per unknown."""
@@ -161,7 +149,6 @@ def fit_unit(
             unit.set_sigma(start_sigma)
         unit.set_params(*start)
 
-    res.error_before = output_error(unit, inputs, targets)
     sigmas = [] if unit.tied else list(lopts.sigmas or [])
     if len(sigmas) > 1 and lock_sigma:
         sigmas, res.reason = [], f"σ₀ kept: {lock_sigma}"
@@ -176,7 +163,9 @@ def fit_unit(
             else:
                 unit.set_sigma(s)
                 unit.weight_space_fit()
-            _, _, after = _solve(unit, accumulate(unit, inputs, targets, opts, every), opts)
+            _, before, after = _solve(unit, accumulate(unit, inputs, targets, opts, every), opts)
+            if _same(s, start_sigma):
+                res.error_before = before  # on the search's share of the positions
             res.candidates[round(float(s), 6)] = after
         chosen = choose(res.candidates, opts.sigma_tolerance)
     if _same(chosen, start_sigma):
@@ -185,7 +174,9 @@ def fit_unit(
         unit.set_sigma(chosen)
         unit.weight_space_fit()
     stats = accumulate(unit, inputs, targets, opts)
-    x, _, after = _solve(unit, stats, opts)
+    x, before, after = _solve(unit, stats, opts)
+    if res.error_before is None:
+        res.error_before = before
     _set_fit(unit, x)
     res.error_after = after
     res.samples = stats.count

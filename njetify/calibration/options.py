@@ -46,7 +46,7 @@ class CalibrationOptions:
 @dataclass
 class LayerOptions:
     """Per-layer settings. ``sigmas``: σ₀ candidates to try (None: keep the layer's σ);
-    ``max_error``: the fidelity gate (None: no gate)."""
+    ``max_error``: the fidelity gate (None: no gate; 0: always revert)."""
 
     sigmas: tuple[float, ...] | None = None
     max_error: float | None = MAX_FIT_ERROR

@@ -79,12 +79,17 @@ class GramStats:
         self.count = 0
 
     def update(self, q: torch.Tensor, targets: torch.Tensor, branch: int = 0) -> None:
-        """Add samples: responses ``q (S, C, F)`` of branch ``branch`` and their targets ``(S, O)``."""
-        a = design(q, self.groups, branch, self.num_bias).double()
-        t = split_targets(targets, self.groups).double()
-        self.gram += a.transpose(1, 2) @ a
-        self.cross += a.transpose(1, 2) @ t
-        self.tt += (t * t).sum(1)
+        """Add samples: responses ``q (S, C, F)`` of branch ``branch`` and their targets ``(S, O)``.
+
+        The products of one update are computed in ``q``'s dtype (float32: half the time of float64;
+        relative error ~1e-7, far below the ridge) and summed in float64.
+        """
+        a = design(q, self.groups, branch, self.num_bias)
+        t = split_targets(targets, self.groups).to(a.dtype)
+        at = a.transpose(1, 2)
+        self.gram += (at @ a).double()
+        self.cross += (at @ t).double()
+        self.tt += t.double().pow(2).sum(1)
         self.count += q.shape[0]
 
     def error2(self, x: torch.Tensor) -> float:
