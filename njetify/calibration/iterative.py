@@ -90,6 +90,11 @@ class DesignStore:
         """``‖T‖²``."""
         return float(sum(float(t.double().pow(2).sum()) for t in self.targets))
 
+    def fit(self, x0: torch.Tensor, rho: float = RIDGE) -> tuple[torch.Tensor, float, float]:
+        """The solution X (:meth:`solve`) and ``‖A X₀ − T‖²``, ``‖A X − T‖²``."""
+        x = self.solve(x0, rho)
+        return x, self.error2(x0), self.error2(x)
+
     def solve(self, x0: torch.Tensor, rho: float = RIDGE) -> torch.Tensor:
         """PCG on ``(AᵀA + Λ) X = AᵀT + Λ X₀`` from ``X₀``; stores ``iterations``."""
         lam = ridge_diagonal(self._diagonal(), self.dim, rho)

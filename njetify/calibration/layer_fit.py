@@ -73,9 +73,8 @@ def _search_step(unit: Unit, targets: Targets, opts: CalibrationOptions) -> int:
     return max(1, min(round(1 / max(opts.search_fraction, 1e-6)), total // (4 * (unit.dim + unit.num_bias))))
 
 
-def _relative(stats, x) -> float:
+def _relative(stats, err2: float) -> float:
     norm2 = stats.target_norm2()
-    err2 = stats.error2(x)
     return math.sqrt(err2 / norm2) if norm2 > 0 else math.sqrt(err2)
 
 
@@ -115,9 +114,8 @@ def _set_fit(unit: Unit, x: torch.Tensor) -> None:
 
 def _solve(unit: Unit, stats, opts: CalibrationOptions) -> tuple[torch.Tensor, float, float]:
     """Fit from ``stats``; returns the unknowns and the relative errors before / after."""
-    x0 = pack(*unit.params(), unit.groups)
-    x = stats.solve(x0, opts.ridge)
-    return x, _relative(stats, x0), _relative(stats, x)
+    x, before, after = stats.fit(pack(*unit.params(), unit.groups), opts.ridge)
+    return x, _relative(stats, before), _relative(stats, after)
 
 
 def fit_unit(
