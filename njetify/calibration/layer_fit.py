@@ -39,31 +39,43 @@ def sample_budget(unit: Unit, opts: CalibrationOptions) -> int:
     return max(1, min(opts.max_samples, opts.design_bytes // row))
 
 
-def _stats(unit: Unit, opts: CalibrationOptions, device):
+#: The σ₀ search fits at most this many output channels per group (a seeded subset).
+SEARCH_OUTPUTS = 64
+
+
+def _stats(unit: Unit, opts: CalibrationOptions, outputs: int, device):
     if is_wide(unit, opts):
-        store = DesignStore(unit.groups, unit.dim, unit.num_bias, unit.outputs_per_group, unit.num_basis, device)
+        store = DesignStore(unit.groups, unit.dim, unit.num_bias, outputs, unit.num_basis, device)
         store.max_iter = opts.max_iter
         return store
-    return GramStats(unit.groups, unit.dim, unit.num_bias, unit.outputs_per_group, device)
+    return GramStats(unit.groups, unit.dim, unit.num_bias, outputs, device)
 
 
-def _responses(unit: Unit, inputs: Inputs, targets: Targets, every: int = 1):
-    """Yield ``(branch, q (S, C, F), targets (S, O))`` at the unit's current σ, batch by batch."""
+def accumulate(unit: Unit, inputs: Inputs, targets: Targets, opts: CalibrationOptions, every: int = 1,
+               cols: torch.Tensor | None = None):
+    """Statistics of the unit's regression at its current σ: every ``every``-th position, and only
+    the output channels ``cols`` of each group (all when None)."""
+    og = unit.outputs_per_group
+    stats = _stats(unit, opts, og if cols is None else len(cols), unit.module.alpha.device)
     for b, x in inputs:
         for k, (basis, geometry, _) in enumerate(unit.bases()):
             smp = targets[k].get(b)
             if smp is None:
                 continue
             q = basis_responses(x, basis, geometry, smp.positions[::every], smp.step)
-            yield k, q, smp.values[::every].to(q.device, q.dtype)
-
-
-def accumulate(unit: Unit, inputs: Inputs, targets: Targets, opts: CalibrationOptions, every: int = 1):
-    """Statistics of the unit's regression at its current σ (every ``every``-th position)."""
-    stats = _stats(unit, opts, unit.module.alpha.device)
-    for k, q, t in _responses(unit, inputs, targets, every):
-        stats.update(q, t, k)
+            t = smp.values[::every].to(q.device, q.dtype)
+            if cols is not None:
+                t = t.reshape(t.shape[0], unit.groups, og)[:, :, cols.to(t.device)].flatten(1)
+            stats.update(q, t, k)
     return stats
+
+
+def _search_outputs(unit: Unit) -> torch.Tensor | None:
+    """A seeded subset of ``SEARCH_OUTPUTS`` output channels per group (None: all of them)."""
+    og = unit.outputs_per_group
+    if og <= SEARCH_OUTPUTS:
+        return None
+    return torch.randperm(og, generator=torch.Generator().manual_seed(unit.index))[:SEARCH_OUTPUTS].sort().values
 
 
 def _search_step(unit: Unit, targets: Targets, opts: CalibrationOptions) -> int:
@@ -112,9 +124,13 @@ def _set_fit(unit: Unit, x: torch.Tensor) -> None:
     unit.set_params(alpha, bias)
 
 
-def _solve(unit: Unit, stats, opts: CalibrationOptions) -> tuple[torch.Tensor, float, float]:
-    """Fit from ``stats``; returns the unknowns and the relative errors before / after."""
-    x, before, after = stats.fit(pack(*unit.params(), unit.groups), opts.ridge)
+def _solve(unit: Unit, stats, opts: CalibrationOptions, cols: torch.Tensor | None = None):
+    """Fit from ``stats`` (output channels ``cols``); returns the unknowns and the relative errors
+    before / after."""
+    x0 = pack(*unit.params(), unit.groups)
+    if cols is not None:
+        x0 = x0[..., cols.to(x0.device)]
+    x, before, after = stats.fit(x0, opts.ridge)
     return x, _relative(stats, before), _relative(stats, after)
 
 
@@ -154,16 +170,16 @@ def fit_unit(
     if len(sigmas) > 1:
         if not any(_same(s, start_sigma) for s in sigmas):
             sigmas = [start_sigma, *sigmas]
-        every = _search_step(unit, targets, opts)
+        every, cols = _search_step(unit, targets, opts), _search_outputs(unit)
         for s in sigmas:
             if _same(s, start_sigma):
                 restore()
             else:
                 unit.set_sigma(s)
                 unit.weight_space_fit()
-            _, before, after = _solve(unit, accumulate(unit, inputs, targets, opts, every), opts)
+            _, before, after = _solve(unit, accumulate(unit, inputs, targets, opts, every, cols), opts, cols)
             if _same(s, start_sigma):
-                res.error_before = before  # on the search's share of the positions
+                res.error_before = before  # on the search's share of positions and outputs
             res.candidates[round(float(s), 6)] = after
         chosen = choose(res.candidates, opts.sigma_tolerance)
     if _same(chosen, start_sigma):

@@ -16,7 +16,8 @@ class LayerResult:
         fitted, ``reason`` says why: weight-space fit kept) | ``"weight-space"`` (fitted without data).
     error_before: relative output error ``‖y − y_orig‖/‖y_orig‖`` of the layer as converted (weight-space
         fit at the initial σ₀), on the inputs it receives in the converted model (earlier layers fitted);
-        on the σ₀ search's share of the positions when σ₀ was searched.
+        on the σ₀ search's share of the positions (and of at most 64 output channels per group)
+        when σ₀ was searched.
     error_after: the same after the fit (the error the gate compares).
     weight_error: relative weight-space error of the initial fit.
     sigma0 / size: σ₀ (pixels) and filter size per branch after the fit.
