@@ -171,7 +171,10 @@ def fit_unit(
         if not any(_same(s, start_sigma) for s in sigmas):
             sigmas = [start_sigma, *sigmas]
         every, cols = _search_step(unit, targets, opts), _search_outputs(unit)
-        for s in sigmas:
+        for s in sorted(sigmas, key=lambda v: (not _same(v, start_sigma), v)):
+            if len(res.candidates) >= 2 and min(res.candidates.values()) * (1 + opts.sigma_tolerance) < \
+                    res.candidates[max(res.candidates)]:
+                break  # the error rose again past its minimum: larger σ₀ will not win (and cost more)
             if _same(s, start_sigma):
                 restore()
             else:

@@ -24,7 +24,8 @@ class CalibrationOptions:
         stride 1) instead of the positions the stride keeps.
     search_fraction: share of the positions used to rank σ₀ candidates (the winner is refitted on all).
     sigma_tolerance: a smaller σ₀ wins when its error is within this relative margin of the best
-        (smaller filters train faster).
+        (smaller filters train faster); the search, from small to large σ₀, stops once the error of the
+        largest σ₀ tried exceeds the best by more than this margin.
     direct_max_dim: widest regression (C_g·F + biases) solved from a float64 Gram matrix; wider
         ones use preconditioned conjugate gradients on a stored float32 design.
     design_bytes: memory bound of that stored design (it caps the positions of wide layers).
