@@ -105,7 +105,9 @@ def main() -> None:
               f"calibration {cal_t[-1]:.1f} s = {cal_t[-1] / base_t[-1]:.1f}× baseline "
               f"(targets {res.target_seconds:.1f} s, layer fits {fits:.1f} s, the rest is the converted model's "
               f"forward), peak +{cal_mem.peak / 2**20:.0f} MiB; "
-              f"{res.summary()['calibrated']} calibrated; slowest layers: "
+              f"{res.summary()['calibrated']} calibrated"
+              + "".join(f", {r.path} {r.status} ({r.reason})" for r in res.layers if r.status != "calibrated")
+              + "; slowest layers: "
               + ", ".join(f"{r.path} {r.seconds:.1f} s ({r.samples} samples, {r.solver})" for r in slow), flush=True)
         del converted, res
     print(f"median: baseline {statistics.median(base_t):.1f} s, calibration {statistics.median(cal_t):.1f} s "

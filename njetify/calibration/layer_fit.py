@@ -154,55 +154,81 @@ def fit_unit(
     if why is not None:
         res.status, res.reason = "skipped", f"not calibrated: {why}"
         return res
-    start_sigma = res.sigma0[0]
-    alpha0, bias0 = unit.params()
-    start = (alpha0.clone(), None if bias0 is None else bias0.clone())
-
-    def restore():
-        if not unit.tied:
-            unit.set_sigma(start_sigma)
-        unit.set_params(*start)
-
     sigmas = [] if unit.tied else list(lopts.sigmas or [])
+    if len(sigmas) > 1 and unit.dim + unit.num_bias > opts.search_max_dim:
+        lock_sigma = (f"a regression of {unit.dim + unit.num_bias} unknowns is wider than search_max_dim "
+                      f"{opts.search_max_dim} (searching would cost a fit per candidate)")
     if len(sigmas) > 1 and lock_sigma:
         sigmas, res.reason = [], f"σ₀ kept: {lock_sigma}"
-    chosen = start_sigma
-    if len(sigmas) > 1:
-        if not any(_same(s, start_sigma) for s in sigmas):
-            sigmas = [start_sigma, *sigmas]
-        every, cols = _search_step(unit, targets, opts), _search_outputs(unit)
-        for s in sorted(sigmas, key=lambda v: (not _same(v, start_sigma), v)):
-            if len(res.candidates) >= 2 and min(res.candidates.values()) * (1 + opts.sigma_tolerance) < \
-                    res.candidates[max(res.candidates)]:
-                break  # the error rose again past its minimum: larger σ₀ will not win (and cost more)
-            if _same(s, start_sigma):
-                restore()
-            else:
-                unit.set_sigma(s)
-                unit.weight_space_fit()
-            _, before, after = _solve(unit, accumulate(unit, inputs, targets, opts, every, cols), opts, cols)
-            if _same(s, start_sigma):
-                res.error_before = before  # on the search's share of positions and outputs
-            res.candidates[round(float(s), 6)] = after
-        chosen = choose(res.candidates, opts.sigma_tolerance)
-    if _same(chosen, start_sigma):
-        restore()
+    start = _State(unit)
+    fits = _search(unit, inputs, targets, opts, sigmas, start, res) if len(sigmas) > 1 else {}
+    chosen = choose(res.candidates, opts.sigma_tolerance) if res.candidates else start.sigma
+    if chosen in fits:  # the search already fitted it on every position and output
+        x, res.samples, res.solver = fits[chosen]
+        _move_to(unit, chosen, start)
     else:
-        unit.set_sigma(chosen)
-        unit.weight_space_fit()
-    stats = accumulate(unit, inputs, targets, opts)
-    x, before, after = _solve(unit, stats, opts)
-    if res.error_before is None:
-        res.error_before = before
+        _move_to(unit, chosen, start)
+        stats = accumulate(unit, inputs, targets, opts)
+        x, before, res.error_after = _solve(unit, stats, opts)
+        res.samples, res.solver = stats.count, _solver(stats)
+        if res.error_before is None:
+            res.error_before = before
     _set_fit(unit, x)
-    res.error_after = after
-    res.samples = stats.count
-    res.solver = "direct" if isinstance(stats, GramStats) else f"pcg ({stats.iterations} iterations)"
+    if res.error_after is None:
+        res.error_after = res.candidates[chosen]
     res.sigma0 = [round(v, 6) for v in unit.sigmas()]
     res.weight_error = unit.weight_error()  # of the weight-space fit at the final σ₀
     res.size = [b.shape[-1] for b, _, _ in unit.bases()]
     res.seconds = time.perf_counter() - t0
     return res
+
+
+class _State:
+    """A unit's σ and parameters as converted, to come back to."""
+
+    def __init__(self, unit: Unit):
+        self.sigma = round(unit.sigmas()[0], 6)
+        alpha, bias = unit.params()
+        self.alpha, self.bias = alpha.clone(), None if bias is None else bias.clone()
+
+
+def _move_to(unit: Unit, sigma: float, start: _State) -> None:
+    """σ₀ = ``sigma`` with the weight-space fit there (the converted parameters at the start σ₀)."""
+    if _same(sigma, start.sigma):
+        if not unit.tied:
+            unit.set_sigma(start.sigma)
+        unit.set_params(start.alpha, start.bias)
+    else:
+        unit.set_sigma(sigma)
+        unit.weight_space_fit()
+
+
+def _search(unit, inputs, targets, opts, sigmas, start: _State, res: LayerResult) -> dict:
+    """Try σ₀ candidates from small to large (stop once the error rises past its minimum); fill
+    ``res.candidates`` and ``res.error_before``. Where the search used every position and output
+    (a layer with few positions per unknown), return the fits ``{σ₀: (x, samples, solver)}``."""
+    sigmas = sorted({round(float(s), 6) for s in sigmas} | {start.sigma})
+    sigmas.sort(key=lambda v: not _same(v, start.sigma))  # the start first: its error is the "before"
+    every, cols = _search_step(unit, targets, opts), _search_outputs(unit)
+    full = every == 1 and cols is None
+    fits = {}
+    for s in sigmas:
+        tried = res.candidates
+        if len(tried) >= 2 and min(tried.values()) * (1 + opts.sigma_tolerance) < tried[max(tried)]:
+            break  # the error rose again past its minimum: larger σ₀ will not win (and cost more)
+        _move_to(unit, s, start)
+        stats = accumulate(unit, inputs, targets, opts, every, cols)
+        x, before, after = _solve(unit, stats, opts, cols)
+        if _same(s, start.sigma):
+            res.error_before = before  # on the search's share of positions and outputs
+        res.candidates[s] = after
+        if full:
+            fits[s] = (x, stats.count, _solver(stats))
+    return fits
+
+
+def _solver(stats) -> str:
+    return "direct" if isinstance(stats, GramStats) else f"pcg ({stats.iterations} iterations)"
 
 
 def _same(a: float, b: float) -> bool:

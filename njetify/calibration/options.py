@@ -26,6 +26,8 @@ class CalibrationOptions:
     sigma_tolerance: a smaller σ₀ wins when its error is within this relative margin of the best
         (smaller filters train faster); the search, from small to large σ₀, stops once the error of the
         largest σ₀ tried exceeds the best by more than this margin.
+    search_max_dim: widest regression (C_g·F + biases) whose σ₀ is searched; wider layers keep their σ₀
+        (on timm resnet50 the three 512-channel 3×3 convs, 5120 unknowns, would take most of the time).
     direct_max_dim: widest regression (C_g·F + biases) solved from a float64 Gram matrix; wider
         ones use preconditioned conjugate gradients on a stored float32 design.
     design_bytes: memory bound of that stored design (it caps the positions of wide layers).
@@ -38,6 +40,7 @@ class CalibrationOptions:
     dense_strided: bool = False
     search_fraction: float = 0.25
     sigma_tolerance: float = 0.02
+    search_max_dim: int = 4096
     direct_max_dim: int = 8192
     design_bytes: int = 2**30
     max_iter: int = MAX_ITER
