@@ -209,8 +209,9 @@ def _search(unit, inputs, targets, opts, sigmas, start: _State, res: LayerResult
     (a layer with few positions per unknown), return the fits ``{σ₀: (x, samples, solver)}``."""
     sigmas = sorted({round(float(s), 6) for s in sigmas} | {start.sigma})
     sigmas.sort(key=lambda v: not _same(v, start.sigma))  # the start first: its error is the "before"
-    every, cols = _search_step(unit, targets, opts), _search_outputs(unit)
-    full = every == 1 and cols is None
+    every = _search_step(unit, targets, opts)
+    full = every == 1  # every position: fit every output too, and the winner's fit is the final one
+    cols = None if full else _search_outputs(unit)
     fits = {}
     for s in sigmas:
         tried = res.candidates
