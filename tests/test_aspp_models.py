@@ -185,8 +185,8 @@ def test_data_aware_tying_reports_output_error():
     ws, report_ws = tie_aspp(model)
     da, report_da = tie_aspp(model, calibration_data=calib)
     (row_ws,), (row_da,) = _heads(report_ws), _heads(report_da)
-    assert row_da.extra["fit"] == "data-aware" and row_ws.extra["fit"] == "weight-space"
-    assert 0 <= row_da.extra["output_error"] < 1
+    assert row_da.extra["fit"] == "output-matching" and row_ws.extra["fit"] == "weight-space"
+    assert 0 <= row_da.error_after < row_da.error_before and row_ws.error_after is None
 
     def err(m):
         with torch.no_grad():

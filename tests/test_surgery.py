@@ -229,8 +229,8 @@ def test_sigma_per_channel_and_calibration():
     data = [torch.randn(4, 3, 32, 32) for _ in range(2)]
     conv, report = njetify.convert(model, recipe=Recipe(sigma_per="channel"), calibration_data=data)
     assert conv.layer1.conv1.sigma.shape == (8,)
-    assert report.calibration["fit"] == "data-aware" and report.calibration["layers"] == report.converted
-    assert all(r.extra.get("fit") == "data-aware" for r in report.select("conv", "converted"))
+    assert report.calibration["fit"] == "output-matching" and report.calibration["calibrated"] == report.converted
+    assert all(r.extra.get("fit") == "output-matching" for r in report.select("conv", "converted"))
     assert conv(data[0]).shape == (4, 5)
 
 

@@ -51,7 +51,7 @@ def test_mnist_accuracy_preserved_by_calibrated_conversion():
         "order 2, calibrated": {"order": 2, "calibration_data": calib},
     }.items():
         conv, report = njetify.convert(model, **kw)
-        assert report.calibration["fit"] == ("data-aware" if "calibration_data" in kw else "weight-space")
+        assert report.calibration["fit"] == ("output-matching" if "calibration_data" in kw else "weight-space")
         figures[name] = _accuracy(conv, xte, yte)
     print("MNIST test accuracy (%):", {k: round(v, 2) for k, v in figures.items()})
     assert base > 90

@@ -234,15 +234,16 @@ class NJetConv2d(SigmaModule):
         unbatched = x.dim() == 3
         if unbatched:
             x = x.unsqueeze(0)
-        path = self.choose_path(x)
-        if path == "dense":
-            out = self._conv_dense(x)
-        else:
-            out = self._conv_factorised(x, path)
+        out = self.convolve(x)
         if self.subsample is not None:
             out = self.subsample(out)
-        if unbatched:
-            out = out.squeeze(0)
+        return out.squeeze(0) if unbatched else out
+
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
+        """The N-Jet convolution alone, without the carried subsampling: ``(N, C_in, H, W)`` →
+        ``(N, C_out, H', W')`` at ``stride``, dense or factorised (see ``path``)."""
+        path = self.choose_path(x)
+        out = self._conv_dense(x) if path == "dense" else self._conv_factorised(x, path)
         self.last_path = path
         return out
 

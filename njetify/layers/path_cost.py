@@ -14,7 +14,7 @@ work, plus a fixed overhead per call, and picks the fastest:
 A training step (forward + backward) costs about 3× the forward for every way; the
 basis-first backward recomputes its filtering (one more pass). The CPU rates were
 measured with ``benchmarks/layer.py --calibrate`` on the development machine (see
-docs/speed.md); the CUDA rates are estimates (cuDNN convolutions are fast, and every
+docs/speed.md); the CUDA rates were read from an H200 σ sweep (cuDNN convolutions are fast, and every
 factorised call launches about 20 kernels), so small and medium filters stay dense there.
 """
 
@@ -43,6 +43,7 @@ class Rates:
     fresh: float  # bytes/s of writing newly allocated memory (first touch faults pages in)
     call: float  # fixed seconds of a basis-first forward above a dense one (operator building, ~20 ops)
     sample_call: float  # seconds per sample and x-order of mix-first's sample-by-sample products
+    fill: float = 0.0  # output elements (N·H'·W'·C_out) a dense conv needs to reach its rate (0: any)
 
 
 #: One CPU thread (measured with ``benchmarks/path_cost.py --rates --threads 1``); the MAC and
@@ -50,8 +51,12 @@ class Rates:
 CPU_THREAD = Rates(conv=40e9, conv_train=10.3e9, conv_depthwise=19e9, conv_depthwise_train=0.41e9, gemm=31e9,
                    gemm_thin=22e9, planes=27e9, plane_call=0.45e-6, bandwidth=6.4e9, fresh=1.2e9, call=250e-6,
                    sample_call=150e-6)
-CUDA = Rates(conv=8e12, conv_train=2.5e12, conv_depthwise=0.3e12, conv_depthwise_train=0.1e12, gemm=12e12,
-             gemm_thin=2e12, planes=2e12, plane_call=1e-9, bandwidth=1e12, fresh=1e12, call=250e-6, sample_call=50e-6)
+#: An H200 (``benchmarks/layer.py --device cuda`` σ sweep, fp32): cuDNN convolutions run at
+#: ~6.5e13 MAC/s forward once the output has ~2e6 elements (less below: ``fill``); a factorised
+#: call is bound by its ~20 kernel launches (~0.7 ms forward, ~3 ms train step, whatever σ).
+CUDA = Rates(conv=6.5e13, conv_train=2.5e13, conv_depthwise=0.3e12, conv_depthwise_train=0.1e12, gemm=12e12,
+             gemm_thin=2e12, planes=2e12, plane_call=1e-9, bandwidth=1e12, fresh=1e12, call=0.7e-3, sample_call=50e-6,
+             fill=2e6)
 
 
 @dataclass(frozen=True)
@@ -102,11 +107,13 @@ def dense_seconds(sh: ConvShape, rates: Rates, training: bool) -> float:
     cg = sh.in_channels // sh.groups
     macs = sh.batch * sh.out_height * sh.out_width * sh.out_channels * cg * sh.size**2
     depthwise = cg <= 4
+    outputs = sh.batch * sh.out_height * sh.out_width * sh.out_channels
+    occupancy = min(1.0, outputs / rates.fill) ** 0.75 if rates.fill else 1.0  # small outputs leave a GPU idle
     if not training:
-        return macs / (rates.conv_depthwise if depthwise else rates.conv)
+        return macs / (rates.conv_depthwise if depthwise else rates.conv) / occupancy
     filt = sh.out_channels * cg * sh.size**2
     build = 3 * filt * sh.num_basis / rates.gemm + 2 * _fresh(4 * filt, rates)
-    return macs / (rates.conv_depthwise_train if depthwise else rates.conv_train) + build
+    return macs / (rates.conv_depthwise_train if depthwise else rates.conv_train) / occupancy + build
 
 
 def factorised_seconds(sh: ConvShape, rates: Rates, training: bool, order: str, shared_mix: int = 1) -> float:

@@ -40,6 +40,8 @@ class Rule:
     learn_sigma: bool | None = None
     sigma_per: str | None = None
     max_size: int | None = None
+    max_fit_error: float | None = None  # a rule disables the gate with .inf
+    depthwise_order: int | None = None
 
 
 @dataclass
@@ -82,6 +84,8 @@ class LayerSettings:
     learn_sigma: bool
     sigma_per: str
     max_size: int | None
+    max_fit_error: float | None = None
+    depthwise_order: int | None = None
 
 
 @dataclass
@@ -91,11 +95,13 @@ class Recipe:
     name: str = "default"
     description: str = ""
     order: int = 3
+    depthwise_order: int | None = 4  # depthwise convs get max(order, this): order 4 spans every 3×3 kernel (None: order)
     extent: float = 2.0
-    sigma_init: float | str = "kernel"  # "kernel": σ₀ from k and dilation; or a number in pixels
+    sigma_init: float | str = "fit"  # "fit": the best of a few σ₀ (on the data); "kernel": σ₀ from k and dilation; or pixels
     learn_sigma: bool = True
     sigma_per: str = "layer"  # "layer" | "channel"
     max_size: int | None = 63  # filter size cap in pixels (None: no cap)
+    max_fit_error: float | None = 0.5  # fidelity gate: a layer fitted worse than this stays the original conv (None: off)
     convs: bool = True  # convert the k×k convolutions (False: only what aspp/subsample ask for)
     subsample: SubsampleConfig = field(default_factory=SubsampleConfig)
     aspp: AsppConfig = field(default_factory=AsppConfig)
@@ -112,6 +118,8 @@ class Recipe:
             learn_sigma=self.learn_sigma,
             sigma_per=self.sigma_per,
             max_size=self.max_size,
+            max_fit_error=self.max_fit_error,
+            depthwise_order=self.depthwise_order,
         )
         for rule in self.rules:
             if fnmatch.fnmatchcase(path, rule.match):

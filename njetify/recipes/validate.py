@@ -49,8 +49,14 @@ def _at_least(lo):
 
 def _sigma_init(v):
     if isinstance(v, str):
-        return None if v == "kernel" else "'kernel' (σ₀ from the kernel size) or a positive number of pixels"
+        return None if v in ("kernel", "fit") else (
+            "'kernel' (σ₀ from the kernel size), 'fit' (the σ₀ that reproduces the layer's outputs best "
+            "on the calibration data; the kernel's without data) or a positive number of pixels")
     return _positive(v)
+
+
+def _max_fit_error(v):
+    return None if v >= 0 else "a relative error ≥ 0 (e.g. 0.5; .inf never reverts, 0 always does), or null for no gate"
 
 
 def _r(v):
@@ -83,10 +89,12 @@ def _gamma(v):
 #: Allowed values per key path (``rules.<field>`` falls back to the top-level field's check).
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "order": _order,
+    "depthwise_order": _order,
     "extent": _positive,
     "sigma_init": _sigma_init,
     "sigma_per": _choice(*SIGMA_PER),
     "max_size": _at_least(1),
+    "max_fit_error": _max_fit_error,
     "subsample.mode": _choice(*SUBSAMPLE_MODES),
     "subsample.r": _r,
     "subsample.where": _choice(*SUBSAMPLE_WHERE),

@@ -13,6 +13,7 @@ import os
 import torch
 from torch import nn
 
+from ..calibration import prepare_batches
 from ..options import SUBSAMPLE_MODES, check_max_size, check_order, check_positive, check_r
 from ..recipes import validate_rules_against
 from ..recipes.schema import AsppConfig, Recipe, SubsampleConfig
@@ -20,7 +21,7 @@ from .context import SurgeryContext, check_pipeline, run_pipeline
 from .pipeline import DEFAULT_PASSES
 from .report import REPORT_ATTR, ConversionReport
 from .rewrite import Rewriter
-from .util import count_params, first_input, model_device_dtype, to_model
+from .util import count_params, model_device_dtype, to_model
 
 #: Filter-size cap of :func:`tie_aspp`: 127 px covers rate 63 at extent 2 (σ₀ 31.5).
 TIE_MAX_SIZE = 127
@@ -57,21 +58,6 @@ def _as_tuple(example_inputs) -> tuple | None:
     raise TypeError(f"example_inputs must be a tensor or a tuple of model inputs, got {type(example_inputs).__name__}")
 
 
-def _batches(calibration_data, device, dtype) -> list | None:
-    if calibration_data is None:
-        return None
-    if isinstance(calibration_data, torch.Tensor):
-        calibration_data = [calibration_data]
-    try:
-        batches = [to_model(first_input(b), device, dtype) for b in calibration_data]
-    except TypeError:
-        raise TypeError("calibration_data must be an iterable of input batches (a DataLoader or a list of "
-                        f"tensors), got {type(calibration_data).__name__}") from None
-    if not batches:
-        raise ValueError("calibration_data is empty: give a few input batches, or None for a weight-space fit")
-    return batches
-
-
 def _copy(model: nn.Module, why: str) -> nn.Module:
     try:
         return copy.deepcopy(model)
@@ -103,7 +89,8 @@ def convert(
             ``"keep"`` (strides and pooling stay).
         r: ``"auto"`` (factor at σ₀ = original stride, default) or a positive number (paper: 4).
         calibration_data: iterable of input batches (tensors, or ``(x, y, ...)`` tuples); when
-            given, α is fitted on the inputs each layer really sees (DESIGN §3).
+            given, every converted layer is refitted to reproduce the original conv's outputs,
+            layer by layer (output matching, DESIGN §3; docs/calibration.md).
         example_inputs: a tensor or tuple of inputs, used to record shapes and check the result.
         inplace: convert ``model`` itself instead of a deep copy (always use the returned model).
         passes: the pipeline (default :data:`~njetify.surgery.DEFAULT_PASSES`).
@@ -121,10 +108,11 @@ def convert(
     pipeline = check_pipeline(DEFAULT_PASSES if passes is None else passes)
     examples = _as_tuple(example_inputs)
     device, dtype = model_device_dtype(model)
-    batches = _batches(calibration_data, device, dtype)
+    # checked, and run once through the original model, before any change
+    batches = None if calibration_data is None else prepare_batches(model, calibration_data, device, dtype)
     if examples is not None:
         examples = tuple(to_model(t, device, dtype) for t in examples)
-    elif batches is not None:
+    elif batches is not None and isinstance(batches[0], torch.Tensor):
         examples = (batches[0],)
     from ..recipes import recipe_to_dict
 

@@ -44,7 +44,7 @@ class SurgeryContext:
     Filled by passes: ``analysis`` (traced graphs of the model, pass ``trace``),
     ``out_shapes`` (the original outputs' shapes on the example inputs, pass ``shapes``),
     ``plan`` (subsampling sites, their σ-source groups and flatten guards, pass ``plan``),
-    ``converted`` (path → :class:`ConvertedLayer`, pass ``convs``), ``tied`` (the tied ASPP
+    ``converted`` (path → :class:`ConvertedLayer`: passes ``convs`` and ``aspp``, whose tied branches are there too), ``tied`` (the tied ASPP
     heads' report rows, pass ``aspp``).
     """
 

@@ -20,7 +20,10 @@ class ReportRow:
     skipped), ``"subsample"`` (a strided op: subsampled or kept), ``"guard"`` (a flatten → Linear
     head), ``"aspp"`` (a DeepLab head: tied or skipped), ``"module"`` (a module of yours whose
     forward was replaced by a traced one). Fields that do not apply stay None. σ₀ and sizes are in pixels;
-    ``fit_error`` is the relative weight-space error ``‖W_fit − W‖/‖W‖``.
+    ``fit_error`` is the relative weight-space error ``‖W_fit − W‖/‖W‖``; ``error_before`` /
+    ``error_after`` the relative output error ``‖y − y_orig‖/‖y_orig‖`` on the calibration data
+    before / after output-matching calibration (the table's ``err`` shows ``error_after`` when
+    there is one, else ``fit_error``).
     """
 
     kind: str
@@ -35,6 +38,8 @@ class ReportRow:
     sigma0: float | None = None
     size: int | None = None
     fit_error: float | None = None
+    error_before: float | None = None
+    error_after: float | None = None
     params_before: int = 0
     params_after: int = 0
     reason: str | None = None
@@ -142,7 +147,7 @@ class ConversionReport:
                     Column("s", "right"), Column("err", "right", optional=True),
                     Column("params", "right", optional=True)]
             cells = [[r.path, r.op, action(r), _fmt(r.order), _fmt(r.sigma0, ".3g"), _fmt(r.size),
-                      _fmt(r.fit_error, ".2f"), _params(r)] for r in rows]
+                      _fmt(r.fit_error if r.error_after is None else r.error_after, ".2f"), _params(r)] for r in rows]
             return PathTable(cols, cells, title="convolutions")
         cols = [Column("module"), Column("kind"), Column("action"), Column("σ₀", "right"),
                 Column("op", optional=True)]

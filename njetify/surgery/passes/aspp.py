@@ -14,15 +14,12 @@ from __future__ import annotations
 import fnmatch
 import warnings
 
-import torch
 from torch import nn
 
 from ...layers import TiedNJetBranch, TiedNJetConv2d
-from ...modes import evaluating
 from ..analysis.aspp_heads import AsppHead, find_heads, may_hold_head
-from ..context import SurgeryContext
+from ..context import ConvertedLayer, SurgeryContext
 from ..report import ReportRow
-from ..util import call
 from .convs import describe_conv
 
 
@@ -41,13 +38,12 @@ def aspp_pass(ctx: SurgeryContext) -> None:
                 if all(x.branches != y.branches for y in seen):
                     seen.append(x)
     heads = [h for h in heads if all(isinstance(ctx.module(b), nn.Conv2d) for b in h.branches)]
-    feats = _head_inputs(ctx, heads) if ctx.calibration and heads else {}
     for head in heads:
         if _rule_skips(ctx.recipe, head.branches):
             ctx.report.add(ReportRow(kind="aspp", path=head.path, op=f"ASPP {len(head.branches)} branches",
                                      action="skipped", dilation=tuple(head.dilations), reason="recipe rule: skip"))
             continue
-        ctx.tied.append(tie_head(ctx, head, feats.get(head.branches[0])))
+        ctx.tied.append(tie_head(ctx, head))
     for s in skips:
         ctx.report.add(ReportRow(kind="aspp", path=s.path, op=f"ASPP {len(s.branches)} branches", action="skipped",
                                  reason=s.reason, extra={"branches": list(s.branches)}))
@@ -60,20 +56,21 @@ def aspp_pass(ctx: SurgeryContext) -> None:
         ctx.report.note(msg)
 
 
-def tie_head(ctx: SurgeryContext, head: AsppHead, inputs: list[torch.Tensor] | None) -> ReportRow:
-    """Replace the branch convs of ``head`` by one tied layer; returns the head's report row."""
+def tie_head(ctx: SurgeryContext, head: AsppHead) -> ReportRow:
+    """Replace the branch convs of ``head`` by one tied layer, fitted in weight space (the
+    ``calibrate`` pass refits it on data); returns the head's report row."""
     st = ctx.recipe.settings_for(head.branches[0])
     convs = [ctx.module(p) for p in head.branches]
-    sigmas = None if st.sigma_init == "kernel" else [float(st.sigma_init)] * len(convs)
-    tied = TiedNJetConv2d.from_convs(convs, order=st.order, extent=st.extent, inputs=inputs or None,
+    sigmas = None if st.sigma_init in ("kernel", "fit") else [float(st.sigma_init)] * len(convs)
+    tied = TiedNJetConv2d.from_convs(convs, order=st.order, extent=st.extent,
                                      learn_sigma=st.learn_sigma, max_size=st.max_size, sigmas=sigmas)
     tied.train(convs[0].training)
     sigma0 = [round(float(s), 6) for s in tied.sigma.detach()]
     sizes = [tied.kernel_size(k)[0] for k in range(tied.num_branches)]
     capped = [head.branches[k] for k in range(tied.num_branches) if tied.size_capped[k]]
-    output_error = _output_error(convs, tied, inputs) if inputs else None
     for k, (path, conv, branch) in enumerate(zip(head.branches, convs, tied.branches)):
         ctx.rewriter.replace(path, branch)
+        ctx.converted[path] = ConvertedLayer(path, branch, conv)
         ctx.report.add(ReportRow(
             kind="conv", path=path, op=describe_conv(conv), action="converted", kernel=conv.kernel_size[0],
             dilation=conv.dilation[0], groups=conv.groups, order=st.order, sigma0=sigma0[k], size=sizes[k],
@@ -90,37 +87,10 @@ def tie_head(ctx: SurgeryContext, head: AsppHead, inputs: list[torch.Tensor] | N
         params_before=sum(p.numel() for c in convs for p in c.parameters()), params_after=tied.num_params(),
         reason="; ".join(notes) or None,
         extra={"branches": list(head.branches), "rates": list(head.dilations), "merge": head.merge,
-               "sigma0": sigma0, "sizes": sizes, "fit": "data-aware" if inputs else "weight-space",
-               "branch_errors": list(tied.branch_errors or []), "output_error": output_error,
+               "sigma0": sigma0, "sizes": sizes, "fit": "weight-space",
+               "branch_errors": list(tied.branch_errors or []),
                "max_size": st.max_size, "capped": capped, "skipped": [list(x) for x in head.skipped]},
     ))
-
-
-@torch.no_grad()
-def _output_error(convs, tied: TiedNJetConv2d, inputs) -> float:
-    """``sqrt(Σ ‖tied_k(x) − conv_k(x)‖² / Σ ‖conv_k(x)‖²)`` over branches and calibration inputs."""
-    num = den = 0.0
-    for x in inputs:
-        for k, conv in enumerate(convs):
-            ref = conv(x)
-            num += float((tied.forward_branch(x, k) - ref).double().pow(2).sum())
-            den += float(ref.double().pow(2).sum())
-    return (num / den) ** 0.5 if den > 0 else num**0.5
-
-
-def _head_inputs(ctx: SurgeryContext, heads: list[AsppHead]) -> dict[str, list[torch.Tensor]]:
-    """The input of each head's first branch on the calibration batches (eval mode, no gradients)."""
-    feats: dict[str, list[torch.Tensor]] = {h.branches[0]: [] for h in heads}
-    hooks = [ctx.module(p).register_forward_pre_hook(lambda m, args, p=p: feats[p].append(args[0].detach()))
-             for p in feats]
-    try:
-        with evaluating(ctx.model):
-            for x in ctx.calibration:
-                call(ctx.model, x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return feats
 
 
 def _rule_skips(recipe, paths: list[str]) -> bool:

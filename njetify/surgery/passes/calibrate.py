@@ -1,92 +1,170 @@
-"""Data-aware calibration (DESIGN §3): refit α layer by layer on the inputs each layer really sees.
+"""Pass ``calibrate``: hand the converted layers to :mod:`njetify.calibration` and report what it did.
 
-Layers are visited in the order the forward calls them; each is refitted on the
-inputs produced by the layers before it, which are already converted and
-calibrated. One partial forward per layer and batch (the forward stops at the
-layer), in eval mode without gradients; BatchNorm statistics are not touched.
+With calibration data every converted layer (and tied ASPP head) is refitted by output
+matching (:func:`njetify.calibration.calibrate_model`), σ₀ chosen by fit where the recipe
+says ``sigma_init: fit``; without data the fidelity gate reads the weight-space error
+(:func:`njetify.calibration.calibrate_weights`) and σ₀ stays the kernel rule's.
+A layer that fails the gate is swapped back to its original conv at once (through the
+rewriter, so a failed conversion still rolls back), followed by its subsampling fixed at
+``1/stride``.
 """
 
 from __future__ import annotations
 
-import time
+import fnmatch
 
 from torch import nn
 
-from ...fit import dense_kernel
-from ...modes import evaluating
+from ...calibration import (
+    LayerOptions,
+    calibrate_model,
+    calibrate_weights,
+    fix_subsamples,
+    sigma_candidates,
+)
+from ...calibration.revert import reverted_module
 from ..context import SurgeryContext
-from ..util import call
-from .convs import fit_layer
 
 
-class _Reached(Exception):
-    """Raised by the capture hook to end a forward pass early."""
+class _Originals(nn.Module):
+    """The original conv of every converted path, answering ``get_submodule(path)`` as the
+    original model would — all the data-free engine needs of it, without copying the model."""
 
+    def __init__(self, convs: dict[str, nn.Module]):
+        super().__init__()
+        object.__setattr__(self, "_convs", convs)  # references, not children: nothing is copied or moved
 
-def execution_order(model: nn.Module, layers: dict[int, nn.Module], x) -> list[nn.Module]:
-    """The layers of ``layers`` (id → module) in the order one forward on ``x`` first calls them."""
-    order: list[nn.Module] = []
-    seen: set[int] = set()
-
-    def hook(m, args):
-        if id(m) not in seen:
-            seen.add(id(m))
-            order.append(m)
-
-    handles = [m.register_forward_pre_hook(hook) for m in layers.values()]
-    try:
-        call(model, x)
-    finally:
-        for h in handles:
-            h.remove()
-    return order
+    def get_submodule(self, target: str) -> nn.Module:
+        try:
+            return self._convs[target]
+        except KeyError:
+            raise AttributeError(f"no converted conv at {target!r}") from None
 
 
 def calibrate_pass(ctx: SurgeryContext) -> None:
-    """Refit every converted layer data-aware on ``ctx.calibration`` (list of input batches)."""
-    batches = ctx.calibration
-    if not batches:
+    """Calibrate every converted layer on ``ctx.calibration`` (list of input batches) or, without
+    data, apply the gate in weight space; fill the report rows and ``report.calibration``."""
+    paths = list(ctx.converted)
+    if not paths:
         ctx.report.calibration = {"fit": "weight-space", "batches": 0}
-        if ctx.report.converted:
-            ctx.report.note("no calibration data: α fitted in weight space (give calibration_data for a "
-                            "data-aware fit that preserves the outputs better)")
         return
-    t0 = time.perf_counter()
-    by_id = {id(c.layer): c for c in ctx.converted.values()}
-    layers = {id(m): m for m in ctx.model.modules() if id(m) in by_id}
-    with evaluating(ctx.model):
-        order = execution_order(ctx.model, layers, batches[0])
-        for layer in order:
-            captured = []
+    convs = {p: c.conv for p, c in ctx.converted.items()}
+    options, revert = _layer_options(ctx, convs, bool(ctx.calibration)), _revert(ctx, convs)
+    if ctx.calibration:
+        result = calibrate_model(ctx.original, ctx.model, paths, ctx.calibration, layer_options=options,
+                                 revert=revert)
+        fit = "output-matching"
+    else:
+        result = calibrate_weights(_Originals(convs), ctx.model, paths, layer_options=options, revert=revert)
+        fit = "weight-space"
+        ctx.report.note("no calibration data: α fitted in weight space (give calibration_data for output "
+                        "matching, which preserves the outputs much better)")
+    _fill_rows(ctx, result, fit)
+    _record_decisions(ctx, result)
+    by = {s: [r.path for r in result.select(s)] for s in ("reverted", "unreached", "skipped")}
+    ctx.report.calibration = {"fit": fit, **result.summary(), **by}
+    if by["unreached"]:
+        ctx.report.note(f"{len(by['unreached'])} converted layer(s) not reached by the calibration data keep the "
+                        f"weight-space fit: {_some(by['unreached'])}")
+    if by["reverted"]:
+        ctx.report.note(f"{len(by['reverted'])} layer(s) stay the original conv (fidelity gate, recipe "
+                        f"max_fit_error): {_some(by['reverted'])}")
 
-            def hook(m, args, captured=captured):
-                captured.append(args[0].detach())
-                raise _Reached
 
-            handle = layer.register_forward_pre_hook(hook)
-            try:
-                for x in batches:
-                    try:
-                        call(ctx.model, x)
-                    except _Reached:
-                        pass
-            finally:
-                handle.remove()
-            done = by_id[id(layer)]
-            err = fit_layer(layer, dense_kernel(done.conv.weight.detach(), done.conv.dilation[0]), captured)
-            row = ctx.report.row("conv", done.path)
-            if row is not None:
-                row.fit_error = err
-                row.extra["fit"] = "data-aware"
-    reached = {id(m) for m in order}
-    unreached = sorted(c.path for c in ctx.converted.values() if id(c.layer) not in reached)
-    ctx.report.calibration = {
-        "fit": "data-aware",
-        "batches": len(batches),
-        "layers": len(order),
-        "unreached": unreached,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    if unreached:
-        ctx.report.note(f"{len(unreached)} converted layer(s) not reached by the calibration data keep the "
-                        f"weight-space fit: {', '.join(unreached[:5])}{' ...' if len(unreached) > 5 else ''}")
+def _layer_options(ctx: SurgeryContext, convs: dict[str, nn.Module], with_data: bool):
+    """Per path: σ₀ candidates for ``sigma_init: fit`` (only with data: without, σ₀ stays the kernel
+    rule's) and the fidelity gate ``max_fit_error``. A tied ASPP head is not gated unless a recipe
+    rule names its branches with a ``max_fit_error``: tying is what was asked for, and one α shared
+    by all rates starts far from every branch until fine-tuning (DESIGN §5)."""
+    tied = {p for row in ctx.tied for p in row.extra.get("branches", [])}
+
+    def options(path: str) -> LayerOptions:
+        st = ctx.recipe.settings_for(path)
+        sigmas = None
+        if st.sigma_init == "fit" and with_data:
+            conv = convs[path]
+            sigmas = sigma_candidates(conv.kernel_size[0], conv.dilation[0], st.extent)
+        gate = st.max_fit_error
+        if path in tied and not any(r.max_fit_error is not None and fnmatch.fnmatchcase(path, r.match)
+                                    for r in ctx.recipe.rules):
+            gate = None
+        return LayerOptions(sigmas=sigmas, max_error=gate)
+
+    return options
+
+
+def _revert(ctx: SurgeryContext, convs: dict[str, nn.Module]):
+    def revert(path: str, reason: str) -> None:
+        old = ctx.module(path)
+        fix_subsamples(ctx.model, old)
+        ctx.rewriter.replace(path, reverted_module(old, convs[path]))
+        row = _conv_row(ctx, path)
+        if row is not None:
+            row.action, row.reason, row.params_after = "kept", reason, row.params_before
+            row.extra["reverted"] = True
+        for r in ctx.report.select("subsample", "subsampled"):
+            if r.extra.get("source") == path:
+                r.reason = f"σ source {path} reverted to its original conv: factor fixed at 1/{r.stride}"
+                r.extra["source"] = None
+
+    return revert
+
+
+def _conv_row(ctx: SurgeryContext, path: str):
+    return next((r for r in ctx.report.rows if r.kind == "conv" and r.path == path), None)
+
+
+def _fill_rows(ctx: SurgeryContext, result, fit: str) -> None:
+    """σ₀, sizes and errors of every result on its conv rows; a tied head's row gets the head's."""
+    heads = {p: row for row in ctx.tied for p in row.extra.get("branches", [])}
+    for res in result.layers:
+        status = fit if res.status in ("calibrated", "weight-space") else res.status
+        for k, path in enumerate(res.paths):
+            row = _conv_row(ctx, path)
+            if row is None:
+                continue
+            row.extra["fit"] = status
+            if res.status != "reverted":
+                k = min(k, len(res.sigma0) - 1)
+                row.sigma0, row.size = res.sigma0[k], res.size[k]
+                row.fit_error = res.weight_error if res.kind == "conv" else row.fit_error
+                if res.reason and not row.reason:
+                    row.reason = res.reason
+            row.error_before, row.error_after = res.error_before, res.error_after
+            if res.candidates:
+                row.extra["sigma_candidates"] = res.candidates
+        head = heads.get(res.paths[0]) if res.kind == "tied" else None
+        if head is not None:
+            head.extra["fit"] = status
+            head.error_before, head.error_after = res.error_before, res.error_after
+            if res.status == "reverted":
+                head.action, head.reason, head.params_after = "kept", res.reason, head.params_before
+            else:
+                head.extra["sigma0"], head.extra["sizes"] = list(res.sigma0), list(res.size)
+                head.size = max(res.size)
+
+
+def _record_decisions(ctx: SurgeryContext, result) -> None:
+    """Write the per-layer decisions into ``report.recipe`` as rules (σ₀ chosen by fit →
+    ``sigma_init: σ₀``; a reverted layer → ``max_fit_error: 0``) and turn the gate off there, so that
+    redoing the conversion without data (``njetify.load``) rebuilds this very model."""
+    rules = ctx.report.recipe.setdefault("rules", [])
+    for res in result.layers:
+        for path in res.paths:
+            rule = None
+            if res.status == "reverted":
+                rule = {"match": _literal(path), "max_fit_error": 0.0}
+            elif res.candidates and res.kind == "conv":
+                rule = {"match": _literal(path), "sigma_init": res.sigma0[0]}
+            if rule is not None and rule not in rules:
+                rules.append(rule)
+    ctx.report.recipe["max_fit_error"] = None
+
+
+def _literal(path: str) -> str:
+    """A glob that matches ``path`` only."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in path)
+
+
+def _some(paths: list[str]) -> str:
+    return ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")

@@ -44,9 +44,12 @@ def conv_pass(ctx: SurgeryContext) -> None:
             row.action = "skipped"
             row.reason = "recipe: convs disabled" if not ctx.recipe.convs else "recipe rule: skip"
             continue
-        sigma = None if settings.sigma_init == "kernel" else float(settings.sigma_init)
+        sigma = None if settings.sigma_init in ("kernel", "fit") else float(settings.sigma_init)  # "fit": calibrate pass
+        order = settings.order
+        if settings.depthwise_order is not None and 1 < m.groups == m.in_channels:  # depthwise: recipe depthwise_order
+            order = max(order, settings.depthwise_order)
         new = NJetConv2d.from_conv(
-            m, order=settings.order, sigma=sigma, extent=settings.extent,
+            m, order=order, sigma=sigma, extent=settings.extent,
             learn_sigma=settings.learn_sigma, max_size=settings.max_size,
         )
         if settings.sigma_per == "channel":
@@ -55,7 +58,7 @@ def conv_pass(ctx: SurgeryContext) -> None:
         ctx.rewriter.replace(path, new)
         ctx.converted[path] = ConvertedLayer(path, new, m)
         row.action = "converted"
-        row.order = settings.order
+        row.order = order
         row.sigma0 = round(float(new.sigma.detach().mean()), 6)
         row.size = new.kernel_size[0]
         row.fit_error = new.fit_error

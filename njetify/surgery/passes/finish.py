@@ -18,7 +18,14 @@ def finish_pass(ctx: SurgeryContext) -> None:
     """Parameter totals; the output shapes on the example inputs must be the original's (else a
     warning and a note); a note when nothing was converted."""
     ctx.report.params_after = count_params(ctx.model)
-    if not sigma_layers(ctx.model) and ctx.recipe.convs:
+    reverted = (ctx.report.calibration or {}).get("reverted") or []
+    if not sigma_layers(ctx.model) and ctx.converted and reverted:
+        msg = (f"the fidelity gate reverted every converted layer ({len(reverted)}) to its original conv: "
+               "the model computes what it did before (give calibration_data, raise the recipe's "
+               "max_fit_error, or set it to null to keep N-Jet layers)")
+        ctx.report.note(msg)
+        warnings.warn(f"njetify: {msg}", stacklevel=4)
+    elif not sigma_layers(ctx.model) and ctx.recipe.convs:
         msg = (f"{ctx.report.model_class or 'the model'} has no convertible convolution: nothing was converted, "
                "the model is returned unchanged")
         ctx.report.note(msg)

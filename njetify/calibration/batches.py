@@ -1,0 +1,102 @@
+"""Checking calibration batches before anything is converted."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .targets import call_model
+
+ARG = "calibration_data"
+
+
+def _input_of(batch, i: int):
+    """The model input of batch ``i``: a tensor, a dict of keyword inputs, or the first item of ``(x, y, ...)``."""
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise ValueError(f"{ARG}: batch {i} is an empty {type(batch).__name__}; give (x, ...) tuples or tensors")
+        batch = batch[0]
+    if isinstance(batch, dict) or isinstance(batch, torch.Tensor):
+        return batch
+    raise TypeError(f"{ARG}: batch {i} is a {type(batch).__name__}; give tensors (N, C, H, W), (x, y, ...) "
+                    "tuples whose first item is the input, or dicts of keyword inputs")
+
+
+def _tensors(x) -> list[torch.Tensor]:
+    return list(x.values()) if isinstance(x, dict) else [x]
+
+
+def _to(x, device, dtype):
+    if isinstance(x, dict):
+        return {k: _to(v, device, dtype) for k, v in x.items()}
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
+    return x
+
+
+def _signature(x) -> tuple:
+    """What must agree between batches: per tensor its dtype, rank and every size but N and H, W."""
+    return tuple((k, t.dtype, t.dim(), tuple(t.shape[1:-2]) if t.dim() >= 3 else tuple(t.shape[1:]))
+                 for k, t in (x.items() if isinstance(x, dict) else [("input", x)]) if isinstance(t, torch.Tensor))
+
+
+def prepare_batches(model: nn.Module, calibration_data, device=None, dtype=None) -> list:
+    """The calibration batches as a list of model inputs on the model's device and dtype, checked.
+
+    Accepts a tensor (one batch), or an iterable (a DataLoader, a list) of tensors, ``(x, y, ...)``
+    tuples or dicts of keyword inputs. Raises one TypeError/ValueError naming ``calibration_data``
+    for: a non-iterable, an empty iterable, non-floating inputs, batches that disagree in rank,
+    channels or dtype, or a batch on which ``model`` (the original) fails — it is run once on every
+    batch whose shape differs from all before it (once in all when they share one shape).
+    """
+    if isinstance(calibration_data, torch.Tensor):
+        calibration_data = [calibration_data]
+    if isinstance(calibration_data, (str, bytes, dict)) or not hasattr(calibration_data, "__iter__"):
+        raise TypeError(f"{ARG} must be an iterable of input batches (a DataLoader, or a list of tensors "
+                        f"(N, C, H, W)), got {type(calibration_data).__name__}")
+    batches, first = [], None
+    for i, b in enumerate(calibration_data):
+        x = _input_of(b, i)
+        for t in _tensors(x):
+            if isinstance(t, torch.Tensor) and not t.is_floating_point():
+                raise TypeError(f"{ARG}: batch {i} has dtype {t.dtype}; give floating-point inputs preprocessed "
+                                "as for the model (e.g. x.float() / 255, normalised)")
+        x = _to(x, device, dtype)
+        sig = _signature(x)
+        if first is None:
+            first = sig
+        elif sig != first:
+            raise ValueError(f"{ARG}: batch {i} has shape/dtype {_describe(x)}, batch 0 {_describe(batches[0])}; "
+                             "every batch must have the same rank, channels and dtype")
+        batches.append(x)
+    if not batches:
+        raise ValueError(f"{ARG} is empty: give a few input batches (e.g. 4–8 batches of 16–128 training "
+                         "images), or None for a weight-space fit")
+    _run_original(model, batches)
+    return batches
+
+
+def _describe(x) -> str:
+    return ", ".join(f"{k}: {tuple(t.shape)} {t.dtype}" for k, t in
+                     (x.items() if isinstance(x, dict) else [("input", x)]) if isinstance(t, torch.Tensor))
+
+
+@torch.no_grad()
+def _run_original(model: nn.Module, batches: list) -> None:
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    seen = set()
+    try:
+        for i, x in enumerate(batches):
+            shape = tuple(tuple(t.shape[1:]) for t in _tensors(x) if isinstance(t, torch.Tensor))
+            if shape in seen:
+                continue
+            seen.add(shape)
+            try:
+                call_model(model, x)
+            except Exception as e:  # noqa: BLE001 - reported with the batch that caused it
+                raise ValueError(f"{ARG}: the original model fails on batch {i} ({_describe(x)}): "
+                                 f"{type(e).__name__}: {e}") from None
+    finally:
+        for m, mode in modes:
+            m.training = mode

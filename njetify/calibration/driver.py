@@ -1,0 +1,114 @@
+"""The model-level entry point: output-matching calibration of every converted layer (DESIGN §3)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .gate import RevertFn, apply_gate, options_for
+from .layer_fit import fit_unit, sample_budget
+from .options import CalibrationOptions, LayerOptions
+from .results import CalibrationResult, LayerResult
+from .revert import fixed_r_reason, is_auto_r, retarget_subsamples, subsamples_of
+from .sweep import Sweep
+from .targets import batch_size, collect_targets
+from .units import build_units
+
+
+@contextlib.contextmanager
+def _eval(*models: nn.Module):
+    modes = [(m, m.training) for model in models for m in model.modules()]
+    for model in models:
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def calibrate_model(
+    original: nn.Module,
+    converted: nn.Module,
+    paths: Iterable[str],
+    batches: list,
+    *,
+    options: CalibrationOptions | None = None,
+    layer_options: Mapping[str, LayerOptions] | Callable[[str], LayerOptions] | None = None,
+    revert: RevertFn | None = None,
+) -> CalibrationResult:
+    """Refit every converted layer so that it reproduces the original conv's outputs.
+
+    For each layer, in the order the converted model's forward reaches it: inputs = what the
+    layer receives in ``converted`` (earlier layers already fitted, so their errors are
+    compensated); targets = what the original conv at the same path outputs in ``original``; α
+    and the bias solve a ridge regression on the basis responses of all input channels of the
+    layer's group. Cost: one forward of ``original`` and one of ``converted`` per batch.
+
+    Args:
+        original: the unconverted model (not modified).
+        converted: the converted model; modified in place (α, bias, σ₀, reverted layers).
+        paths: module paths of the converted layers (``NJetConv2d`` or ``TiedNJetBranch``; every
+            branch of a tied head); ``original`` holds the original ``nn.Conv2d`` at each path.
+        batches: model inputs (a tensor, a tuple of positional arguments or a dict of keyword
+            arguments per batch), already on the models' device and dtype.
+        options: engine settings (:class:`CalibrationOptions`).
+        layer_options: per path, :class:`LayerOptions` (σ₀ candidates, fidelity gate); a mapping or
+            a callable ``path → LayerOptions`` (default: no σ₀ search, gate at ``MAX_FIT_ERROR``).
+        revert: ``revert(path, reason)`` swaps the original conv back in at ``path`` when a layer
+            fails the gate; called at once, before later layers are fitted. Default:
+            :func:`~njetify.calibration.revert.restore_conv`.
+
+    Returns:
+        :class:`CalibrationResult`: one :class:`LayerResult` per layer (tied head: one for the head).
+    """
+    if original is converted:
+        raise ValueError("calibration: original and converted are the same module; keep an unconverted copy")
+    opts = options or CalibrationOptions()
+    per_layer = options_for(layer_options)
+    t0 = time.perf_counter()
+    units = build_units(original, converted, list(paths))
+    result = CalibrationResult(batches=len(batches), images=sum(batch_size(b) for b in batches))
+    done: dict[int, LayerResult] = {}
+    with _eval(original, converted):
+        budgets = {u.index: sample_budget(u, opts) for u in units}
+        targets = collect_targets(original, units, batches, budgets=budgets, dense_strided=opts.dense_strided,
+                                  seed=opts.seed)
+        result.target_seconds = time.perf_counter() - t0
+        watch = {}
+        for u in units:
+            for p in (u.paths if u.tied else [u.path]):
+                watch[converted.get_submodule(p)] = u.index
+        sweep = Sweep(converted, batches, watch)
+
+        def fit(key, inputs):
+            u = units[key]
+            lo = per_layer(u.path)
+            auto, lock = [], None
+            if not u.tied:
+                auto = [p for p, ss in subsamples_of(converted, u.module) if is_auto_r(ss)]
+                lock = fixed_r_reason(converted, u.module)
+            before = u.sigmas()
+            res = fit_unit(u, inputs, targets[u.index], opts, lo, lock)
+            if res.sigma0 != before and auto:
+                retarget_subsamples(converted, u.module, auto)
+            apply_gate(u, res, lo, converted, original, revert, sweep)
+            done[key] = res
+
+        sweep.run(fit)
+        for u in units:
+            if u.index not in done:
+                res = LayerResult(path=u.path, paths=u.paths + u.extra_paths, kind="tied" if u.tied else "conv",
+                                  status="unreached", sigma0=u.sigmas(), weight_error=u.weight_error(),
+                                  size=[b.shape[-1] for b, _, _ in u.bases()],
+                                  reason="not reached by the calibration data: weight-space fit kept")
+                apply_gate(u, res, per_layer(u.path), converted, original, revert, None)
+                done[u.index] = res
+    result.layers = list(done.values())
+    result.seconds = time.perf_counter() - t0
+    return result

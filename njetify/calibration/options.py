@@ -1,0 +1,56 @@
+"""Settings of the calibration engine: global ones, and the per-layer ones a recipe decides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .iterative import MAX_ITER
+from .ridge import RIDGE
+
+#: Fidelity gate default: a layer whose relative output error after the fit (weight-space
+#: error without data) is above this stays the original convolution (docs/calibration.md
+#: gives the measurements behind the value).
+MAX_FIT_ERROR = 0.5
+
+
+@dataclass
+class CalibrationOptions:
+    """Engine settings (the defaults are the measured choices of docs/calibration.md).
+
+    max_samples: output positions per layer over all batches (seeded random subset).
+    ridge: ridge weight ρ relative to the mean diagonal of the Gram matrix (pulls α towards
+        the weight-space fit).
+    dense_strided: fit strided layers on every stride-1 position (the original conv evaluated at
+        stride 1) instead of the positions the stride keeps.
+    search_fraction: share of the positions used to rank σ₀ candidates (the winner is refitted on all).
+    sigma_tolerance: a smaller σ₀ wins when its error is within this relative margin of the best
+        (smaller filters train faster); the search, from small to large σ₀, stops once the error of the
+        largest σ₀ tried exceeds the best by more than this margin.
+    search_max_dim: widest regression (C_g·F + biases) whose σ₀ is searched; wider layers keep their σ₀
+        (on timm resnet50 the three 512-channel 3×3 convs, 5120 unknowns, would take most of the time).
+    direct_max_dim: widest regression (C_g·F + biases) solved from a float64 Gram matrix; wider
+        ones use preconditioned conjugate gradients on a stored float32 design.
+    design_bytes: memory bound of that stored design (it caps the positions of wide layers).
+    max_iter: conjugate-gradient iterations for wide layers.
+    seed: seeds the position sampling.
+    """
+
+    max_samples: int = 8192
+    ridge: float = RIDGE
+    dense_strided: bool = False
+    search_fraction: float = 0.25
+    sigma_tolerance: float = 0.02
+    search_max_dim: int = 4096
+    direct_max_dim: int = 8192
+    design_bytes: int = 2**30
+    max_iter: int = MAX_ITER
+    seed: int = 0
+
+
+@dataclass
+class LayerOptions:
+    """Per-layer settings. ``sigmas``: σ₀ candidates to try (None: keep the layer's σ);
+    ``max_error``: the fidelity gate (None: no gate; 0: always revert)."""
+
+    sigmas: tuple[float, ...] | None = None
+    max_error: float | None = MAX_FIT_ERROR

@@ -1,0 +1,25 @@
+"""σ₀ by fit: which scales to try for a layer, and which one to keep."""
+
+from __future__ import annotations
+
+from .. import basis as B
+
+#: Where between the kernel rule's σ₀ and the largest σ of one filter size more the candidates sit.
+FRACTIONS = (0.0, 0.2, 0.5, 1.0)
+
+
+def sigma_candidates(kernel_size: int, dilation: int = 1, extent: float = 2.0) -> tuple[float, ...]:
+    """σ₀ candidates from the kernel rule ``d·(k−1)/(2·extent)`` up to the largest σ whose filter is
+    one size (2 px) larger: 3×3 at extent 2 → (0.5, 0.6, 0.75, 1.0); 5×5 → (1.0, 1.1, 1.25, 1.5).
+    A 1×1 kernel (σ₀ = 0 by the rule) gets no candidates."""
+    s0 = dilation * (kernel_size - 1) / (2.0 * extent)
+    if s0 <= 0:
+        return ()
+    top = (B.half_width(s0, extent) + 1) / extent
+    return tuple(round(s0 + (top - s0) * f, 6) for f in FRACTIONS)
+
+
+def choose(errors: dict[float, float], tolerance: float = 0.02) -> float:
+    """The smallest σ whose error is within ``tolerance`` (relative) of the lowest error."""
+    best = min(errors.values())
+    return min(s for s, e in errors.items() if e <= best * (1 + tolerance) + 1e-12)

@@ -1,0 +1,172 @@
+"""What the engine fits: one N-Jet layer, or one tied head (K branches, one α), with its original conv(s).
+
+Everything here goes through the layers' public attributes and methods
+(``basis()``, ``alpha``, ``bias``, ``log_sigma``, ``fit_()``, ``stride``, ``groups``,
+``padding``, ``trim``, ``trims``), so the engine does not depend on how the layers
+evaluate their forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..fit import dense_kernel
+from ..layers import NJetConv2d, TiedNJetBranch, TiedNJetConv2d
+from .responses import Geometry
+
+
+@dataclass
+class Unit:
+    """One fit. ``paths``: the converted module paths (a tied head: its K branch paths, in
+    branch order); ``module``: the NJetConv2d or the TiedNJetConv2d owner; ``originals``:
+    the original conv of each branch (one for a layer)."""
+
+    paths: list[str]
+    module: nn.Module
+    originals: list[nn.Conv2d]
+    index: int = 0
+    extra_paths: list[str] = field(default_factory=list)  # other paths of a shared layer
+
+    @property
+    def tied(self) -> bool:
+        return isinstance(self.module, TiedNJetConv2d)
+
+    @property
+    def path(self) -> str:
+        """The path the report names the unit by (a tied head: its first branch)."""
+        return self.paths[0]
+
+    @property
+    def num_branches(self) -> int:
+        return len(self.originals)
+
+    @property
+    def groups(self) -> int:
+        return self.module.groups
+
+    @property
+    def num_basis(self) -> int:
+        return self.module.alpha.shape[-1]
+
+    @property
+    def num_bias(self) -> int:
+        """Bias rows K of the regression (0 without bias)."""
+        return 0 if self.module.bias is None else self.num_branches
+
+    @property
+    def dim(self) -> int:
+        """Coefficients per output channel: ``C_g·F``."""
+        return self.module.alpha.shape[1] * self.module.alpha.shape[2]
+
+    @property
+    def outputs_per_group(self) -> int:
+        return self.module.out_channels // self.groups
+
+    def sigmas(self) -> list[float]:
+        """The current σ of every branch (a layer: its mean σ)."""
+        s = self.module.sigma.detach().double()
+        return [float(v) for v in s] if self.tied else [float(s.mean())]
+
+    def uniform_sigma(self) -> bool:
+        """True unless a per-channel layer's σ's differ (then one basis cannot serve every output)."""
+        s = self.module.log_sigma.detach()
+        return self.tied or bool(torch.allclose(s, s[:1].expand_as(s)))
+
+    def set_sigma(self, sigma: float) -> None:
+        """Set a layer's σ (every channel's, for a per-channel layer)."""
+        with torch.no_grad():
+            self.module.log_sigma.fill_(float(torch.tensor(sigma, dtype=torch.float64).log()))
+
+    def bases(self) -> list[tuple[torch.Tensor, Geometry, int]]:
+        """Per branch: the basis ``(F, s, s)``, the padding geometry and the layer's stride."""
+        m = self.module
+        if self.tied:
+            return [(m.basis(k).detach(), Geometry("same", m.trims[k], 1, m.padding_mode), 1)
+                    for k in range(m.num_branches)]
+        b = m.basis().detach()
+        if b.dim() == 4:  # per-channel σ, all equal (checked by uniform_sigma)
+            b = b[0]
+        return [(b, Geometry(m.padding, m.trim, m.stride, m.padding_mode), m.stride)]
+
+    def params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``alpha (O, C_g, F)`` and bias as ``(K, O)`` (None without bias)."""
+        b = self.module.bias
+        if b is not None and not self.tied:
+            b = b[None]
+        return self.module.alpha.detach(), None if b is None else b.detach()
+
+    def set_params(self, alpha: torch.Tensor, bias: torch.Tensor | None) -> None:
+        m = self.module
+        with torch.no_grad():
+            m.alpha.copy_(alpha.to(m.alpha.dtype))
+            if bias is not None:
+                m.bias.copy_((bias if self.tied else bias[0]).to(m.bias.dtype))
+
+    def weight_space_fit(self) -> float:
+        """Refit α in weight space at the current σ (biases from the originals); the relative error."""
+        m = self.module
+        if self.tied:
+            err = m.fit_([c.weight.detach() for c in self.originals], [c.dilation[0] for c in self.originals])
+        else:
+            conv = self.originals[0]
+            err = m.fit_(dense_kernel(conv.weight.detach(), conv.dilation[0]))  # per-channel σ: all equal
+        if m.bias is not None:
+            with torch.no_grad():
+                bias = torch.stack([c.bias for c in self.originals]) if self.tied else self.originals[0].bias
+                m.bias.copy_(bias.detach())
+        return float(err)
+
+    def weight_error(self) -> float | None:
+        """Relative weight-space error of the layer's last weight-space fit (``fit_error``)."""
+        err = getattr(self.module, "fit_error", None)
+        return None if err is None else float(err)
+
+
+def build_units(original: nn.Module, converted: nn.Module, paths: list[str]) -> list[Unit]:
+    """One unit per distinct converted layer / tied head named in ``paths``.
+
+    Raises ValueError naming the path when a path is missing from either model, the converted
+    module is not an N-Jet layer or tied branch, or the original module is not an ``nn.Conv2d``.
+    """
+    units: dict[int, Unit] = {}
+    tied_paths: dict[int, dict[int, str]] = {}
+    for path in paths:
+        new = _get(converted, path, "converted model")
+        old = _get(original, path, "original model")
+        if not isinstance(old, nn.Conv2d):
+            raise ValueError(f"calibration: {path!r} in the original model is a {type(old).__name__}, "
+                             "not an nn.Conv2d (give the paths of converted convolutions)")
+        if isinstance(new, TiedNJetBranch):
+            owner = new.owner
+            tied_paths.setdefault(id(owner), {})[new.index] = path
+            unit = units.setdefault(id(owner), Unit([], owner, [None] * owner.num_branches))
+            unit.originals[new.index] = old
+        elif isinstance(new, NJetConv2d):
+            if id(new) in units:  # the same layer at several paths
+                units[id(new)].extra_paths.append(path)
+                continue
+            units[id(new)] = Unit([path], new, [old])
+        else:
+            raise ValueError(f"calibration: {path!r} in the converted model is a {type(new).__name__}, "
+                             "not an NJetConv2d or a TiedNJetBranch")
+    for key, by_index in tied_paths.items():
+        unit = units[key]
+        missing = [k for k in range(unit.module.num_branches) if k not in by_index]
+        if missing:
+            raise ValueError(f"calibration: tied head of {next(iter(by_index.values()))!r}: the paths of "
+                             f"branch(es) {missing} are missing (give every branch path of a tied head)")
+        unit.paths = [by_index[k] for k in range(unit.module.num_branches)]
+    out = list(units.values())
+    for i, u in enumerate(out):
+        u.index = i
+    return out
+
+
+def _get(model: nn.Module, path: str, which: str) -> nn.Module:
+    try:
+        return model.get_submodule(path) if path else model
+    except AttributeError:
+        raise ValueError(f"calibration: no module at path {path!r} in the {which}") from None
