@@ -19,43 +19,15 @@ import argparse
 import copy
 import os
 import statistics
-import threading
 import time
 
 import torch
 
 import njetify
+from _rss import PeakRSS  # benchmarks/_rss.py
 from njetify.calibration import CalibrationOptions, LayerOptions, calibrate_model, sigma_candidates
 from njetify.recipes import resolve_recipe
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss() -> int:
-    """Resident set size of this process in bytes."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
-
-
-class PeakRSS:
-    """Context manager sampling RSS every 5 ms: ``.peak`` bytes above the RSS at entry."""
-
-    def __enter__(self):
-        self.base = self.top = rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.wait(0.005):
-            self.top = max(self.top, rss())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.top = max(self.top, rss())
-        self.peak = self.top - self.base
 
 
 def main() -> None:
@@ -101,10 +73,10 @@ def main() -> None:
             cal_t.append(time.perf_counter() - t)
         slow = sorted(res.layers, key=lambda r: -r.seconds)[:3]
         fits = sum(r.seconds for r in res.layers)
-        print(f"repeat {rep}: baseline forward {base_t[-1]:.1f} s (peak +{fwd_mem.peak / 2**20:.0f} MiB); "
+        print(f"repeat {rep}: baseline forward {base_t[-1]:.1f} s (peak +{fwd_mem.peak:.0f} MiB); "
               f"calibration {cal_t[-1]:.1f} s = {cal_t[-1] / base_t[-1]:.1f}× baseline "
               f"(targets {res.target_seconds:.1f} s, layer fits {fits:.1f} s, the rest is the converted model's "
-              f"forward), peak +{cal_mem.peak / 2**20:.0f} MiB; "
+              f"forward), peak +{cal_mem.peak:.0f} MiB; "
               f"{res.summary()['calibrated']} calibrated"
               + "".join(f", {r.path} {r.status} ({r.reason})" for r in res.layers if r.status != "calibrated")
               + "; slowest layers: "

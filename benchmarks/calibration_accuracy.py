@@ -59,7 +59,8 @@ def _value(text: str):
 
 def convert(net, variant: str, order: int, cal, engine: dict | None, subsample: str, dw_order: int | None):
     """``(converted model, seconds of calibration, report or engine result)`` for one variant."""
-    rules = [] if dw_order is None else [{"match": p, "order": dw_order} for p, m in net.named_modules()
+    rules = [] if dw_order is None else [{"match": p, "order": dw_order, "depthwise_order": dw_order}
+                                         for p, m in net.named_modules()
                                          if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
     sigma = "fit" if variant == "fit" else "kernel"
     if variant == "weight-space":

@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import torch
@@ -31,33 +30,9 @@ from rich.console import Console
 from rich.table import Table
 
 import njetify
+from _rss import PeakRSS  # benchmarks/_rss.py
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-class PeakRSS:
-    """Context manager: ``.peak`` = highest RSS (MiB) seen minus the RSS at entry."""
-
-    def __enter__(self):
-        self.base = self.peak_abs = _rss_mib()
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak_abs = max(self.peak_abs, _rss_mib())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak_abs = max(self.peak_abs, _rss_mib())
-        self.peak = self.peak_abs - self.base
 
 
 def bench_conversion(repeats: int, against: str | None = None) -> list[dict]:

@@ -164,7 +164,7 @@ def sweep_table(rows: list[dict], kind: str) -> Table:
     for r in rows:
         mem = "/".join(f"{r['saved'][n]:.0f}" if n in r["saved"] else "—" for n in ("conv3", "dense", "fact"))
         table.add_row(
-            r["shape"], str(r["batch"]), f"{r['sigma']:g}", str(r["size"]), f"{r[kind]['conv3']:.0f}",
+            r["shape"], str(r["batch"]), f"{r['sigma']:g}", str(r["size"]), f"{r[kind]['conv3']:.3g}",
             _ratio(r, kind, "dense"), _ratio(r, kind, "fact"),
             f"{_ratio(r, kind, 'auto')} {PATH_LETTER.get(r[f'{kind}_path'], '?')}",
             f"{_auto_vs_best(r, kind):.2f}", _ratio(r, kind, "auto", "conv_s"), mem if kind == "train" else "",
@@ -185,6 +185,7 @@ def run_sweep(args, device, console) -> list[dict]:
         specs = [s for s in specs if args.only in s[0]]
     if args.sigmas:
         sigmas = [float(v) for v in args.sigmas.split(",")]
+    _warm_up(device)
     rows = []
     for spec in specs:
         for sigma in sigmas:
@@ -197,6 +198,29 @@ def run_sweep(args, device, console) -> list[dict]:
             console.print(f"  done {spec[0]} σ={sigma:g}", style="dim")
     print_sweep(rows, console)
     return rows
+
+
+def _warm_up(device) -> None:
+    """One conv forward and backward before anything is timed (CUDA context, cuDNN handles)."""
+    conv = nn.Conv2d(8, 8, 3, padding=1).to(device)
+    conv(torch.randn(1, 8, 16, 16, device=device, requires_grad=True)).sum().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def markdown_sweep(rows: list[dict]) -> str:
+    """The sweep as Markdown: per point, train and eval ratios to the 3×3 conv (dense / fact / auto
+    with its path letter) and auto ÷ the better path."""
+    out = ["| shape | σ | s | train: dense | fact | auto | auto/best | eval: dense | fact | auto | auto/best |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [r["shape"], f"{r['sigma']:g}", str(r["size"])]
+        for kind in ("train", "eval"):
+            cells += [_ratio(r, kind, "dense"), _ratio(r, kind, "fact"),
+                      f"{_ratio(r, kind, 'auto')} {PATH_LETTER.get(r[f'{kind}_path'], '?')}",
+                      f"{_auto_vs_best(r, kind):.2f}"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def _load() -> str:
@@ -233,7 +257,7 @@ CONVERSIONS = {
 
 def _convert_one(case: str) -> dict:
     """Fit one ASPP-sized layer in this (fresh) process: seconds and peak extra RSS in MiB."""
-    from convert import PeakRSS  # benchmarks/convert.py
+    from _rss import PeakRSS  # benchmarks/_rss.py
 
     from njetify.layers.tied import TiedNJetConv2d
 
@@ -280,6 +304,7 @@ def main() -> None:
     ap.add_argument("--sigmas", default=None, help="comma-separated σ values for the sweep")
     ap.add_argument("--json", default=None, help="append the sweep's points to this file (JSON lines)")
     ap.add_argument("--table", default=None, help="print the sweep tables from a --json file and exit")
+    ap.add_argument("--markdown", action="store_true", help="with --table: one Markdown table")
     ap.add_argument("--conversion", action="store_true", help="time and memory of fitting ASPP-sized layers")
     ap.add_argument("--conversion-one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -289,7 +314,11 @@ def main() -> None:
         return
     if args.table:
         with open(args.table) as f:
-            print_sweep([json.loads(line) for line in f if line.strip()], Console(width=150))
+            rows = [json.loads(line) for line in f if line.strip()]
+        if args.markdown:
+            print(markdown_sweep(rows))
+        else:
+            print_sweep(rows, Console(width=150))
         return
     args.reps = args.reps or (3 if args.quick else 5)
     if args.threads:

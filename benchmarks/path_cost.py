@@ -74,7 +74,7 @@ def measure_rates(reps: int) -> path_cost.Rates:
         a, b = rnd(rows, k), rnd(k, n)
         out = torch.empty(rows, n)
         thin.append(rows * k * n / timed(lambda: torch.mm(a, b, out=out), reps))
-    planes, calls = [], []
+    planes = []
     for batch, m, k in ((2048, 132, 33), (512, 224, 56), (4096, 20, 12)):
         a, b = rnd(m, k), rnd(batch, k, k)
         out = torch.empty(batch, m, k)

@@ -45,6 +45,7 @@ def parse_args(description: str, argv=None, extra=None) -> argparse.Namespace:
                    help="output folder (results.md, img/, results/); default docs/ (full) or a temp dir (--quick)")
     p.add_argument("--data-dir", default=DEFAULT_DATA, help="folder holding MNIST/raw (torchvision layout)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: several experiments can run at once)")
+    p.add_argument("--device", default="cpu", help="where to train and evaluate: cpu (default, the recorded runs) or cuda")
     if extra is not None:
         extra(p)
     args = p.parse_args(argv)
@@ -53,7 +54,13 @@ def parse_args(description: str, argv=None, extra=None) -> argparse.Namespace:
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="njetify-example-")) if args.quick else DOCS
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = args.device
     return args
+
+
+#: Where :func:`train` and :func:`evaluate` run (``--device``).
+DEVICE = "cpu"
 
 
 class Run:
@@ -81,7 +88,8 @@ class Run:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"
+                       + (f", {torch.cuda.get_device_name()}" if DEVICE.startswith("cuda") else ""),
         }
 
     def footer(self) -> str:
@@ -121,7 +129,7 @@ def train(model, train_ds, val_ds, *, task: str, epochs: int, lr: float, sigma_l
     """
     from njetify.train import fit
 
-    return fit(model, train_ds, val_ds, task=task, progress=False, device="cpu", evaluate_first=evaluate_first,
+    return fit(model, train_ds, val_ds, task=task, progress=False, device=DEVICE, evaluate_first=evaluate_first,
                optimizer=optimizer, lr=lr, sigma_lr=sigma_lr, weight_decay=weight_decay, epochs=epochs,
                batch_size=batch_size, schedule=schedule, seed=seed, **kw)
 
@@ -131,12 +139,12 @@ def evaluate(model, ds: TensorDataset, task: str, batch_size: int = 256, ignore_
     """Test accuracy (%) for classification, mIoU (%) for segmentation, in eval mode."""
     from njetify.train import ClassificationMeter, SegmentationMeter
 
-    model.eval()
+    model.eval().to(DEVICE)
     meter = None
     for i in range(0, len(ds), batch_size):
         x, y = ds[i : i + batch_size]
-        out = model(x)
-        out = out["out"] if isinstance(out, dict) else out
+        out = model(x.to(DEVICE))
+        out = (out["out"] if isinstance(out, dict) else out).cpu()
         if meter is None:
             meter = ClassificationMeter() if task == "classification" else SegmentationMeter(out.shape[1], ignore_index)
         meter.update(out, y, 0.0)
@@ -177,6 +185,16 @@ def img_path(out: Path, name: str) -> Path:
     path = Path(out) / "img" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def figure(figsize: tuple[float, float]):
+    """A ``matplotlib.figure.Figure`` with its own Agg canvas, as in ``njetify/plots.py`` (no global backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 HEADER = """# Results: resolution learning on MNIST

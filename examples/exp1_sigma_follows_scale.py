@@ -63,7 +63,7 @@ def run_one(scale: float, seed: int, args, n_train: int, n_test: int, epochs: in
     train_ds = C.materialize(get_dataset("mnist-resized", "train", args.data_dir, scale=scale), n_train, seed=0)
     test_ds = C.materialize(get_dataset("mnist-resized", "test", args.data_dir, scale=scale), n_test, seed=0)
     torch.manual_seed(seed)
-    model = ToyNJet()
+    model = ToyNJet(max_size=MAX_SIZE)
     hist = C.train(model, train_ds, None, task="classification", epochs=epochs, lr=LR, sigma_lr=args.sigma_lr,
                    batch_size=32, seed=seed)
     names = [f"features.{4 * i}" for i in range(3)]
@@ -94,12 +94,8 @@ def cascade_sigmas(sigmas, r: float = R) -> list[float]:
 
 def plot(results: list[dict], seeds, path: Path) -> None:
     """σ per layer and the cascade's scale against the input scale, and the cascade's scale over epochs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = C.figure((15, 4))
+    axes = fig.subplots(1, 3)
     for ax, key, title in ((axes[0], "sigma", "learned σ per layer (px of its own map)"),
                            (axes[1], "sigma_cascade", "scale of layers 1..l in input pixels")):
         for layer in range(3):
@@ -124,7 +120,6 @@ def plot(results: list[dict], seeds, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _ratios(by: dict, seeds, key: str, layer: int) -> tuple[list[float], list[float]]:
@@ -237,8 +232,11 @@ def main(argv=None) -> None:
         p.add_argument("--sigma-lr", type=float, default=0.05, help="learning rate of log σ (AdamW)")
         p.add_argument("--n-train", type=int, default=2250, help="training digits per run (full mode)")
         p.add_argument("--epochs", type=int, default=4, help="epochs per run (full mode)")
+        p.add_argument("--max-size", type=int, default=MAX_SIZE, help="cap on the N-Jet filter size in px")
 
+    global MAX_SIZE
     args = C.parse_args(__doc__.splitlines()[0], argv, extra)
+    MAX_SIZE = args.max_size
     seeds = args.seeds
     n_train, n_test, epochs = (64, 64, 1) if args.quick else (args.n_train, 1000, args.epochs)
     if args.quick:

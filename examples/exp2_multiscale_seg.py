@@ -62,13 +62,9 @@ def data(scales, split: str, n: int, data_dir: str, seed: int):
 
 def plot(res: dict, path: Path) -> None:
     """mIoU and mean σ against the object scale s, per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = list(SETTINGS)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = C.figure((10, 4))
+    axes = fig.subplots(1, 2)
     for kind in MODELS:
         axes[0].plot(keys, [res[k][kind]["miou"] for k in keys], marker="o", label=kind, color=COLORS[kind])
         if kind != "baseline":
@@ -83,17 +79,12 @@ def plot(res: dict, path: Path) -> None:
     axes[1].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_layers(res: dict, path: Path) -> None:
     """σ per layer for every scale setting (order 2 and order 4 side by side)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig = C.figure((11, 4))
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, kind in zip(axes, MODELS[1:]):
         for k in SETTINGS:
             layers = res[k][kind]["layers"]
@@ -106,7 +97,6 @@ def plot_layers(res: dict, path: Path) -> None:
     axes[0].set_ylabel("σ (px)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None) -> None:

@@ -47,12 +47,8 @@ def stage_of(name: str) -> str:
 
 def plot(hist_rows: list[dict], orig_sizes: dict, path: Path) -> None:
     """Fig. 7 style: σ per layer before/after fine-tuning, and the feature-map sizes per subsampling site."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = C.figure((11, 4))
+    axes = fig.subplots(1, 2)
     names = list(hist_rows[0]["layers"])
     ax = axes[0]
     for row in hist_rows:
@@ -79,7 +75,6 @@ def plot(hist_rows: list[dict], orig_sizes: dict, path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def reading(acc: dict, rows: list[dict], orig_sizes: dict) -> str:

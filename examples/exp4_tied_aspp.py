@@ -74,12 +74,8 @@ def head_params(model: nn.Module) -> int:
 
 def plot(res: dict, seeds, path: Path) -> None:
     """Learned σ per branch against the σ₀ given by the rate, and mIoU per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = C.figure((10, 4))
+    axes = fig.subplots(1, 2)
     sig = torch.tensor([res[s]["tied"]["branch_sigma"] for s in seeds])
     axes[0].errorbar(range(len(RATES)), sig.mean(0).tolist(), yerr=(sig.std(0) if len(seeds) > 1 else sig[0] * 0).tolist(),
                      marker="o", capsize=3, label="learned σ (tied N-Jet)")
@@ -98,7 +94,6 @@ def plot(res: dict, seeds, path: Path) -> None:
     axes[1].set_title("mIoU")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def reading(res: dict, seeds) -> str:

@@ -464,3 +464,21 @@ def test_api_words_become_cli_words():
 
 def test_detection_models_are_not_supported_yet(run):
     assert_user_error(run("convert", "tv:fasterrcnn_resnet50_fpn"), "detection model", "not supported yet")
+
+
+def test_max_fit_error_sets_the_gate(run):
+    """--max-fit-error 0 keeps every conv (and says how to change that), none converts every one; a bad value is one
+    error naming the option."""
+    import json
+
+    bad = run("convert", TINY, "--max-fit-error", "-1", "--dry-run")
+    assert bad.exit_code == 2 and "--max-fit-error" in bad.output and "Traceback" not in bad.output
+    kept = run("convert", TINY, "--max-fit-error", "0", "--input-size", "3x16x16", "--dry-run", "--json")
+    doc = json.loads(kept.stdout)
+    assert kept.exit_code == 0 and doc["report"]["calibration"]["reverted"] == ["conv1", "conv2"]
+    allowed = run("convert", TINY, "--order", "2", "--max-fit-error", "none", "--input-size", "3x16x16", "--dry-run",
+                  "--json")
+    rows = json.loads(allowed.stdout)["report"]["rows"]
+    assert [r["action"] for r in rows if r["kind"] == "conv"] == ["converted", "converted"]
+    shown = run("convert", TINY, "--max-fit-error", "0", "--input-size", "3x16x16", "--dry-run")
+    assert "raise --max-fit-error, or set it to none" in shown.output

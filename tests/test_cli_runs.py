@@ -159,7 +159,7 @@ def test_mistakes_exit_2_with_one_message_and_write_nothing(work):
     res = njetify("convert", "resnet20", "--calibrate", "folder:flat", "--calibrate-batches", "1", "--dry-run",
                   cwd=work)
     assert res.returncode == 0, res.stderr  # calibration needs no labels: a flat folder of images works
-    assert "data-aware on 1 batch(es)" in res.stdout and "3x224x224" in res.stdout
+    assert "output-matching on 1 batch(es)" in res.stdout and "3x224x224" in res.stdout
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ model; σ₀ can be chosen by fit and layers that stay poor are reverted.
 from .batches import prepare_batches
 from .driver import calibrate_model
 from .options import MAX_FIT_ERROR, CalibrationOptions, LayerOptions
+from .progress import on_progress
 from .results import CalibrationResult, LayerResult
 from .revert import fix_subsamples, restore_conv, retarget_subsamples
 from .sigma_search import sigma_candidates
@@ -15,6 +16,6 @@ from .weight_space import calibrate_weights
 
 __all__ = [
     "MAX_FIT_ERROR", "CalibrationOptions", "CalibrationResult", "LayerOptions", "LayerResult", "calibrate_model",
-    "calibrate_weights", "fix_subsamples", "prepare_batches", "restore_conv", "retarget_subsamples",
+    "calibrate_weights", "fix_subsamples", "on_progress", "prepare_batches", "restore_conv", "retarget_subsamples",
     "sigma_candidates",
 ]

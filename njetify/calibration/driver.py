@@ -13,6 +13,7 @@ from .gate import RevertFn, apply_gate, options_for
 from .layer_fit import fit_unit, sample_budget
 from .options import CalibrationOptions, LayerOptions
 from .results import CalibrationResult, LayerResult
+from .progress import report_progress
 from .revert import fixed_r_reason, is_auto_r, retarget_subsamples, subsamples_of
 from .sweep import Sweep
 from .targets import batch_size, collect_targets
@@ -99,6 +100,7 @@ def calibrate_model(
                 retarget_subsamples(converted, u.module, auto)
             apply_gate(u, res, lo, converted, original, revert, sweep)
             done[key] = res
+            report_progress(len(done), len(units))
 
         sweep.run(fit)
         for u in units:

@@ -63,18 +63,28 @@ def fix_subsamples(model: nn.Module, source: nn.Module) -> list[str]:
 def reverted_module(old: nn.Module, conv: nn.Module) -> nn.Module:
     """What replaces the converted layer ``old``: a copy of its original ``conv`` at the stride ``old``
     runs at, followed by ``old``'s carried subsampling (fix it first, :func:`fix_subsamples`) when
-    there is one — a :class:`~njetify.layers.SubsampledConv2d`, so the conv's keys stay."""
+    there is one — a :class:`~njetify.layers.SubsampledConv2d`, so the conv's keys stay. A carried
+    subsampling that is a plain fixed nearest 1/stride gives the original strided conv itself."""
     conv = copy.deepcopy(conv)
+    carried = getattr(old, "subsample", None)
+    if carried is not None and _is_plain_stride(carried):
+        return conv.train(old.training)  # the original strided conv computes exactly that, at 1/stride² the cost
     stride = getattr(old, "stride", None)
     if isinstance(stride, int):  # an NJetConv2d; tied branches are never strided
         conv.stride = (stride, stride)
-    carried = getattr(old, "subsample", None)
     if carried is not None:
         if type(conv) is nn.Conv2d:
             conv = SubsampledConv2d.from_conv(conv, carried)
         else:
             conv = nn.Sequential(conv, carried)
     return conv.train(old.training)
+
+
+def _is_plain_stride(ss) -> bool:
+    """A fixed nearest subsampling at 1/stride without alignment picks pixels 0, stride, 2·stride, …
+    of the stride-1 output: what the strided conv outputs."""
+    return (isinstance(ss, SafeSubsample) and ss.source is None and ss.interpolation == "nearest"
+            and ss.align == 0)
 
 
 def restore_conv(converted: nn.Module, original: nn.Module, path: str, *shared: str) -> nn.Module:

@@ -58,41 +58,32 @@ def count_convertible(model: nn.Module) -> int:
 
 
 class CalibrationWatch:
-    """Show calibration progress while ``njetify.convert`` runs (a context manager)."""
+    """Show calibration progress while ``njetify.convert`` runs (a context manager): a bar on a
+    terminal, else a log line every 10 s at most; fed by :func:`njetify.calibration.on_progress`."""
 
-    def __init__(self, batches: list[torch.Tensor], layers: int, console):
-        self.ids = {id(b) for b in batches}
-        self.per_layer = max(1, len(batches))
+    def __init__(self, layers: int, console):
         self.layers = max(1, layers)
         self.console = console
-        self.root: int | None = None
-        self.calls = 0
-        self._handle = None
         self._progress = None
         self._task = None
+        self._listening = None
         self._t0 = self._last = 0.0
         self._shown = 0
 
-    def _hook(self, module, args):
-        if not args or id(args[0]) not in self.ids:
-            return
-        if self.root is None:
-            self.root = id(module)
-        if id(module) != self.root:
-            return
-        self.calls += 1
-        done = min(self.layers, max(0, self.calls - 1) // self.per_layer)  # the first call orders the layers
+    def _update(self, done: int, total: int) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, completed=done)
-        elif done > self._shown and time.monotonic() - self._last > 10:  # a log: a line every 10 s at most
+            self._progress.update(self._task, completed=done, total=total)
+        elif done > self._shown and time.monotonic() - self._last > 10:
             self._last, self._shown = time.monotonic(), done
             spent = time.monotonic() - self._t0
-            print(f"calibrating: {done}/{self.layers} layers done, {format_duration(spent)}, eta "
-                  f"{format_duration(spent / done * (self.layers - done))}", file=sys.stderr, flush=True)
+            print(f"calibrating: {done}/{total} layers done, {format_duration(spent)}, eta "
+                  f"{format_duration(spent / done * (total - done))}", file=sys.stderr, flush=True)
 
     def __enter__(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.progress import TimeRemainingColumn
+
+        from ..calibration import on_progress
 
         self._t0 = self._last = time.monotonic()
         if self.console.is_terminal:
@@ -101,11 +92,12 @@ class CalibrationWatch:
                                       TimeRemainingColumn(), console=self.console, transient=True, expand=True)
             self._progress.__enter__()
             self._task = self._progress.add_task("", total=self.layers)
-        self._handle = nn.modules.module.register_module_forward_pre_hook(self._hook)
+        self._listening = on_progress(self._update)
+        self._listening.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._handle.remove()
+        self._listening.__exit__(*exc)
         if self._progress is not None:
             self._progress.__exit__(*exc)
         self.seconds = time.monotonic() - self._t0

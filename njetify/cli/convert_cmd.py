@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from ..options import MAX_ORDER, SUBSAMPLE_MODES
 from .app import app
 from .common import (
     DataDirOption,
@@ -38,9 +39,8 @@ _EPILOG = (
 )
 
 
-class Subsample(str, Enum):
-    safe = "safe"
-    keep = "keep"
+#: ``--subsample`` choices: the allowed ``subsample.mode`` values of :mod:`njetify.options`.
+Subsample = Enum("Subsample", {m: m for m in SUBSAMPLE_MODES}, type=str)
 
 
 def _parse_r(text: str | None):
@@ -55,6 +55,19 @@ def _parse_r(text: str | None):
     return value
 
 
+def _parse_gate(text: str | None):
+    """``--max-fit-error``: None (the recipe's), ``"none"`` (no gate) or a number ≥ 0."""
+    if text is None or text.lower() in ("none", "null", "off"):
+        return text if text is None else "none"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise UserError(f"--max-fit-error: must be a relative error ≥ 0 (e.g. 0.5) or 'none' for no gate, got {text!r}")
+    return value
+
+
 def default_out(name: str) -> str:
     """``"timm:resnet50"`` → ``"timm-resnet50-njet.safetensors"``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") + "-njet.safetensors"
@@ -64,7 +77,7 @@ def default_out(name: str) -> str:
 def convert(
     model: str = typer.Argument(..., metavar="MODEL",
                                 help="A model name (see 'njetify models'): built-in, timm:, tv:, smp:."),
-    order: int | None = typer.Option(None, "--order", "-n", min=0, max=8, metavar="N",
+    order: int | None = typer.Option(None, "--order", "-n", min=0, max=MAX_ORDER, metavar="N",
                                      help="Derivative order N of the N-Jet layers (default: the recipe's, 3)."),
     recipe: str | None = typer.Option(None, "--recipe", metavar="NAME|PATH",
                                       help="A built-in recipe (see 'njetify recipes') or a YAML file."),
@@ -80,8 +93,11 @@ def convert(
                                  help="r of safe-subsampling, factor (1/2)^(σ/r): auto keeps the original "
                                       "sizes at σ₀ (default); the paper uses 4."),
     calibrate: str | None = typer.Option(None, "--calibrate", metavar="DATA",
-                                         help="Fit data-aware on a few batches of DATA: mnist, cifar10, ... or "
-                                              "folder:PATH."),
+                                         help="Refit every layer to reproduce the original's outputs on a few "
+                                              "batches of DATA: mnist, cifar10, ... or folder:PATH."),
+    max_fit_error: str | None = typer.Option(None, "--max-fit-error", metavar="E|none",
+                                             help="Fidelity gate: a layer whose relative error after the fit is "
+                                                  "above E stays the original conv (default: the recipe's, 0.5)."),
     calibrate_batches: int = typer.Option(4, "--calibrate-batches", min=1, metavar="N",
                                           help="Batches for --calibrate."),
     calibrate_batch_size: int = typer.Option(16, "--calibrate-batch-size", min=1, metavar="N",
@@ -110,7 +126,7 @@ def convert(
     from ..summary import compare_models, default_input_size
     from ..surgery import convert as convert_model
 
-    r_value = _parse_r(r)
+    r_value, gate = _parse_r(r), _parse_gate(max_fit_error)
     shape = input_size(size)
     if shape is not None and in_chans is not None and shape[0] != in_chans:
         raise UserError(f"--input-size has {shape[0]} channel(s) but --in-chans is {in_chans}; give one of them")
@@ -120,6 +136,12 @@ def convert(
 
         with user_errors(ValueError, TypeError, FileNotFoundError, IsADirectoryError, what="--recipe"):
             rec = load_recipe(recipe)
+    if gate is not None:
+        import dataclasses
+
+        from ..recipes import load_recipe
+
+        rec = dataclasses.replace(rec or load_recipe("default"), max_fit_error=None if gate == "none" else gate)
     if weights is not None:
         weights = existing_file(weights, "--weights")
     path = None if dry_run else writable_file(out if out is not None else default_out(model), "--out", force)
@@ -178,7 +200,7 @@ def _watch(batches, net, con):
     x = batches[0]
     con.print(f"calibrating about {count_convertible(net)} layers on {len(batches)} batch(es) of "
               f"{x.shape[0]} images {'x'.join(map(str, x.shape[1:]))}")
-    return CalibrationWatch(batches, count_convertible(net), con)
+    return CalibrationWatch(count_convertible(net), con)
 
 
 def _print(model, shape, report, stats, path, dry_run) -> None:

@@ -43,6 +43,8 @@ _CLI_WORDS = (
     (re.compile(r"\(njetify\.list_models\(\) lists them all\)"), "('njetify models PATTERN' lists them)"),
     (re.compile(r"\(see njetify\.list_models\(\)\)"), "(see 'njetify models PATTERN')"),
     (re.compile(r"give calibration_data"), "use --calibrate DATASET"),
+    (re.compile(r"recipe max_fit_error"), "--max-fit-error"),
+    (re.compile(r"raise the recipe's max_fit_error, or set it to null"), "raise --max-fit-error, or set it to none"),
     (re.compile(r"pass download=True"), "pass --download"),
     (re.compile(r"download=True"), "--download"),
     (re.compile(r"data_dir / \$NJETIFY_DATA"), "--data-dir / $NJETIFY_DATA"),

@@ -1,7 +1,10 @@
 """Every module a converted model can hold, one concept per file.
 
 * :class:`NJetConv2d` — the N-Jet convolution (``njet_conv.py``);
-* :class:`TiedNJetConv2d` / :class:`TiedNJetBranch` — tied ASPP branches (``tied.py``);
+* :class:`TiedNJetConv2d` — tied ASPP branches: one α, a σ per branch (``tied.py``), seen at each
+  branch's path as a :class:`TiedNJetBranch` (``tied_branch.py``);
+* :class:`FactorisedConv2d` — a baked layer kept as 1-D filters + a 1×1 conv (``factorised_conv.py``;
+  the factorised execution path itself: ``factorised.py``, ``axis_operators.py``, ``path_cost.py``);
 * :class:`SafeSubsample` / :class:`FixedSubsample` — σ-driven and frozen resizing (``safe_subsample.py``);
 * :class:`SafePool2d` — a strided pool at stride 1 plus its subsampling (``safe_pool.py``);
 * :class:`SubsampledConv2d` — a plain conv that used to be strided (``subsampled_conv.py``);

@@ -16,7 +16,23 @@ from ._fx import as_traced_leaf
 _EPS = 1e-6
 
 
-class SafeSubsample(nn.Module):
+class _Resize(nn.Module):
+    """Resize by ``self.factor`` after ``self.align`` border pixels (shared by the learned and the frozen form)."""
+
+    factor: float
+    align: int
+    interpolation: str
+
+    def output_size(self, length: int) -> int:
+        """Side of the output for an input side of ``length`` pixels (at the current factor)."""
+        return subsampled_size(length + self.align, self.factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        leaf = as_traced_leaf(self, x)
+        return leaf if leaf is not None else resize_by(_aligned(x, self.align), self.factor, self.interpolation)
+
+
+class SafeSubsample(_Resize):
     """Subsample a map of side L to ``⌈L · (1/2)^(σ/r)⌉`` pixels.
 
     Placed after an operation that used to be strided and now runs at stride 1 (an N-Jet
@@ -105,14 +121,6 @@ class SafeSubsample(nn.Module):
             self._factor, self._key = 0.5 ** (sigma / self.r), key
         return self._factor
 
-    def output_size(self, length: int) -> int:
-        """Side of the output for an input side of ``length`` pixels, at the current σ."""
-        return subsampled_size(length + self.align, self.factor)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        leaf = as_traced_leaf(self, x)
-        return leaf if leaf is not None else resize_by(_aligned(x, self.align), self.factor, self.interpolation)
-
     def extra_repr(self) -> str:
         src = "fixed" if self._source is None else f"source={self.source_name or '?'}, r={self.r:.4g}"
         align = f", align={self.align}" if self.align else ""
@@ -126,7 +134,7 @@ class SafeSubsample(nn.Module):
         return FixedSubsample(factor, self.interpolation, self.stride, self.align).train(self.training)
 
 
-class FixedSubsample(nn.Module):
+class FixedSubsample(_Resize):
     """A :class:`SafeSubsample` frozen at ``factor``: side L → ``⌈(L+align)·factor⌉`` pixels.
 
     Same size rule, same pixel picks (nearest) or the same resize (bilinear, area) as
@@ -142,14 +150,6 @@ class FixedSubsample(nn.Module):
         self.interpolation = interpolation
         self.stride = stride
         self.align = int(align)
-
-    def output_size(self, length: int) -> int:
-        """Output side for an input side of ``length`` pixels."""
-        return subsampled_size(length + self.align, self.factor)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        leaf = as_traced_leaf(self, x)
-        return leaf if leaf is not None else resize_by(_aligned(x, self.align), self.factor, self.interpolation)
 
     def extra_repr(self) -> str:
         align = f", align={self.align}" if self.align else ""

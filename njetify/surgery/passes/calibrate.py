@@ -12,6 +12,7 @@ rewriter, so a failed conversion still rolls back), followed by its subsampling 
 from __future__ import annotations
 
 import fnmatch
+import re
 
 from torch import nn
 
@@ -99,9 +100,11 @@ def _revert(ctx: SurgeryContext, convs: dict[str, nn.Module]):
         fix_subsamples(ctx.model, old)
         ctx.rewriter.replace(path, reverted_module(old, convs[path]))
         row = _conv_row(ctx, path)
-        if row is not None:
-            row.action, row.reason, row.params_after = "kept", reason, row.params_before
-            row.extra["reverted"] = True
+        if row is not None:  # the number is in the err column: one footnote for all reverted layers
+            row.action, row.params_after = "kept", row.params_before
+            row.reason = re.sub(r"error \S+ ([>≥]) max_fit_error", r"error \1 max_fit_error", reason)
+            row.order = row.sigma0 = row.size = None
+            row.extra["reverted"], row.extra["gate"] = True, reason
         for r in ctx.report.select("subsample", "subsampled"):
             if r.extra.get("source") == path:
                 r.reason = f"σ source {path} reverted to its original conv: factor fixed at 1/{r.stride}"
