@@ -1,8 +1,8 @@
 """Experiment 3 — convert a trained network, then fine-tune (the paper's Fig. 7 plot).
 
 A CIFAR-style ResNet-20 with one input channel is trained on MNIST padded to 32×32,
-converted with ``njetify.convert`` (order 3, safe-subsampling, σ₀ from the 3×3 kernels,
-r = "auto", data-aware fit on calibration batches), then fine-tuned. Reported: test
+converted with ``njetify.convert`` (order 3, safe-subsampling, σ₀ chosen by fit near the 3×3
+kernels' σ₀, r = "auto", output-matching calibration on a few batches), then fine-tuned. Reported: test
 accuracy of the original, of the converted model before fine-tuning (with and without
 calibration data, and with the paper's from-scratch settings σ₀ = 1, r = 4), after 1 and
 3 epochs of fine-tuning; the learned σ per layer and the feature-map size at every
@@ -88,7 +88,7 @@ def reading(acc: dict, rows: list[dict], orig_sizes: dict) -> str:
     txt = (f"**Reading.** With calibration data the converted network starts at {start:.2f}% (original "
            f"{orig:.2f}%; {start - orig:+.2f} points). The paper's from-scratch settings (σ₀ = 1, r = 4) applied "
            f"to the trained network give {paper:.2f}% before fine-tuning")
-    txt += (", which is why conversion of a trained network uses σ₀ from the kernels and r = \"auto\". "
+    txt += (", which is why conversion of a trained network starts σ₀ from the kernels and uses r = \"auto\". "
             if paper < start - 1 else ". ")
     txt += (f"After {rows[-1]['epoch']} epochs of fine-tuning the N-Jet network is at {end:.2f}% "
             f"({end - orig:+.2f} points against the original). σ moved by at most {100 * moved:.0f}% from σ₀; "
@@ -149,7 +149,7 @@ def main(argv=None) -> None:
     plot(rows, orig_sizes, img)
 
     acc_rows = [[k, f"{v:.2f}"] for k, v in acc.items()]
-    acc_rows.append(["converted, data-aware fit (calibrated) — the model fine-tuned below", f"{rows[0]['val']['acc']:.2f}"])
+    acc_rows.append(["converted, output-matching calibration — the model fine-tuned below", f"{rows[0]['val']['acc']:.2f}"])
     for row in rows[1:]:
         acc_rows.append([f"after {row['epoch']} epoch(s) of fine-tuning", f"{row['val']['acc']:.2f}"])
     first, last = rows[0]["layers"], rows[-1]["layers"]
@@ -175,9 +175,10 @@ in_chans=1)`, {n_params[0]:,} parameters) trained from scratch for {epochs_pre} 
 momentum 0.9, cosine, batch 32; last-epoch training loss {pre_hist.epochs[-1]['train']['loss']:.3f}, training accuracy {pre_hist.epochs[-1]['train']['acc']:.1f}%) on {n_pre} MNIST
 digits zero-padded to 32×32, then converted with
 `njetify.convert(model, order=3, subsample="safe", calibration_data=...)` — order 3 and
-safe-subsampling as in `paper-resnet32`, but σ₀ from the 3×3 kernels (0.5) and r = "auto"
+safe-subsampling as in `paper-resnet32`, but σ₀ chosen per layer by the calibration fit
+from the 3×3 kernels' 0.5 up to one filter size larger (`sigma_init: fit`) and r = "auto"
 so that the converted network starts where the trained one was ({n_cal} calibration
-images, data-aware fit; {n_params[1]:,} parameters after conversion). Fine-tuned with
+images, output-matching calibration; {n_params[1]:,} parameters after conversion). Fine-tuned with
 `njetify.train.fit` (SGD lr 0.01, σ lr {args.sigma_lr}, cosine over {epochs_ft} epochs of the first
 {n_train} of those digits, batch 32). Test accuracy on {n_test} MNIST test digits:
 

@@ -1,7 +1,7 @@
 """Convert a small trained CNN to N-Jet layers, then fine-tune it on MNIST (CPU, a few minutes).
 
 1. Train a plain 4-conv CNN (two stride-2 convs) for one epoch on an MNIST subset.
-2. Convert it with ``njetify.convert`` (order 3, safe-subsampling, data-aware α fit).
+2. Convert it with ``njetify.convert`` (order 3, safe-subsampling, output-matching calibration).
 3. Fine-tune with ``njetify.train.fit``: weights and σ learn; every epoch is recorded.
 4. Plot the history with ``njetify.plots`` (accuracy/loss, σ per layer, sizes).
 
