@@ -176,4 +176,6 @@ def test_convert_timm_resnet18_at_80_columns_shows_every_module_path(tmp_path):
     firsts = {line.split(" ", 1)[0] for line in lines}
     for row in report.rows:
         assert row.path in firsts, row.path  # every row, its module path in full at the start of a line
-    assert "kept [1]" in res.stdout and "[1] 1x1 kernel" in res.stdout
+    # reasons are numbered footnotes: the random 7×7 stem kept by the fidelity gate, then the 1×1 convs
+    assert "kept [1]" in res.stdout and "[1] fidelity gate" in res.stdout and "kept [2]" in res.stdout
+    assert "[2] 1x1 kernel" in res.stdout

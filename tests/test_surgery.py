@@ -112,9 +112,11 @@ def test_flatten_linear_guard_keeps_head_working():
 
 
 def test_every_layer_subsampling():
-    rec = Recipe(order=2, subsample=njetify.recipes.SubsampleConfig(r=4, where="every_layer"))
+    rec = Recipe(order=2, max_fit_error=None,  # as the paper recipes that subsample after every layer
+                 subsample=njetify.recipes.SubsampleConfig(r=4, where="every_layer"))
     conv, report = njetify.convert(PlainCNN(), recipe=rec)
-    assert len(report.select("subsample", "subsampled")) == 3
+    assert len(report.select("subsample", "subsampled")) == 3 and report.converted == 3
+    assert all(m.source is not None for m in conv.modules() if isinstance(m, SafeSubsample))
     assert conv(torch.randn(1, 3, 32, 32)).shape == (1, 3)
     # residual blocks: branches that subsample a different number of times keep their strides
     conv, report = njetify.convert(TinyResNet(), recipe=rec)

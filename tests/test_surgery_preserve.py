@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import njetify
+from njetify.recipes import resolve_recipe
 from njetify.layers import NJetConv2d, SafePool2d, SafeSubsample, SubsampledConv2d, sigma_parameters
 from njetify.layers.traced import is_retraced
 
@@ -31,7 +32,9 @@ def test_timm_model_keeps_its_api(name, mode):
     torch.manual_seed(0)
     model = timm.create_model(name).eval()
     x = torch.randn(2, 3, 64, 64)
-    net, report = njetify.convert(model, subsample=mode)
+    # no fidelity gate: random 7×7 depthwise kernels (all of convnext_atto's) fit poorly in weight space and
+    # would stay plain convs; the API must survive whatever is converted
+    net, report = njetify.convert(model, subsample=mode, recipe=resolve_recipe(max_fit_error=float("inf")))
     assert type(net) is type(model) and isinstance(net, nn.Module) and net is not model
     assert report.converted > 0 and not is_retraced(net)
     feats = net.forward_features(x)
