@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .targets import call_model
+from ..inputs import call_model, to_model
+from ..modes import evaluating
 
 ARG = "calibration_data"
 
@@ -24,14 +25,6 @@ def _input_of(batch, i: int):
 
 def _tensors(x) -> list[torch.Tensor]:
     return list(x.values()) if isinstance(x, dict) else [x]
-
-
-def _to(x, device, dtype):
-    if isinstance(x, dict):
-        return {k: _to(v, device, dtype) for k, v in x.items()}
-    if isinstance(x, torch.Tensor):
-        return x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
-    return x
 
 
 def _signature(x) -> tuple:
@@ -61,7 +54,7 @@ def prepare_batches(model: nn.Module, calibration_data, device=None, dtype=None)
             if isinstance(t, torch.Tensor) and not t.is_floating_point():
                 raise TypeError(f"{ARG}: batch {i} has dtype {t.dtype}; give floating-point inputs preprocessed "
                                 "as for the model (e.g. x.float() / 255, normalised)")
-        x = _to(x, device, dtype)
+        x = to_model(x, device, dtype)
         sig = _signature(x)
         if first is None:
             first = sig
@@ -81,12 +74,9 @@ def _describe(x) -> str:
                      (x.items() if isinstance(x, dict) else [("input", x)]) if isinstance(t, torch.Tensor))
 
 
-@torch.no_grad()
 def _run_original(model: nn.Module, batches: list) -> None:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     seen = set()
-    try:
+    with evaluating(model):
         for i, x in enumerate(batches):
             shape = tuple(tuple(t.shape[1:]) for t in _tensors(x) if isinstance(t, torch.Tensor))
             if shape in seen:
@@ -97,6 +87,3 @@ def _run_original(model: nn.Module, batches: list) -> None:
             except Exception as e:  # noqa: BLE001 - reported with the batch that caused it
                 raise ValueError(f"{ARG}: the original model fails on batch {i} ({_describe(x)}): "
                                  f"{type(e).__name__}: {e}") from None
-    finally:
-        for m, mode in modes:
-            m.training = mode

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-import torch
 from torch import nn
 
+from ..modes import evaluating
 from .gate import RevertFn, apply_gate, options_for
 from .layer_fit import fit_unit, sample_budget
 from .options import CalibrationOptions, LayerOptions
@@ -18,19 +17,6 @@ from .revert import fixed_r_reason, is_auto_r, retarget_subsamples, subsamples_o
 from .sweep import Sweep
 from .targets import batch_size, collect_targets
 from .units import build_units
-
-
-@contextlib.contextmanager
-def _eval(*models: nn.Module):
-    modes = [(m, m.training) for model in models for m in model.modules()]
-    for model in models:
-        model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def calibrate_model(
@@ -76,7 +62,7 @@ def calibrate_model(
     units = build_units(original, converted, list(paths))
     result = CalibrationResult(batches=len(batches), images=sum(batch_size(b) for b in batches))
     done: dict[int, LayerResult] = {}
-    with _eval(original, converted):
+    with evaluating(original), evaluating(converted):
         budgets = {u.index: sample_budget(u, opts) for u in units}
         targets = collect_targets(original, units, batches, budgets=budgets, dense_strided=opts.dense_strided,
                                   seed=opts.seed)

@@ -66,9 +66,10 @@ def reverted_module(old: nn.Module, conv: nn.Module) -> nn.Module:
     there is one — a :class:`~njetify.layers.SubsampledConv2d`, so the conv's keys stay. A carried
     subsampling that is a plain fixed nearest 1/stride gives the original strided conv itself."""
     conv = copy.deepcopy(conv)
+    mode = conv.training  # the user's conv's mode (``old`` is in eval mode while calibrating)
     carried = getattr(old, "subsample", None)
     if carried is not None and _is_plain_stride(carried):
-        return conv.train(old.training)  # the original strided conv computes exactly that, at 1/stride² the cost
+        return conv  # the original strided conv computes exactly that, at 1/stride² the cost
     stride = getattr(old, "stride", None)
     if isinstance(stride, int):  # an NJetConv2d; tied branches are never strided
         conv.stride = (stride, stride)
@@ -77,7 +78,7 @@ def reverted_module(old: nn.Module, conv: nn.Module) -> nn.Module:
             conv = SubsampledConv2d.from_conv(conv, carried)
         else:
             conv = nn.Sequential(conv, carried)
-    return conv.train(old.training)
+    return conv.train(mode)
 
 
 def _is_plain_stride(ss) -> bool:

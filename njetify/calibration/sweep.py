@@ -24,7 +24,7 @@ from typing import Callable, Hashable
 import torch
 from torch import nn
 
-from .targets import call_model
+from ..inputs import call_model
 
 _local = threading.local()
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..inputs import call_model
 from .responses import sample_positions, take
 from .units import Unit
 
@@ -29,15 +30,6 @@ class Sample:
     step: int
     grid: tuple[int, int]
     input_hw: tuple[int, int]
-
-
-def call_model(model: nn.Module, batch) -> object:
-    """``model(batch)``; a tuple/list batch is unpacked as positional, a dict as keyword arguments."""
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
 
 
 def _stride1_output(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:

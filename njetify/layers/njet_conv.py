@@ -17,9 +17,9 @@ from ._fx import as_traced_leaf
 from .axis_operators import axis_geometry
 from .factorised import factorised_conv2d
 from . import njet_convert as convert
-from .factorised_conv import FactorisedConv2d, factorised_bake_rule
-from .padding import tf_same_pads
-from .path_cost import PATHS, ConvShape, check_dense_fits, choose_path
+from .factorised_conv import FactorisedConv2d
+from .padding import crop, tf_same_pads
+from .path_cost import PATHS, ConvShape, choose_path, dense_fits
 from .protocol import SigmaModule
 from ._checks import check_channels, check_choice, check_order, check_positive
 
@@ -267,18 +267,8 @@ class NJetConv2d(SigmaModule):
 
     def _dense_fits(self, size: int, training: bool, *, strict: bool = False) -> bool:
         """Whether the dense ``size×size`` filter fits in memory (``strict``: raise ``MemoryError`` if not)."""
-        cg = self.in_channels // self.groups
-        elem = self.alpha.element_size()
-        if self.out_channels * cg * size * size * elem < 2**28:  # < 256 MiB: never refused
-            return True
-        try:
-            check_dense_fits(repr(self).replace("\n", " "), self.out_channels, cg, size, elem, self.alpha.device,
-                             training)
-        except MemoryError:
-            if strict:
-                raise
-            return False
-        return True
+        return dense_fits(lambda: repr(self).replace("\n", " "), self.out_channels, self.in_channels // self.groups,
+                          size, self.alpha.element_size(), self.alpha.device, training, strict=strict)
 
     def _conv_dense(self, x: torch.Tensor) -> torch.Tensor:
         size = 2 * self.half_width + 1
@@ -288,7 +278,7 @@ class NJetConv2d(SigmaModule):
         if self.padding_mode == "zeros" and pads[0] == pads[1] == pads[2] == pads[3] >= 0:
             return F.conv2d(x, w, self.bias, self.stride, pads[0], 1, self.groups)
         if min(pads) < 0:  # σ shrank below the original conv's trim: crop the input instead
-            x = _crop(x, [max(-p, 0) for p in pads])
+            x = crop(x, [max(-p, 0) for p in pads])
             pads = [max(p, 0) for p in pads]
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
         return F.conv2d(F.pad(x, pads, mode=mode), w, self.bias, self.stride, 0, 1, self.groups)
@@ -405,21 +395,5 @@ class NJetConv2d(SigmaModule):
         """The layer without σ: :meth:`to_conv`, or :meth:`to_factorised` where the dense filter
         costs over ``FACTORISED_RATIO``× the factorised multiply-adds; a carried safe-subsampling
         follows, frozen at its current factor."""
-        rule = factorised_bake_rule(self.in_channels, self.out_channels, self.groups, self.kernel_size[0],
-                                    self.order, self.sigma_per == "channel")
-        conv = (self.to_conv() if rule is None else self.to_factorised(*rule)).train(self.training)
-        if self.subsample is None:
-            return conv
-        fixed = self.subsample.frozen() if hasattr(self.subsample, "frozen") else self.subsample
-        if type(conv) is nn.Conv2d:
-            from .subsampled_conv import SubsampledConv2d
+        return convert.baked(self)
 
-            return SubsampledConv2d.from_conv(conv, fixed)
-        return nn.Sequential(conv, fixed)
-
-
-def _crop(x: torch.Tensor, crops: list[int]) -> torch.Tensor:
-    """Remove (left, right, top, bottom) pixels from the last two dims."""
-    left, right, top, bottom = crops
-    h, w = x.shape[-2:]
-    return x[..., top : h - bottom, left : w - right]

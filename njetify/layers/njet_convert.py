@@ -13,7 +13,7 @@ from torch import nn
 from ..fit import data_aware_fit, tap_offsets, weight_space_fit
 from ..moments import TapMoments
 from ._checks import conv_kind
-from .factorised_conv import FactorisedConv2d, factorised_macs_per_pixel
+from .factorised_conv import FactorisedConv2d, factorised_bake_rule, factorised_macs_per_pixel
 from .padding import Conv2dDynamicSame
 
 
@@ -90,3 +90,19 @@ def factorised_conv(layer, order: str | None, reason: str) -> FactorisedConv2d:
     return FactorisedConv2d(layer.basis_1d(), layer.alpha, layer.bias, stride=layer.stride, groups=layer.groups,
                             padding=layer.padding, trim=layer.trim, padding_mode=layer.padding_mode, order=order,
                             reason=reason).train(layer.training)
+
+
+def baked(layer) -> nn.Module:
+    """The layer without σ (:meth:`NJetConv2d.baked`): a dense conv, or the factorised form where the
+    dense filter costs over ``FACTORISED_RATIO``× its multiply-adds; then its carried subsampling, frozen."""
+    rule = factorised_bake_rule(layer.in_channels, layer.out_channels, layer.groups, layer.kernel_size[0],
+                                layer.order, layer.sigma_per == "channel")
+    conv = (layer.to_conv() if rule is None else layer.to_factorised(*rule)).train(layer.training)
+    if layer.subsample is None:
+        return conv
+    fixed = layer.subsample.frozen() if hasattr(layer.subsample, "frozen") else layer.subsample
+    if type(conv) is nn.Conv2d:
+        from .subsampled_conv import SubsampledConv2d
+
+        return SubsampledConv2d.from_conv(conv, fixed)
+    return nn.Sequential(conv, fixed)

@@ -31,3 +31,10 @@ class Conv2dDynamicSame(nn.Conv2d):
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
         x = F.pad(x, pads, mode=mode)
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def crop(x: torch.Tensor, crops: list[int]) -> torch.Tensor:
+    """Remove (left, right, top, bottom) pixels from the last two dims (a negative padding)."""
+    left, right, top, bottom = crops
+    h, w = x.shape[-2:]
+    return x[..., top : h - bottom, left : w - right]

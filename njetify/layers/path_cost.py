@@ -183,6 +183,27 @@ def available_bytes(device) -> int:
     return 1 << 62  # unknown: do not refuse
 
 
+#: A dense filter under this many bytes is never refused (no memory query on the forward path).
+DENSE_ALWAYS_BYTES = 2**28
+
+
+def dense_fits(what, out_channels: int, in_per_group: int, size: int, element_size: int, device, training: bool,
+               *, strict: bool = False) -> bool:
+    """Whether a dense ``size×size`` filter fits in memory; ``strict``: raise :func:`check_dense_fits`'s
+    ``MemoryError`` instead of returning False. ``what`` names the layer: a string, or a callable
+    giving it (only called when the filter is large enough to ask)."""
+    if out_channels * in_per_group * size * size * element_size < DENSE_ALWAYS_BYTES:
+        return True
+    try:
+        check_dense_fits(what() if callable(what) else what, out_channels, in_per_group, size, element_size, device,
+                         training)
+    except MemoryError:
+        if strict:
+            raise
+        return False
+    return True
+
+
 def check_dense_fits(what: str, out_channels: int, in_per_group: int, size: int, element_size: int,
                      device, training: bool) -> None:
     """Raise ``MemoryError`` (before allocating) when a dense ``size×size`` filter cannot fit.

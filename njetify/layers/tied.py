@@ -31,7 +31,7 @@ from ._tied_checks import check_tieable, conv_trim
 from ..options import PADDING_MODES
 from .factorised import _compute_dtype, factorised_conv2d, mix
 from .factorised_conv import FactorisedConv2d
-from .path_cost import PATHS, ConvShape, check_dense_fits, choose_path
+from .path_cost import PATHS, ConvShape, choose_path, dense_fits
 from .tied_branch import TiedNJetBranch
 from . import tied_fit
 
@@ -108,7 +108,6 @@ class TiedNJetConv2d(nn.Module):
         self.learn_sigma = learn_sigma
         self.fit_error: float | None = None
         self.branch_errors: list[float] | None = None
-        self.output_error: float | None = None
         self.size_capped = [False] * len(sig)
         self._warned = [False] * len(sig)
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
@@ -219,15 +218,8 @@ class TiedNJetConv2d(nn.Module):
         size = 2 * self.half_width(k) + 1
         o, cg = self.alpha.shape[:2]
         training = torch.is_grad_enabled() and (self.alpha.requires_grad or self.log_sigma.requires_grad)
-        dense_ok = True
-        if o * cg * size * size * self.alpha.element_size() >= 2**28:  # ≥ 256 MiB: ask the memory
-            try:
-                check_dense_fits(f"TiedNJetConv2d({self.in_channels}→{self.out_channels}) branch {k}", o, cg, size,
-                                 self.alpha.element_size(), self.alpha.device, training)
-            except MemoryError:
-                if self.path == "dense":
-                    raise
-                dense_ok = False
+        dense_ok = dense_fits(f"TiedNJetConv2d({self.in_channels}→{self.out_channels}) branch {k}", o, cg, size,
+                              self.alpha.element_size(), self.alpha.device, training, strict=self.path == "dense")
         if self.path in ("dense", "basis_first", "mix_first"):
             return self.path
         h, w = x.shape[-2:]

@@ -21,7 +21,8 @@ from .context import SurgeryContext, check_pipeline, run_pipeline
 from .pipeline import DEFAULT_PASSES
 from .report import REPORT_ATTR, ConversionReport
 from .rewrite import Rewriter
-from .util import count_params, model_device_dtype, to_model
+from ..inputs import to_model
+from .util import count_params, model_device_dtype
 
 #: Filter-size cap of :func:`tie_aspp`: 127 px covers rate 63 at extent 2 (σ₀ 31.5).
 TIE_MAX_SIZE = 127

@@ -1,4 +1,4 @@
-"""Small helpers of the surgery: parameter counts, the model's device and dtype, input batches."""
+"""Small helpers of the surgery: parameter counts, the model's device and dtype."""
 
 from __future__ import annotations
 
@@ -25,16 +25,6 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def to_model(x, device, dtype):
-    """Move a batch (tensor / tuple / list / dict of tensors) to the model's device and float dtype."""
-    if isinstance(x, torch.Tensor):
-        return x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype)
-    if isinstance(x, (tuple, list)):
-        return type(x)(to_model(v, device, dtype) for v in x)
-    if isinstance(x, dict):
-        return {k: to_model(v, device, dtype) for k, v in x.items()}
-    return x
-
 
 def first_input(batch):
     """The model input of a calibration batch: a tensor, or the first item of ``(x, y, ...)``."""
@@ -43,8 +33,3 @@ def first_input(batch):
             raise ValueError("calibration_data: got an empty batch")
         return batch[0]
     return batch
-
-
-def call(model: nn.Module, x):
-    """``model(x)``, or ``model(**x)`` for a dict of named inputs."""
-    return model(**x) if isinstance(x, dict) else model(x)

@@ -30,6 +30,21 @@ class _TwoLineProgress(Progress):
             yield Text(self.info, overflow="ellipsis", no_wrap=True)
 
 
+def evaluation_line(head: str, row: dict) -> str:
+    """``head`` and a history ``row``'s train/val metrics and σ range on one line, or two when one
+    would not fit 80 columns."""
+    parts = []
+    for split in ("train", "val"):
+        vals = [f"{k} {v:.3g}" for k, v in row.get(split, {}).items() if k in ("loss", "acc", "miou")]
+        if vals:
+            parts.append(f"{split} " + " ".join(vals))
+    sig = [d["sigma"] for d in row["layers"].values()]
+    if sig:
+        parts.append(f"σ {min(sig):.3g}–{max(sig):.3g}")
+    rest = "  ".join(parts)
+    return f"{head}  {rest}" if len(head) + len(rest) + 2 <= 80 else f"{head}\n  {rest}"
+
+
 def format_duration(seconds: float) -> str:
     """``4530`` → ``"1 h 15 min"``, ``75`` → ``"1 min 15 s"``, ``8.2`` → ``"8 s"``."""
     s = int(round(seconds))

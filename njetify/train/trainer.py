@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.loaders import make_loader
+from ..modes import evaluating
 from ..recipes import FinetuneConfig
 from . import distributed as D
 from .config import TASKS, amp_dtype, deterministic_mode, resolve_config, seed_everything
@@ -25,7 +26,7 @@ from .history import History, feature_sizes, layer_snapshot, njet_modules, sigma
 from .interrupt import StopFlag
 from .metrics import ClassificationMeter, SegmentationMeter, inverse_frequency_weights
 from .optim import build_optimizer, build_scheduler, current_lrs, sigma_parameters
-from .progress import TrainProgress
+from .progress import TrainProgress, evaluation_line
 from .resume import CheckpointMixin
 from .stopping import StoppingMixin
 
@@ -170,11 +171,8 @@ class _Trainer(CheckpointMixin, StoppingMixin):
         return x
 
     def _num_classes(self) -> int:
-        was = self.model.training
-        self.model.eval()
-        with torch.no_grad(), self._autocast():
+        with evaluating(self.model), self._autocast():
             out = _logits(self.model(self.sample))
-        self.model.train(was)
         return int(out.shape[1])
 
     def _criterion(self) -> nn.Module:
@@ -342,15 +340,13 @@ class _Trainer(CheckpointMixin, StoppingMixin):
         """Validation metrics, summed over all ranks."""
         model = D.unwrap(self.ddp)
         meter = self._meter()
-        was = model.training
-        model.eval()
-        for x, y in self.val_loader:
-            x, y = self._prepare(x), y.to(self.device, non_blocking=True)
-            with self._autocast():
-                out = self._output(model(x), y)
-                loss = self.criterion(out.float(), y)
-            meter.update(out.float(), y, float(loss))
-        model.train(was)
+        with evaluating(model):  # every module gets its own mode back (a frozen BatchNorm stays frozen)
+            for x, y in self.val_loader:
+                x, y = self._prepare(x), y.to(self.device, non_blocking=True)
+                with self._autocast():
+                    out = self._output(model(x), y)
+                    loss = self.criterion(out.float(), y)
+                meter.update(out.float(), y, float(loss))
         meter.all_reduce(self.device)
         return meter.compute()
 
@@ -388,17 +384,7 @@ class _Trainer(CheckpointMixin, StoppingMixin):
             head = f"stopped at step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/{self.steps_per_epoch})"
         else:
             head = f"epoch {row['epoch']}/{self.cfg.epochs}"
-        parts = []
-        for split in ("train", "val"):
-            vals = [f"{k} {v:.3g}" for k, v in row.get(split, {}).items() if k in ("loss", "acc", "miou")]
-            if vals:
-                parts.append(f"{split} " + " ".join(vals))
-        sig = [d["sigma"] for d in row["layers"].values()]
-        if sig:
-            parts.append(f"σ {min(sig):.3g}–{max(sig):.3g}")
-        rest = "  ".join(parts)
-        self.progress.log(f"{head}  {rest}" if len(head) + len(rest) + 2 <= 80 else f"{head}\n  {rest}")
-
+        self.progress.log(evaluation_line(head, row))
 
 def _logits(out) -> torch.Tensor:
     """The logits tensor of a model output: a tensor, ``out["out"]`` (torchvision segmentation) or ``out[0]``."""

@@ -15,7 +15,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ...modes import evaluating
-from ..util import call
+from ...inputs import call_model
 from .trace import Region, trace_regions
 
 __all__ = ["Analysis", "Region", "analyse", "record_shapes"]
@@ -56,7 +56,7 @@ def record_shapes(analysis: Analysis, model: nn.Module, example_inputs: tuple):
     handles = [r.root.register_forward_pre_hook(grab, with_kwargs=True) for r in roots.values()]
     try:
         with evaluating(model):
-            out = call(model, example_inputs[0]) if len(example_inputs) == 1 else model(*example_inputs)
+            out = call_model(model, example_inputs[0] if len(example_inputs) == 1 else example_inputs)
             for region in analysis.regions:
                 inputs = example_inputs if not region.prefix else args.get(id(region.root))
                 if inputs is not None and all(isinstance(t, torch.Tensor) for t in inputs):

@@ -15,7 +15,6 @@ from torch import fx, nn
 
 from ...layers._checks import conv_kind
 from ...layers.safe_pool import PoolSpec
-from ...layers.traced import traced_base
 from .pool_specs import functional_kind, spec_from_module, spec_from_node
 from .trace import Region, owner_of
 
@@ -175,9 +174,3 @@ def owned_in_order(region: Region, owner: str) -> list[fx.Node]:
 def owner_nodes(graph: fx.Graph) -> list[fx.Node]:
     """The functional site nodes a module's *own* forward makes (none of its children's), in order."""
     return [n for n in graph.nodes if functional_site_kind(n) is not None and owner_of(n) == ""]
-
-
-def describe_owner(module: nn.Module) -> str:
-    """The user's class name of ``module`` (before any re-tracing)."""
-    return traced_base(module).__name__
-

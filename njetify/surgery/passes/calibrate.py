@@ -27,13 +27,12 @@ from ...calibration.revert import reverted_module
 from ..context import SurgeryContext
 
 
-class _Originals(nn.Module):
+class _Originals:
     """The original conv of every converted path, answering ``get_submodule(path)`` as the
-    original model would — all the data-free engine needs of it, without copying the model."""
+    original model would — all the data-free engine asks of it, without copying the model."""
 
     def __init__(self, convs: dict[str, nn.Module]):
-        super().__init__()
-        object.__setattr__(self, "_convs", convs)  # references, not children: nothing is copied or moved
+        self._convs = convs
 
     def get_submodule(self, target: str) -> nn.Module:
         try:

@@ -95,20 +95,3 @@ def per_channel(layer: NJetConv2d) -> NJetConv2d:
             new.bias.copy_(layer.bias)
     new.fit_error = layer.fit_error
     return new
-
-
-def fit_layer(layer: NJetConv2d, kernel: torch.Tensor, inputs) -> float:
-    """Data-aware refit of ``layer``'s α to ``kernel`` on ``inputs`` (per-channel σ included)."""
-    if layer.sigma_per == "layer":
-        return layer.fit_(kernel, inputs=inputs)
-    tmp = NJetConv2d(
-        layer.in_channels, layer.out_channels, order=layer.order, sigma=float(layer.sigma.detach().mean()),
-        extent=layer.extent, stride=layer.stride, groups=layer.groups, bias=layer.bias is not None,
-        max_size=layer.max_size, padding=layer.padding, trim=layer.trim,
-        device=layer.alpha.device, dtype=layer.alpha.dtype,
-    )
-    err = tmp.fit_(kernel, inputs=inputs)
-    with torch.no_grad():
-        layer.alpha.copy_(tmp.alpha)
-    layer.fit_error = err
-    return err

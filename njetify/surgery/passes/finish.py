@@ -10,7 +10,8 @@ import torch
 from ...layers import SafeSubsample, sigma_layers, sigma_parameters
 from ...modes import evaluating
 from ..context import SurgeryContext
-from ..util import call, count_params
+from ...inputs import call_model
+from ..util import count_params
 from .analyse import out_shapes
 
 
@@ -35,7 +36,7 @@ def finish_pass(ctx: SurgeryContext) -> None:
     inputs = ctx.example_inputs
     try:
         with evaluating(ctx.model):
-            got = out_shapes(call(ctx.model, inputs[0]) if len(inputs) == 1 else ctx.model(*inputs))
+            got = out_shapes(call_model(ctx.model, inputs[0] if len(inputs) == 1 else inputs))
     except Exception as e:  # noqa: BLE001 - reported, not raised: the user decides
         got = f"{type(e).__name__}: {e}"
     if got != ctx.out_shapes:
@@ -56,7 +57,7 @@ def _probe_larger_sigma(ctx: SurgeryContext, factor: float = 1.3) -> None:
         with evaluating(ctx.model):
             for p in params:
                 p.add_(math.log(factor))
-            call(ctx.model, inputs[0]) if len(inputs) == 1 else ctx.model(*inputs)
+            call_model(ctx.model, inputs[0] if len(inputs) == 1 else inputs)
     except Exception as e:  # noqa: BLE001 - reported, not raised
         msg = (f"with every σ {factor:g}x larger the converted model fails ({type(e).__name__}: "
                f"{str(e).splitlines()[0][:160]}): its safe-subsampling meets a branch that njetify could not "
