@@ -20,7 +20,6 @@ Everything is built on σ's device and dtype and is differentiable in σ.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 
@@ -34,7 +33,6 @@ def num_basis(order: int) -> int:
     return (order + 1) * (order + 2) // 2
 
 
-@lru_cache(maxsize=None)
 def basis_orders(order: int) -> tuple[tuple[int, int], ...]:
     """The ``(i, j)`` = (x-order, y-order) pair of each 2-D basis filter, in basis order."""
     return tuple((n - j, j) for n in range(order + 1) for j in range(n + 1))
@@ -92,20 +90,31 @@ def _constants(order: int, half: int, device, dtype) -> tuple[torch.Tensor, torc
     """Grid ``x``, exponents ``k`` (column) and ``C[m, k] = (−1/√2)^m · h_mk`` with
     ``H_m(u) = Σ_k h_mk u^k``; cached per (order, half, device, dtype)."""
     key = (order, half, torch.device(device), dtype)
-    if key not in _CONSTANTS:
-        rows = [[1.0] + [0.0] * order]
-        if order >= 1:
-            rows.append([0.0, 2.0] + [0.0] * (order - 1))
-        for m in range(2, order + 1):  # H_m = 2u·H_{m−1} − 2(m−1)·H_{m−2}
-            rows.append([2.0 * (rows[m - 1][k - 1] if k else 0.0) - 2.0 * (m - 1) * rows[m - 2][k] for k in range(order + 1)])
-        coef = torch.tensor(rows, dtype=torch.float64)
-        coef = coef * torch.tensor([(-1.0 / math.sqrt(2.0)) ** m for m in range(order + 1)], dtype=torch.float64)[:, None]
-        _CONSTANTS[key] = (
-            torch.arange(-half, half + 1, device=device, dtype=dtype),
-            torch.arange(order + 1, device=device, dtype=dtype).unsqueeze(-1),
-            coef.to(device=device, dtype=dtype),
-        )
+    if key not in _CONSTANTS or torch.compiler.is_compiling():
+        built = _build_constants(order, half, device, dtype)
+        if torch.compiler.is_compiling():  # inside a graph: constants of the graph, never a global cache
+            return built
+        _CONSTANTS[key] = built
     return _CONSTANTS[key]
+
+
+def _build_constants(order: int, half: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The tensors of :func:`_constants`, freshly built."""
+    return (
+        torch.arange(-half, half + 1, device=device, dtype=dtype),
+        torch.arange(order + 1, device=device, dtype=dtype).unsqueeze(-1),
+        torch.tensor(_hermite_coefficients(order), dtype=torch.float64).to(device=device, dtype=dtype),
+    )
+
+
+def _hermite_coefficients(order: int) -> tuple[tuple[float, ...], ...]:
+    """``C[m][k] = (−1/√2)^m · h_mk`` with ``H_m(u) = Σ_k h_mk u^k`` (physicists' Hermite), m, k ≤ order."""
+    rows = [[1.0] + [0.0] * order]
+    if order >= 1:
+        rows.append([0.0, 2.0] + [0.0] * (order - 1))
+    for m in range(2, order + 1):  # H_m = 2u·H_{m−1} − 2(m−1)·H_{m−2}
+        rows.append([2.0 * (rows[m - 1][k - 1] if k else 0.0) - 2.0 * (m - 1) * rows[m - 2][k] for k in range(order + 1)])
+    return tuple(tuple(v * (-1.0 / math.sqrt(2.0)) ** m for v in row) for m, row in enumerate(rows))
 
 
 def gaussian_basis_2d(
@@ -135,9 +144,11 @@ _ORDER_INDEX: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] 
 def _order_index(order: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Index tensors of x-orders and y-orders, cached per device (no per-call host copy)."""
     key = (order, torch.device(device))
-    if key not in _ORDER_INDEX:
+    if key not in _ORDER_INDEX or torch.compiler.is_compiling():
         pairs = basis_orders(order)
         ix = torch.tensor([i for i, _ in pairs], device=device)
         iy = torch.tensor([j for _, j in pairs], device=device)
+        if torch.compiler.is_compiling():
+            return ix, iy
         _ORDER_INDEX[key] = (ix, iy)
     return _ORDER_INDEX[key]

@@ -223,13 +223,9 @@ def _mix_rows(order: int, og: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([o for o, _ in rows], device=device), torch.tensor([f for _, f in rows], device=device)
 
 
-@lru_cache(maxsize=None)
 def nf_order(nf: int) -> int:
     """The order N of a basis with ``nf = (N+1)(N+2)/2`` filters."""
-    order = 0
-    while (order + 1) * (order + 2) // 2 < nf:
-        order += 1
-    return order
+    return math.isqrt(8 * nf + 1) // 2 - 1 if nf > 0 else 0
 
 
 def _stack_orders(ay: torch.Tensor, ji: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..basis import basis_orders
+from .functional import pad_input, same_pads, separable_conv2d, separable_weights
 from .padding import tf_same_pads
 
 
@@ -55,49 +56,23 @@ class FactorisedConv2d(nn.Module):
         self.in_channels, self.out_channels, self.groups = cg * groups, out_ch, groups
         self.stride, self.padding, self.trim, self.padding_mode = stride, padding, trim, padding_mode
         self.order, self.reason, self.size = order, reason, g.shape[-1]
-        g, alpha = g.detach(), alpha.detach()
-        iy = torch.tensor([j for _, j in pairs])
-        ix = torch.tensor([i for i, _ in pairs])
-        if order == "basis_first":
-            c = self.in_channels
-            self.register_buffer("wy", g.repeat(c, 1).view(-1, 1, self.size, 1).clone())  # channel c·(N+1) + j
-            self.register_buffer("pick", (torch.arange(c)[:, None] * g.shape[0] + iy).flatten())  # (c, f) ← (c, j_f)
-            self.register_buffer("wx", g[ix].repeat(c, 1).view(-1, 1, 1, self.size).clone())
-            self.weight = nn.Parameter(alpha.reshape(out_ch, cg * nf, 1, 1).clone())
-        else:
-            gy = g[..., iy, :] if g.dim() == 3 else g[iy].expand(out_ch, nf, self.size)
-            gx = g[..., ix, :] if g.dim() == 3 else g[ix].expand(out_ch, nf, self.size)
-            self.register_buffer("wy", gy.reshape(-1, 1, self.size, 1).clone())  # channel o·F + f
-            self.register_buffer("wx", gx.reshape(-1, 1, 1, self.size).clone())
-            self.weight = nn.Parameter(alpha.permute(0, 2, 1).reshape(out_ch * nf, cg, 1, 1).clone())
+        weights = separable_weights(g.detach(), alpha.detach(), order, self.in_channels)
+        for name in ("wy", "pick", "wx"):
+            if name in weights:
+                self.register_buffer(name, weights[name].clone())
+        self.weight = nn.Parameter(weights["mix"].clone())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
 
-    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding == "same":
-            p = (self.size - 1) // 2 - self.trim
-            pads = [p] * 4
+            pads = same_pads((self.size - 1) // 2, self.trim)
         else:
             pads = tf_same_pads(x.shape[-2], x.shape[-1], self.size, self.stride)
-        if min(pads) < 0:
-            h, w = x.shape[-2:]
-            left, right, top, bottom = (max(-p, 0) for p in pads)
-            x = x[..., top : h - bottom, left : w - right]
-            pads = [max(p, 0) for p in pads]
-        if max(pads) == 0:
-            return x
-        return F.pad(x, pads, mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._padded(x)
-        s = self.stride
+        weights = {"wy": self.wy, "wx": self.wx, "mix": self.weight}
         if self.order == "basis_first":
-            y = F.conv2d(x, self.wy, stride=(s, 1), groups=self.in_channels)
-            r = F.conv2d(y.index_select(1, self.pick), self.wx, stride=(1, s), groups=self.wx.shape[0])
-            return F.conv2d(r, self.weight, self.bias, groups=self.groups)
-        m = F.conv2d(x, self.weight, groups=self.groups)
-        m = F.conv2d(m, self.wy, stride=(s, 1), groups=m.shape[1])
-        m = F.conv2d(m, self.wx, stride=(1, s), groups=m.shape[1])
-        out = m.unflatten(1, (self.out_channels, -1)).sum(2)
+            weights["pick"] = self.pick
+        out = separable_conv2d(pad_input(x, pads, self.padding_mode), weights, self.stride, self.groups,
+                               self.in_channels, self.out_channels, self.order)
         return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:

@@ -14,13 +14,14 @@ from torch import nn
 from .. import basis as B
 from ..options import PADDING_MODES, SIGMA_PER
 from ._fx import as_traced_leaf
-from .axis_operators import axis_geometry
-from .factorised import factorised_conv2d
 from . import njet_convert as convert
 from .factorised_conv import FactorisedConv2d
-from .padding import crop, tf_same_pads
-from .path_cost import PATHS, ConvShape, choose_path, dense_fits
+from .functional import njet_conv2d, njet_filter, same_pads
+from .padding import tf_same_pads
+from .path_choice import choose_path, compiled_path
+from .path_cost import PATHS, dense_fits
 from .protocol import SigmaModule
+from .sizes import FilterSizes, track
 from ._checks import check_channels, check_choice, check_order, check_positive
 
 PADDINGS = ("same", "dynamic_same")
@@ -48,11 +49,16 @@ class NJetConv2d(SigmaModule):
             "SAME": asymmetric, computed from the input size, as timm's ``Conv2dSame``).
         trim: pixels per side by which the output is smaller than "same" (a converted
             ``padding=0`` 3×3 conv has trim 1); negative for extra padding.
-        path: how forward runs: ``"auto"`` (the cheaper of dense and factorised, predicted
-            per call by :mod:`njetify.layers.path_cost`), ``"dense"`` (materialise the s×s
-            filter), ``"factorised"`` (separable filtering + 1×1 mix, never forms the filter),
-            or a factorised order (``"basis_first"``, ``"mix_first"``). All give the same
-            outputs and gradients. ``last_path`` holds the way the last forward ran.
+        path: how forward runs: ``"auto"`` (the fastest of dense and factorised, timed on the
+            first call of each call signature: :mod:`njetify.layers.path_plan`), ``"dense"``
+            (materialise the s×s filter), ``"factorised"`` (the faster of the separable orders,
+            never forms the filter), or an order by name (``"basis_first"``, ``"mix_first"``).
+            All give the same outputs and gradients. ``last_path`` holds the way the last
+            eager forward ran.
+
+    The filter size is decided on the host, outside any compiled graph
+    (:mod:`njetify.layers.sizes`): the layer compiles with ``torch.compile`` without graph
+    breaks and exports with ``torch.export``. :attr:`weight` is the current filter, read-only.
 
     A converted strided layer runs at stride 1 and carries its safe-subsampling as the
     ``subsample`` child (a :class:`~njetify.layers.SafeSubsample`, None otherwise), applied
@@ -116,18 +122,17 @@ class NJetConv2d(SigmaModule):
         self._plan: tuple | None = None  # (call signature, path) of the last auto decision
         self.learn_sigma = learn_sigma
         self.fit_error: float | None = None
-        self.size_capped = False
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         nf = B.num_basis(order)
         self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, nf, **factory))
         self.log_sigma = nn.Parameter(sig.log().to(**factory), requires_grad=learn_sigma)
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self._cache: tuple[tuple, torch.Tensor] | None = None
-        self._half_key: tuple | None = None
-        self._half = 1
-        self._warned_cap = False
+        self._filter_sizes = FilterSizes(f"NJetConv2d({in_channels}→{out_channels})", "max")
         self.subsample: nn.Module | None = None
         self.reset_parameters()
+        self.refresh_sizes()
+        track(self)
 
     # ------------------------------------------------------------------ state
     def reset_parameters(self) -> None:
@@ -149,25 +154,24 @@ class NJetConv2d(SigmaModule):
 
     @property
     def half_width(self) -> int:
-        """Current half-width h of the filter (size 2h+1), after the ``max_size`` cap."""
-        p = self.log_sigma
-        key = (p._version, p.data_ptr(), self.extent, self.max_size)
-        if key != self._half_key:
-            sigma_max = float(p.detach().max().exp())  # one host read per σ update
-            half = B.half_width(sigma_max, self.extent)
-            cap = None if self.max_size is None else max(0, (self.max_size - 1) // 2)
-            self.size_capped = cap is not None and half > cap
-            if self.size_capped:
-                if not self._warned_cap:
-                    warnings.warn(
-                        f"NJetConv2d: filter of σ={sigma_max:.3g} needs {2 * half + 1} px; "
-                        f"capped at max_size={self.max_size} (set a larger max_size to lift the cap)",
-                        stacklevel=3,
-                    )
-                    self._warned_cap = True
-                half = cap
-            self._half, self._half_key = half, key
-        return self._half
+        """Current half-width h of the filter (size 2h+1), after the ``max_size`` cap (a host-side int)."""
+        return self._filter_sizes.current(self.log_sigma, self.extent, self.max_size)[0]
+
+    @property
+    def size_capped(self) -> bool:
+        """Whether ``max_size`` cut the filter σ asks for."""
+        self.half_width
+        return self._filter_sizes.capped[0]
+
+    def refresh_sizes(self) -> bool:
+        """Re-read σ on the host now (after editing it by hand); True when the filter size changed."""
+        return self._filter_sizes.refresh(self.log_sigma, self.extent, self.max_size)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The current filter ``(out_channels, in_channels/groups, s, s)``, read-only: computed from α and σ
+        (:meth:`filters`) for tools that read ``module.weight``; writing to it changes nothing."""
+        return self.filters()
 
     @property
     def kernel_size(self) -> tuple[int, int]:
@@ -188,6 +192,8 @@ class NJetConv2d(SigmaModule):
 
     def filters(self) -> torch.Tensor:
         """Materialised weight ``(out_channels, in_channels/groups, s, s)``; cached in eval mode."""
+        if torch.compiler.is_compiling():
+            return self._build_filters()
         if self.training or (torch.is_grad_enabled() and self._needs_grad()):
             self._cache = None
             return self._build_filters()
@@ -202,16 +208,10 @@ class NJetConv2d(SigmaModule):
 
     def _cache_key(self) -> tuple:
         a, s = self.alpha, self.log_sigma
-        return (a._version, a.data_ptr(), a.dtype, s._version, s.data_ptr(), self.max_size)
+        return (a._version, a.data_ptr(), a.dtype, s._version, s.data_ptr(), self.half_width)
 
     def _build_filters(self) -> torch.Tensor:
-        basis = self.basis()
-        size = basis.shape[-1]
-        if self.sigma_per == "layer":
-            w = self.alpha @ basis.flatten(1)  # (O, Cg, F) @ (F, s²)
-        else:
-            w = torch.einsum("ocf,ofk->ock", self.alpha, basis.flatten(2))
-        return w.view(self.out_channels, -1, size, size)
+        return njet_filter(self.alpha, self._sigma_arg(), self.half_width)
 
     def train(self, mode: bool = True):
         self._cache = None
@@ -219,8 +219,17 @@ class NJetConv2d(SigmaModule):
 
     def _apply(self, fn, *args, **kwargs):
         self._cache = None
-        self._half_key = None
+        self._filter_sizes.invalidate()
         return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._cache = None
+        self.refresh_sizes()  # sizes right away: a compile or export may come before any eager forward
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        track(self)
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,66 +251,59 @@ class NJetConv2d(SigmaModule):
     def convolve(self, x: torch.Tensor) -> torch.Tensor:
         """The N-Jet convolution alone, without the carried subsampling: ``(N, C_in, H, W)`` →
         ``(N, C_out, H', W')`` at ``stride``, dense or factorised (see ``path``)."""
+        half = self.half_width
+        pads = self._pads(x.shape[-2:], 2 * half + 1)
         path = self.choose_path(x)
-        out = self._conv_dense(x) if path == "dense" else self._conv_factorised(x, path)
-        self.last_path = path
+        if path == "dense" and not torch.compiler.is_compiling():
+            self._dense_fits(2 * half + 1, torch.is_grad_enabled() and self._needs_grad(), strict=True)
+        out = self._run(x, path, half, pads)
+        if not torch.compiler.is_compiling():
+            self.last_path = path
         return out
 
+    def _run(self, x: torch.Tensor, path: str, half: int, pads: list[int]) -> torch.Tensor:
+        weight = self.filters() if path == "dense" else None
+        return njet_conv2d(x, self.alpha, self._sigma_arg(), self.bias, half=half, stride=self.stride,
+                           groups=self.groups, pads=pads, padding_mode=self.padding_mode, path=path, weight=weight)
+
     def choose_path(self, x: torch.Tensor) -> str:
-        """``"dense"``, ``"basis_first"`` or ``"mix_first"``: how a forward on ``x`` runs now."""
+        """``"dense"``, ``"basis_first"`` or ``"mix_first"``: how a forward on ``x`` runs now.
+
+        ``auto`` and ``factorised`` time their candidates on the first eager call of each call
+        signature (:mod:`njetify.layers.path_choice`); inside a compiled graph the choice is static.
+        """
+        if self.path == "basis_first" and self.sigma_per == "channel":
+            raise ValueError(f"{self._name()}: path='basis_first' needs one σ for all outputs (sigma_per='layer'); "
+                             "use path='mix_first' or 'factorised'")
         if self.path in ("dense", "basis_first", "mix_first"):
             return self.path
         size = 2 * self.half_width + 1
+        if torch.compiler.is_compiling():
+            return compiled_path(self.path, self.out_channels, self.in_channels // self.groups, size,
+                                 self.sigma_per == "channel")
         training = torch.is_grad_enabled() and (self._needs_grad() or x.requires_grad)
-        key = (tuple(x.shape), x.device, size, training, self.path, torch.get_num_threads())
+        pads = self._pads(x.shape[-2:], size)
+        key = (tuple(x.shape), x.dtype, x.device, self.in_channels, self.out_channels, self.groups, size,
+               self.order, self.stride, tuple(pads), self.padding_mode, self.sigma_per, training, self.path,
+               torch.get_num_threads())
         if self._plan is not None and self._plan[0] == key:  # same call as last time: same answer
             return self._plan[1]
-        pads = self._pads(x.shape[-2:], size)
-        ho = axis_geometry(x.shape[-2], (pads[2], pads[3]), size, self.stride)[-1]
-        wo = axis_geometry(x.shape[-1], (pads[0], pads[1]), size, self.stride)[-1]
-        shape = ConvShape(x.shape[0], self.in_channels, self.out_channels, self.groups, x.shape[-2], x.shape[-1],
-                          ho, wo, size, self.order, self.sigma_per == "channel")
-        path = choose_path(shape, x.device, training, self.path, self._dense_fits(size, training))
+        path = choose_path(self, x, key, training, pads, self._dense_fits(size, training))
         self._plan = (key, path)
         return path
+
+    def _name(self) -> str:
+        return f"NJetConv2d({self.in_channels}→{self.out_channels}, size {self.kernel_size[0]})"
 
     def _dense_fits(self, size: int, training: bool, *, strict: bool = False) -> bool:
         """Whether the dense ``size×size`` filter fits in memory (``strict``: raise ``MemoryError`` if not)."""
         return dense_fits(lambda: repr(self).replace("\n", " "), self.out_channels, self.in_channels // self.groups,
                           size, self.alpha.element_size(), self.alpha.device, training, strict=strict)
 
-    def _conv_dense(self, x: torch.Tensor) -> torch.Tensor:
-        size = 2 * self.half_width + 1
-        self._dense_fits(size, torch.is_grad_enabled() and self._needs_grad(), strict=True)
-        w = self.filters()
-        pads = self._pads(x.shape[-2:], w.shape[-1])
-        if self.padding_mode == "zeros" and pads[0] == pads[1] == pads[2] == pads[3] >= 0:
-            return F.conv2d(x, w, self.bias, self.stride, pads[0], 1, self.groups)
-        if min(pads) < 0:  # σ shrank below the original conv's trim: crop the input instead
-            x = crop(x, [max(-p, 0) for p in pads])
-            pads = [max(p, 0) for p in pads]
-        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-        return F.conv2d(F.pad(x, pads, mode=mode), w, self.bias, self.stride, 0, 1, self.groups)
-
-    def _conv_factorised(self, x: torch.Tensor, order: str) -> torch.Tensor:
-        if order == "basis_first" and self.sigma_per == "channel":
-            raise ValueError("NJetConv2d: path='basis_first' needs one σ for all outputs (sigma_per='layer'); "
-                             "use path='mix_first' or 'factorised'")
-        pads = self._pads(x.shape[-2:], 2 * self.half_width + 1)
-        out = factorised_conv2d(x, self.alpha, self.basis_1d(), pads, stride=self.stride,
-                                padding_mode=self.padding_mode, groups=self.groups, order=order)
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype).view(1, -1, 1, 1)
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            out = out.contiguous(memory_format=torch.channels_last)
-        return out
-
     def _pads(self, hw, size: int) -> list[int]:
         """Padding (left, right, top, bottom) for the current filter size."""
-        half = (size - 1) // 2
         if self.padding == "same":
-            p = half - self.trim
-            return [p, p, p, p]
+            return same_pads((size - 1) // 2, self.trim)
         return tf_same_pads(hw[0], hw[1], size, self.stride)
 
     def extra_repr(self) -> str:

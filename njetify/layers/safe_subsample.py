@@ -108,12 +108,19 @@ class SafeSubsample(_Resize):
         """The N-Jet layer whose σ drives this subsampling (None: fixed factor)."""
         return self._source
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        leaf = as_traced_leaf(self, x)
+        return leaf if leaf is not None else _resize_eagerly(self, x)
+
     @property
     def factor(self) -> float:
-        """Current factor ``(1/2)^(σ/r)`` (``1/stride`` without a source)."""
+        """Current factor ``(1/2)^(σ/r)`` (``1/stride`` without a source); read on the host, outside any graph
+        (exported graphs keep the factor of the last eager read)."""
         src = self._source
         if src is None:
             return 1.0 / self.stride
+        if torch.compiler.is_compiling():
+            return self._factor
         p = src.scale_parameter()
         key = (p._version, p.data_ptr(), self.r)
         if key != self._key:  # one host read per σ update
@@ -132,6 +139,13 @@ class SafeSubsample(_Resize):
         check_choice("at", at, ("learned", "original"))
         factor = self.factor if at == "learned" else 1.0 / self.stride
         return FixedSubsample(factor, self.interpolation, self.stride, self.align).train(self.training)
+
+
+@torch.compiler.disable
+def _resize_eagerly(module: SafeSubsample, x: torch.Tensor) -> torch.Tensor:
+    """A learned subsampling: its output size follows σ, so it runs outside compiled graphs (one graph break
+    per site, and no recompilation while σ moves)."""
+    return resize_by(_aligned(x, module.align), module.factor, module.interpolation)
 
 
 class FixedSubsample(_Resize):

@@ -29,9 +29,12 @@ from .. import basis as B
 from ._checks import check_channels, check_choice, check_order, check_positive
 from ._tied_checks import check_tieable, conv_trim
 from ..options import PADDING_MODES
-from .factorised import _compute_dtype, factorised_conv2d, mix
+from .factorised import _compute_dtype, mix
 from .factorised_conv import FactorisedConv2d
-from .path_cost import PATHS, ConvShape, choose_path, dense_fits
+from .functional import njet_conv2d, njet_filter, same_pads
+from .path_choice import choose_branch_path, compiled_path
+from .path_cost import PATHS, dense_fits
+from .sizes import FilterSizes, track
 from .tied_branch import TiedNJetBranch
 from . import tied_fit
 
@@ -108,8 +111,8 @@ class TiedNJetConv2d(nn.Module):
         self.learn_sigma = learn_sigma
         self.fit_error: float | None = None
         self.branch_errors: list[float] | None = None
-        self.size_capped = [False] * len(sig)
-        self._warned = [False] * len(sig)
+        self._filter_sizes = FilterSizes(f"TiedNJetConv2d({in_channels}→{out_channels})", "each")
+        self._plans: dict[int, tuple] = {}
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         nf = B.num_basis(order)
         self.alpha = nn.Parameter(torch.empty(out_channels, in_channels // groups, nf, **factory))
@@ -119,6 +122,8 @@ class TiedNJetConv2d(nn.Module):
         nn.init.uniform_(self.alpha, -math.sqrt(3.0 / fan_in), math.sqrt(3.0 / fan_in))
         object.__setattr__(self, "_branches", tuple(TiedNJetBranch(self, k) for k in range(len(sig))))
         self._mix_cache: list | None = None
+        self.refresh_sizes()
+        track(self)
 
     # ------------------------------------------------------------------ state
     @property
@@ -146,21 +151,18 @@ class TiedNJetConv2d(nn.Module):
         return self.log_sigma.exp()
 
     def half_width(self, k: int) -> int:
-        """Half-width h of branch k's filter (size 2h+1), after the ``max_size`` cap."""
-        sigma = float(self.log_sigma[k].detach().exp())
-        half = B.half_width(sigma, self.extent)
-        cap = None if self.max_size is None else max(0, (self.max_size - 1) // 2)
-        self.size_capped[k] = cap is not None and half > cap
-        if self.size_capped[k]:
-            if not self._warned[k]:
-                warnings.warn(
-                    f"TiedNJetConv2d: branch {k} (σ={sigma:.3g}) needs {2 * half + 1} px; capped at "
-                    f"max_size={self.max_size} (set a larger max_size to lift the cap)",
-                    stacklevel=3,
-                )
-                self._warned[k] = True
-            half = cap
-        return half
+        """Half-width h of branch k's filter (size 2h+1), after the ``max_size`` cap (a host-side int)."""
+        return self._filter_sizes.current(self.log_sigma, self.extent, self.max_size)[k]
+
+    @property
+    def size_capped(self) -> list[bool]:
+        """Per branch: whether ``max_size`` cut the filter σ asks for."""
+        self._filter_sizes.current(self.log_sigma, self.extent, self.max_size)
+        return list(self._filter_sizes.capped)
+
+    def refresh_sizes(self) -> bool:
+        """Re-read the σ's on the host now (after editing them by hand); True when a filter size changed."""
+        return self._filter_sizes.refresh(self.log_sigma, self.extent, self.max_size)
 
     def kernel_size(self, k: int) -> tuple[int, int]:
         """Current filter size ``(s_k, s_k)`` of branch k in pixels."""
@@ -177,8 +179,7 @@ class TiedNJetConv2d(nn.Module):
 
     def filters(self, k: int) -> torch.Tensor:
         """Materialised weight of branch k: ``(out_channels, in_channels/groups, s_k, s_k)``."""
-        b = self.basis(k)
-        return (self.alpha @ b.flatten(1)).view(*self.alpha.shape[:2], *b.shape[-2:])
+        return njet_filter(self.alpha, self.sigma[k], self.half_width(k))
 
     def num_params(self) -> int:
         """Parameters of the tied head: α, the K σ's and the biases."""
@@ -191,42 +192,44 @@ class TiedNJetConv2d(nn.Module):
 
     def forward_branch(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """Output of branch k on ``x (N, C_in, H, W)``."""
-        half = self.half_width(k)
-        pad = half - self.trims[k]
-        bias = None if self.bias is None else self.bias[k]
         path = self.choose_path(x, k)
-        if path == "dense":
-            w = self.filters(k)
-            if self.padding_mode == "zeros" and pad >= 0:
-                out = F.conv2d(x, w, bias, 1, pad, 1, self.groups)
-            else:
-                out = F.conv2d(self._pad(x, pad), w, bias, 1, 0, 1, self.groups)
-        else:
-            mixed = self._mixed(x) if path == "mix_first" else None
-            out = factorised_conv2d(x, self.alpha, self.basis_1d(k), [pad] * 4, padding_mode=self.padding_mode,
-                                    groups=self.groups, order=path, mixed=mixed)
-            if bias is not None:
-                out = out + bias.to(out.dtype).view(1, -1, 1, 1)
-        self.last_paths[k] = path
+        out = self._run_branch(x, k, path)
+        if not torch.compiler.is_compiling():
+            self.last_paths[k] = path
         return out
 
+    def _run_branch(self, x: torch.Tensor, k: int, path: str, mixed: torch.Tensor | None = None) -> torch.Tensor:
+        if path == "mix_first" and mixed is None and not torch.compiler.is_compiling():
+            mixed = self._mixed(x)
+        return njet_conv2d(x, self.alpha, self.sigma[k], None if self.bias is None else self.bias[k],
+                           half=self.half_width(k), groups=self.groups, pads=same_pads(self.half_width(k), self.trims[k]),
+                           padding_mode=self.padding_mode, path=path, mixed=mixed)
+
     def choose_path(self, x: torch.Tensor, k: int) -> str:
-        """How branch k runs on ``x`` now: ``"dense"``, ``"basis_first"`` or ``"mix_first"``.
+        """How branch k runs on ``x`` now: ``"dense"``, ``"basis_first"`` or ``"mix_first"`` (``auto``: timed once
+        per call signature, the mix shared by the K branches counted once).
 
         Raises ``MemoryError`` naming the head when ``path="dense"`` and the filter cannot fit.
         """
         size = 2 * self.half_width(k) + 1
         o, cg = self.alpha.shape[:2]
+        if torch.compiler.is_compiling():
+            return self.path if self.path in ("dense", "basis_first", "mix_first") else \
+                compiled_path(self.path, o, cg, size, False)
         training = torch.is_grad_enabled() and (self.alpha.requires_grad or self.log_sigma.requires_grad)
         dense_ok = dense_fits(f"TiedNJetConv2d({self.in_channels}→{self.out_channels}) branch {k}", o, cg, size,
                               self.alpha.element_size(), self.alpha.device, training, strict=self.path == "dense")
         if self.path in ("dense", "basis_first", "mix_first"):
             return self.path
-        h, w = x.shape[-2:]
-        t = self.trims[k]
-        shape = ConvShape(x.shape[0], self.in_channels, self.out_channels, self.groups, h, w, h - 2 * t, w - 2 * t,
-                          size, self.order)
-        return choose_path(shape, x.device, training, self.path, dense_ok, shared_mix=self.num_branches)
+        training = training or x.requires_grad
+        key = (tuple(x.shape), x.dtype, x.device, self.in_channels, self.out_channels, self.groups, size, self.order,
+               self.trims[k], self.padding_mode, self.num_branches, training, self.path, torch.get_num_threads())
+        plan = self._plans.get(k)
+        if plan is not None and plan[0] == key:
+            return plan[1]
+        path = choose_branch_path(self, x, k, key, training, dense_ok)
+        self._plans[k] = (key, path)
+        return path
 
     def _mixed(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` mixed by α (:func:`~njetify.layers.factorised.mix`). Branches read the same input and
@@ -249,13 +252,16 @@ class TiedNJetConv2d(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         self._mix_cache = None
+        self._filter_sizes.invalidate()
         return super()._apply(fn, *args, **kwargs)
 
-    def _pad(self, x: torch.Tensor, pad: int) -> torch.Tensor:
-        if pad < 0:
-            return x[..., -pad : x.shape[-2] + pad, -pad : x.shape[-1] + pad]
-        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-        return F.pad(x, (pad, pad, pad, pad), mode=mode)
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.refresh_sizes()
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        track(self)
 
     def extra_repr(self) -> str:
         sig = ", ".join(f"{s:.3g}" for s in self.sigma.detach().tolist())

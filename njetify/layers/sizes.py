@@ -1,0 +1,189 @@
+"""Filter sizes of σ layers, decided on the host and outside any compiled graph (DESIGN §7).
+
+A filter's size ``s = 2⌈extent·σ⌉ + 1`` is a discrete function of a learned value. Reading σ
+on the host inside a forward would break a ``torch.compile`` graph (and cannot happen at all
+under ``torch.export``), so every σ layer keeps its half-widths as plain Python ints in a
+:class:`FilterSizes`:
+
+* eager forwards refresh them when the σ parameter's version counter moved (one host read
+  per σ update, not per forward);
+* after every optimiser step a global hook (:func:`torch.optim.optimizer.register_optimizer_step_post_hook`)
+  refreshes every live σ layer with one batched host read;
+* compiled and exported forwards only read the ints: the graph sees static shapes, and
+  dynamo's guard on the int recompiles the graph exactly when a size changes — logged on the
+  ``njetify.sizes`` logger. The first change also gives dynamo room for such recompiles
+  (``recompile_limit`` raised to :data:`RECOMPILE_LIMIT`), so a compiled model never falls
+  back to eager silently because its filters grew.
+
+After editing σ by hand and before compiling or exporting, call :func:`refresh_sizes`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import warnings
+import weakref
+
+import torch
+from torch import nn
+
+from .. import basis as B
+
+log = logging.getLogger("njetify.sizes")
+
+#: σ above this many pixels is refused (a filter of 2·⌈2σ⌉+1 px per side could not be built).
+MAX_SIGMA = 1e4
+#: The recompile limit njetify asks dynamo for once a filter size has changed.
+RECOMPILE_LIMIT = 64
+
+_LIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+class FilterSizes:
+    """The half-widths ``h`` (filter size ``2h+1``) of one σ layer, one per σ group.
+
+    ``groups`` says how σ entries map to filters: ``"max"`` — one filter from the largest σ
+    (an N-Jet layer, per-channel σ materialised at the largest support); ``"each"`` — one
+    filter per σ entry (the branches of a tied head).
+    """
+
+    def __init__(self, what: str, groups: str = "max"):
+        self.what, self.groups = what, groups
+        self.halves: tuple[int, ...] = (1,)
+        self.capped: tuple[bool, ...] = (False,)
+        self._key: tuple | None = None
+        self._fresh = True  # never read yet: the first read is not a change
+        self._warned: set[int] = set()
+
+    def current(self, log_sigma: torch.Tensor, extent: float, max_size: int | None) -> tuple[int, ...]:
+        """The half-widths now; refreshed from ``log_sigma`` when it changed (never while compiling)."""
+        if torch.compiler.is_compiling():
+            return self.halves
+        if self._key != _key(log_sigma, extent, max_size):
+            self.refresh(log_sigma, extent, max_size)
+        return self.halves
+
+    def refresh(self, log_sigma: torch.Tensor, extent: float, max_size: int | None,
+                values: list[float] | None = None) -> bool:
+        """Recompute the half-widths from σ (``values``: log σ already read on the host); True if one changed."""
+        logs = log_sigma.detach().reshape(-1).tolist() if values is None else values
+        sigmas = [max(logs)] if self.groups == "max" else logs
+        cap = None if max_size is None else max(0, (max_size - 1) // 2)
+        halves, capped = [], []
+        for k, ls in enumerate(sigmas):
+            sigma = math.exp(min(ls, 700.0)) if ls == ls else float("nan")
+            if not sigma < MAX_SIGMA:
+                raise ValueError(f"{self.what}: σ is {sigma:.4g} px (log σ = {ls:.4g}); a filter that large cannot be "
+                                 f"built (σ must be finite and below {MAX_SIGMA:g} px). Training diverged or σ was set "
+                                 "by hand: lower the σ learning rate, or set max_size and a sane σ")
+            half = B.half_width(sigma, extent)
+            hit = cap is not None and half > cap
+            if hit and k not in self._warned:
+                warnings.warn(f"{self.what}: filter of σ={sigma:.3g} needs {2 * half + 1} px; capped at "
+                              f"max_size={max_size} (set a larger max_size to lift the cap)", stacklevel=4)
+                self._warned.add(k)
+            halves.append(cap if hit else half)
+            capped.append(hit)
+        first = self._key is None and self._fresh
+        old, self.halves, self.capped = self.halves, tuple(halves), tuple(capped)
+        self._key, self._fresh = _key(log_sigma, extent, max_size), False
+        changed = old != self.halves
+        if changed and not first:
+            _note_change(self.what, old, self.halves)
+        return changed
+
+    def invalidate(self) -> None:
+        """Forget the last read (after σ was replaced, moved or loaded)."""
+        self._key = None
+
+
+def _key(log_sigma: torch.Tensor, extent: float, max_size: int | None) -> tuple:
+    return (id(log_sigma), log_sigma._version, log_sigma.device, extent, max_size)
+
+
+_raised_limit = False
+
+
+def _note_change(what: str, old: tuple[int, ...], new: tuple[int, ...]) -> None:
+    """Log a size change and make sure dynamo may recompile for it."""
+    global _raised_limit
+    sizes = lambda hs: "/".join(str(2 * h + 1) for h in hs)  # noqa: E731
+    log.info("%s: filter size %s → %s px; a compiled model recompiles once for it", what, sizes(old), sizes(new))
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is None or _raised_limit:
+        return
+    config = dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    if getattr(config, name) < RECOMPILE_LIMIT:
+        setattr(config, name, RECOMPILE_LIMIT)
+        log.info("raised torch._dynamo.config.%s to %d: each filter-size change recompiles a compiled model",
+                 name, RECOMPILE_LIMIT)
+    _raised_limit = True
+
+
+def track(module: nn.Module) -> None:
+    """Register a σ layer (with a ``refresh_sizes()`` method and ``log_sigma``) for the optimiser hook."""
+    _LIVE.add(module)
+    _install_hook()
+
+
+def refresh_sizes(model: nn.Module | None = None) -> int:
+    """Re-read σ of every σ layer in ``model`` (all live ones when None); returns how many sizes changed.
+
+    One batched host read. Call it after setting σ by hand, before ``torch.compile`` or
+    ``torch.export`` sees the model; optimiser steps call it by themselves.
+    """
+    return _refresh([m for m in (_LIVE if model is None else model.modules()) if hasattr(m, "_filter_sizes")])
+
+
+def _refresh(mods: list[nn.Module]) -> int:
+    if not mods or torch.compiler.is_compiling():
+        return 0
+    params = [m.log_sigma.detach().reshape(-1) for m in mods]
+    values = _host_values(params)
+    changed, start = 0, 0
+    for m, p in zip(mods, params):
+        n = p.numel()
+        try:
+            changed += bool(m._filter_sizes.refresh(m.log_sigma, m.extent, m.max_size, values[start : start + n]))
+        except ValueError:  # an absurd σ: the layer's next forward raises, naming it
+            m._filter_sizes.invalidate()
+        start += n
+    return changed
+
+
+def _host_values(params: list[torch.Tensor]) -> list[float]:
+    """All values of ``params`` on the host: one transfer per device."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, p in enumerate(params):
+        by_device.setdefault(p.device, []).append(i)
+    out: list[list[float]] = [[] for _ in params]
+    for idx in by_device.values():
+        flat = torch.cat([params[i].float() for i in idx]).tolist()
+        start = 0
+        for i in idx:
+            out[i] = flat[start : start + params[i].numel()]
+            start += params[i].numel()
+    return [v for vals in out for v in vals]
+
+
+_hook_handle = None
+
+
+def _install_hook() -> None:
+    global _hook_handle
+    if _hook_handle is None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        _hook_handle = register_optimizer_step_post_hook(_after_step)
+
+
+def _after_step(optimizer, args, kwargs) -> None:
+    """Optimiser step post hook: refresh the sizes of the live σ layers this optimiser trains."""
+    if torch.compiler.is_compiling() or not _LIVE:
+        return
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    mods = [m for m in list(_LIVE) if id(m.log_sigma) in trained]
+    _refresh(mods)
