@@ -71,7 +71,7 @@ def unbake(baked: nn.Module) -> nn.Module:
     record = work.__dict__.pop(BAKE_RECORD_ATTR)
     for path, module in record.modules.items():
         old = work.get_submodule(path)
-        ref = next(iter(old.parameters()), None) or next(iter(old.buffers()), None)
+        ref = next(iter([*old.parameters(), *old.buffers()]), None)
         if ref is not None:
             module.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
         module.train(old.training)

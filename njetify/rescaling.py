@@ -27,8 +27,7 @@ from . import basis as B
 from .layers import SafeSubsample, TiedNJetBranch, sigma_layers
 from .modes import evaluating
 from .rescale_report import LayerRescale, RescaleReport, SiteRescale
-from .resolution import (RESOLUTION_ATTR, ResolutionRecord, base_input_size, current_input_size, resolution_of,
-                         scaled_side)
+from .resolution import RESOLUTION_ATTR, ResolutionRecord, current_input_size, resolution_of, scaled_side
 from .summary.trace import MacCounter
 
 __all__ = ["rescale"]
@@ -50,11 +49,11 @@ def _input_chw(model: nn.Module, input_size) -> tuple[int, int, int]:
         from .summary import parse_input_size
 
         return parse_input_size(input_size)
-    base = base_input_size(model)
-    if base is None:
+    now = current_input_size(model)
+    if now is None:
         raise ValueError("rescale: the model records no input size (it was converted without example_inputs); "
                          "pass input_size=(C, H, W), the size it runs at now")
-    return current_input_size(model, base)
+    return now
 
 
 def _probe(model: nn.Module, x: torch.Tensor, layer_paths=(), forced: dict | None = None) -> tuple[dict, dict]:

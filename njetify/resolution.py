@@ -69,10 +69,15 @@ def scaled_side(side: int, factor: float) -> int:
     return max(1, int(math.floor(side * factor + 0.5)))
 
 
-def current_input_size(model: nn.Module, chw: tuple[int, int, int]) -> tuple[int, int, int]:
-    """``chw`` — the input size the network was built for — at the model's current resolution factor."""
-    f = resolution_of(model).factor
-    return (chw[0], scaled_side(chw[1], f), scaled_side(chw[2], f))
+def current_input_size(model: nn.Module) -> tuple[int, int, int] | None:
+    """``(C, H, W)`` the model runs at now: the size it was built for times its resolution factor
+    (None when neither the record nor the conversion gives a size)."""
+    rec = resolution_of(model)
+    conv = base_input_size(model)
+    if rec.base_size is None:
+        return None
+    chans = conv[0] if conv is not None else next((m.in_channels for m in model.modules() if hasattr(m, "in_channels")), 3)
+    return (chans, scaled_side(rec.base_size[0], rec.factor), scaled_side(rec.base_size[1], rec.factor))
 
 
 def apply_resolution(model: nn.Module, data: dict | ResolutionRecord | None) -> None:
