@@ -24,11 +24,13 @@ class LayerRescale:
     capped: bool = False
     macs_before: int = 0
     macs_after: int = 0
+    floored: bool = False
 
 
 @dataclass
 class SiteRescale:
-    """One safe-subsampling site: its resize factor and output side (pixels) before / after, and its ``scale``."""
+    """One safe-subsampling site: its resize factor and output side (pixels) before / after, its ``scale`` and
+    ``sigma_scale`` (see :class:`~njetify.layers.SafeSubsample`)."""
 
     path: str
     scale: float
@@ -36,13 +38,15 @@ class SiteRescale:
     factor_after: float
     out_before: tuple[int, int] | None = None
     out_after: tuple[int, int] | None = None
+    sigma_scale: float = 1.0
 
 
 @dataclass
 class RescaleReport:
     """Everything :func:`njetify.rescale` did. ``factor``: this call's; ``total_factor``: the model's
     resolution factor now (after earlier rescales); inputs ``(C, H, W)`` before / after; MACs of one
-    sample of that size; ``capped``: paths of the layers whose filter hit ``max_size``; ``baked``: the
+    sample of that size; ``capped`` / ``floored``: paths of the layers whose filter hit ``max_size`` / whose σ
+    was held at ``min_sigma``; ``baked``: the
     model was baked, and was rebuilt from its record, rescaled and baked again."""
 
     factor: float
@@ -61,10 +65,15 @@ class RescaleReport:
         """Paths of the σ layers whose filter is capped at ``max_size`` after rescaling."""
         return [r.path for r in self.layers if r.capped]
 
+    @property
+    def floored(self) -> list[str]:
+        """Paths of the σ layers whose σ was held at ``min_sigma``."""
+        return [r.path for r in self.layers if r.floored]
+
     def to_dict(self) -> dict:
         """Plain, JSON-serialisable dict."""
         d = asdict(self)
-        d["capped"] = self.capped
+        d["capped"], d["floored"] = self.capped, self.floored
         return d
 
     def summary(self) -> str:
@@ -78,6 +87,8 @@ class RescaleReport:
                  f"MACs {_short(self.macs_before)} → {_short(self.macs_after)}"]
         if self.capped:
             parts.append(f"{len(self.capped)} filter(s) capped at max_size")
+        if self.floored:
+            parts.append(f"{len(self.floored)} σ held at min_sigma")
         if self.baked:
             parts.append("rebuilt from the bake record and baked again")
         return "; ".join(parts)
@@ -87,10 +98,10 @@ class RescaleReport:
         from .textfit import Column, PathTable
 
         cols = [Column("layer"), Column("×σ", "right"), Column("σ", "right"), Column("σ'", "right"),
-                Column("s", "right"), Column("s'", "right"), Column("capped", optional=True),
+                Column("s", "right"), Column("s'", "right"), Column("limit", optional=True),
                 Column("MACs", "right"), Column("MACs'", "right")]
         rows = [[r.path, f"{r.scaled:.3g}", f"{r.sigma_before:.3g}", f"{r.sigma_after:.3g}", str(r.size_before),
-                 str(r.size_after), f"yes (needs {r.needed})" if r.capped else "", _short(r.macs_before),
+                 str(r.size_after), _limit(r), _short(r.macs_before),
                  _short(r.macs_after)] for r in self.layers]
         return PathTable(cols, rows, title="σ layers (' = after rescale)")
 
@@ -116,7 +127,7 @@ class RescaleReport:
     def __str__(self) -> str:
         lines = [self.summary()]
         for r in self.layers:
-            cap = f" (capped, needs {r.needed})" if r.capped else ""
+            cap = f" ({_limit(r)})" if _limit(r) else ""
             lines.append(f"  {r.path}: σ {r.sigma_before:.3g} -> {r.sigma_after:.3g}, "
                          f"size {r.size_before} -> {r.size_after}{cap}, MACs {_short(r.macs_before)} -> "
                          f"{_short(r.macs_after)}")
@@ -124,6 +135,12 @@ class RescaleReport:
             lines.append(f"  {s.path}: factor {s.factor_before:.4g} -> {s.factor_after:.4g}, "
                          f"out {_hw(s.out_before)} -> {_hw(s.out_after)}")
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+def _limit(r: LayerRescale) -> str:
+    if r.capped:
+        return f"capped (needs {r.needed})"
+    return "σ floor" if r.floored else ""
 
 
 def _hw(v) -> str:

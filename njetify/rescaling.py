@@ -27,20 +27,24 @@ from . import basis as B
 from .layers import SafeSubsample, TiedNJetBranch, sigma_layers
 from .modes import evaluating
 from .rescale_report import LayerRescale, RescaleReport, SiteRescale
-from .resolution import RESOLUTION_ATTR, ResolutionRecord, current_input_size, resolution_of, scaled_side
+from .resolution import (RESOLUTION_ATTR, ResolutionRecord, current_input_size, resolution_of, scaled_side,
+                         site_scales)
 from .summary.trace import MacCounter
 
-__all__ = ["rescale"]
+__all__ = ["MIN_SIGMA", "rescale"]
+
+#: Default floor (px) for σ that :func:`rescale` shrinks: σ₀ of a converted 3×3 kernel.
+MIN_SIGMA = 0.5
 
 
-def _check_factor(factor) -> float:
+def _check_factor(factor, name: str = "factor") -> float:
+    what = ("new input side / old; 2 for inputs twice as large, 0.5 for half" if name == "factor" else "pixels")
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) and not (
             isinstance(factor, torch.Tensor) and factor.numel() == 1):
-        raise ValueError(f"rescale: factor must be a positive number (new input side / old), got {factor!r}")
+        raise ValueError(f"rescale: {name} must be a positive number ({what}), got {factor!r}")
     f = float(factor)
     if not math.isfinite(f) or f <= 0:
-        raise ValueError(f"rescale: factor must be a positive, finite number (new input side / old; 2 for "
-                         f"inputs twice as large, 0.5 for half), got {factor!r}")
+        raise ValueError(f"rescale: {name} must be a positive, finite number ({what}), got {factor!r}")
     return f
 
 
@@ -143,11 +147,13 @@ def _measure(model: nn.Module, chw, device, dtype) -> tuple[dict, dict, int]:
 
 
 @torch.no_grad()
-def _apply(model: nn.Module, f: float, layers_at: set, sites_at: set) -> dict[str, float]:
-    """Multiply σ (once per shared parameter) and the sites' scale; returns the factor per σ layer."""
+def _apply(model: nn.Module, f: float, layers_at: set, sites_at: set, min_sigma: float | None) -> tuple[dict, set]:
+    """Multiply σ (once per shared parameter; not below ``min_sigma`` unless it was below already) and
+    the sites' scales. Returns the factor per σ layer and the paths of the floored layers."""
     layers = sigma_layers(model)
-    done: dict[int, tuple[float, str]] = {}
-    applied = {}
+    before = {id(m): float(m.sigma.detach().mean()) for m in layers.values()}
+    done: dict[int, tuple[float, str, bool]] = {}
+    applied, floored = {}, set()
     for path, m in layers.items():
         s = f if path in layers_at else 1.0
         p = m.scale_parameter()
@@ -156,24 +162,35 @@ def _apply(model: nn.Module, f: float, layers_at: set, sites_at: set) -> dict[st
                 raise ValueError(f"rescale: {path} and {done[id(p)][1]} share one σ but see maps of different "
                                  "resolutions; such a model cannot be rescaled as one")
         else:
-            done[id(p)] = (s, path)
+            hit = False
             if s != 1.0:
-                p.add_(math.log(s))
+                new = p + math.log(s)
+                if min_sigma is not None:
+                    floor = torch.minimum(p, torch.full_like(p, math.log(min_sigma)))
+                    hit = bool((new < floor - 1e-9).any())
+                    new = torch.maximum(new, floor)
+                p.copy_(new)
+            done[id(p)] = (s, path, hit)
         applied[path] = s
+        if done[id(p)][2]:
+            floored.add(path)
     scaled_ids = {id(m) for p, m in layers.items() if applied[p] != 1.0}
     for path, site in model.named_modules():
         if not isinstance(site, SafeSubsample):
             continue
-        at = path in sites_at
-        if site.source is not None and (id(site.source) in scaled_ids) != at:
+        at, src = path in sites_at, site.source
+        if src is not None and (id(src) in scaled_ids) != at:
             raise ValueError(f"rescale: the safe-subsampling {path} and its σ source {site.source_name} see maps "
                              "of different resolutions; this model cannot be rescaled")
         if at:
             site.scale *= f
-    return applied
+            # the source's σ grew by f, or less where it hit the floor: the factor follows what it got
+            site.sigma_scale *= f if src is None else float(src.sigma.detach().mean()) / before[id(src)]
+            site._key = None
+    return applied, floored
 
 
-def _no_sigma(model: nn.Module, f: float, input_size, inplace: bool) -> tuple[nn.Module, RescaleReport]:
+def _no_sigma(model: nn.Module, f: float, input_size, min_sigma, inplace: bool) -> tuple[nn.Module, RescaleReport]:
     from .bake import FactorisedConv2d, FixedSubsample, bake
     from .bake_record import BAKE_RECORD_ATTR, unbake
 
@@ -186,7 +203,7 @@ def _no_sigma(model: nn.Module, f: float, input_size, inplace: bool) -> tuple[nn
         converted = unbake(model)
     except ValueError as exc:
         raise ValueError(f"rescale: {exc}") from None
-    out, report = rescale(converted, f, input_size=input_size, inplace=True)
+    out, report = rescale(converted, f, input_size=input_size, min_sigma=min_sigma, inplace=True)
     report.baked = True
     rebaked = bake(out, inplace=True)
     if inplace:
@@ -195,8 +212,8 @@ def _no_sigma(model: nn.Module, f: float, input_size, inplace: bool) -> tuple[nn
     return rebaked, report
 
 
-def rescale(model: nn.Module, factor: float, *, input_size=None, inplace: bool = False) -> tuple[nn.Module,
-                                                                                                  RescaleReport]:
+def rescale(model: nn.Module, factor: float, *, input_size=None, min_sigma: float | None = MIN_SIGMA,
+            inplace: bool = False) -> tuple[nn.Module, RescaleReport]:
     """Move a converted model to inputs ``factor`` times larger (``factor < 1``: smaller); returns
     ``(model, report)``.
 
@@ -207,12 +224,16 @@ def rescale(model: nn.Module, factor: float, *, input_size=None, inplace: bool =
         factor: new input side / old input side, > 0 and finite (2: inputs twice as large).
         input_size: ``(C, H, W)`` or ``"CxHxW"`` the model runs at now (default: its conversion's example
             input, times any earlier rescale factor).
+        min_sigma: floor in pixels for a σ that shrinks (``factor < 1``): below about 0.5 px the sampled
+            Gaussian derivatives vanish (docs/resolution.md), so σ stops there (a σ already below stays);
+            the safe-subsampling still follows the factor. None: no floor.
         inplace: change ``model`` itself (default: a deep copy).
 
     σ of the layers at the input's resolution is multiplied by ``factor``, and so is the ``scale`` of
     the safe-subsampling sites there (module docstring); the model's resolution record (saved by
     :func:`njetify.save`, shown by ``njetify inspect``) is updated. A filter that would exceed its layer's
-    ``max_size`` is capped: a warning names the layers, the report's ``capped`` column marks them.
+    ``max_size`` is capped, and one that would fall below ``min_sigma`` is held there: a warning names
+    the layers, the report's ``limit`` column marks them.
 
     Raises ``ValueError`` for a factor ≤ 0, not finite or not a number, for a model without σ layers
     (with how to rescale a baked model), or when the model does not run at the new size.
@@ -220,8 +241,10 @@ def rescale(model: nn.Module, factor: float, *, input_size=None, inplace: bool =
     f = _check_factor(factor)
     if not isinstance(model, nn.Module):
         raise TypeError(f"rescale: model must be an nn.Module, got {type(model).__name__}")
+    if min_sigma is not None:
+        min_sigma = _check_factor(min_sigma, "min_sigma")
     if not sigma_layers(model):
-        return _no_sigma(model, f, input_size, inplace)
+        return _no_sigma(model, f, input_size, min_sigma, inplace)
     chw = _input_chw(model, input_size)
     new_chw = (chw[0], scaled_side(chw[1], f), scaled_side(chw[2], f))
     work = model if inplace else copy.deepcopy(model)
@@ -232,25 +255,31 @@ def rescale(model: nn.Module, factor: float, *, input_size=None, inplace: bool =
         warnings.simplefilter("ignore")  # the layers' own cap warnings: one warning below names them all
         layers_at, sites_at = _classify(work, chw, new_chw, device, dtype)
         before, sites_before, macs_before = _measure(work, chw, device, dtype)
-        applied = _apply(work, f, layers_at, sites_at)
+        applied, floored = _apply(work, f, layers_at, sites_at, min_sigma)
         after, sites_after, macs_after = _measure(work, new_chw, device, dtype)
     layers = sigma_layers(work)
     report = RescaleReport(f, old.factor * f, chw, new_chw, macs_before=macs_before, macs_after=macs_after)
     for path, m in layers.items():
         (s0, k0, m0), (s1, k1, m1) = before[path], after[path]
-        report.layers.append(LayerRescale(path, applied[path], s0, s1, k0, k1, _needed(m), _capped(m), m0, m1))
+        report.layers.append(LayerRescale(path, applied[path], s0, s1, k0, k1, _needed(m), _capped(m), m0, m1,
+                                          path in floored))
     for path, site in work.named_modules():
         if isinstance(site, SafeSubsample):
             report.sites.append(SiteRescale(path, site.scale, sites_before[path][0], sites_after[path][0],
-                                            sites_before[path][1], sites_after[path][1]))
+                                            sites_before[path][1], sites_after[path][1], site.sigma_scale))
     base = old.base_size or (scaled_side(chw[1], 1 / old.factor), scaled_side(chw[2], 1 / old.factor))
-    scales = {s.path: s.scale for s in report.sites if s.scale != 1.0}
-    setattr(work, RESOLUTION_ATTR, ResolutionRecord(old.factor * f, base, scales))
+    setattr(work, RESOLUTION_ATTR, ResolutionRecord(old.factor * f, base, site_scales(work)))
     if report.capped:
         names = ", ".join(f"{r.path} (needs {r.needed} px, capped at {r.size_after})" for r in report.layers if r.capped)
         warnings.warn(f"rescale: {len(report.capped)} filter(s) exceed their layer's max_size and are capped, so "
                       f"they see less than at the old resolution: {names}; raise max_size (recipe max_size) to "
                       "lift the cap", stacklevel=2)
+    if floored:
+        names = ", ".join(f"{r.path} (σ {r.sigma_before:.3g} × {f:.3g} = {r.sigma_before * f:.3g})"
+                          for r in report.layers if r.floored)
+        warnings.warn(f"rescale: {len(floored)} σ would fall below min_sigma={min_sigma:g} px, where the sampled "
+                      f"Gaussian derivatives vanish, and are held there (the subsampling still follows): {names}; "
+                      "pass min_sigma=None for no floor", stacklevel=2)
     if not sites_at and report.sites:
         report.notes.append("no safe-subsampling site sees the input's resolution: the maps stay ×"
                             f"{f:.4g} larger all the way")

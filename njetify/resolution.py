@@ -28,11 +28,12 @@ RESOLUTION_ATTR = "njetify_resolution"
 class ResolutionRecord:
     """``factor``: input side now / input side the network was built for (1: not rescaled).
     ``base_size``: ``(H, W)`` in pixels the network was built for (None: not recorded).
-    ``subsample_scales``: ``{path: scale}`` of the safe-subsampling sites whose ``scale`` is not 1."""
+    ``subsample_scales``: ``{path: [scale, sigma_scale]}`` of the safe-subsampling sites :func:`njetify.rescale`
+    changed (see :class:`~njetify.layers.SafeSubsample`)."""
 
     factor: float = 1.0
     base_size: tuple[int, int] | None = None
-    subsample_scales: dict[str, float] = field(default_factory=dict)
+    subsample_scales: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -43,7 +44,7 @@ class ResolutionRecord:
     def from_dict(cls, data: dict) -> ResolutionRecord:
         base = data.get("base_size")
         return cls(float(data.get("factor", 1.0)), None if base is None else (int(base[0]), int(base[1])),
-                   {str(k): float(v) for k, v in (data.get("subsample_scales") or {}).items()})
+                   {str(k): [float(x) for x in v] for k, v in (data.get("subsample_scales") or {}).items()})
 
 
 def base_input_size(model: nn.Module) -> tuple[int, int, int] | None:
@@ -88,20 +89,26 @@ def apply_resolution(model: nn.Module, data: dict | ResolutionRecord | None) -> 
         return
     rec = data if isinstance(data, ResolutionRecord) else ResolutionRecord.from_dict(data)
     modules = dict(model.named_modules())
-    for path, scale in rec.subsample_scales.items():
+    for path, (scale, sigma_scale) in rec.subsample_scales.items():
         site = modules.get(path)
         if not isinstance(site, SafeSubsample):
             raise ValueError(f"the resolution record names {path!r}, which is not a safe-subsampling of this "
                              f"{type(model).__name__} (a different architecture or conversion?)")
-        site.scale = scale
+        site.scale, site.sigma_scale = scale, sigma_scale
     setattr(model, RESOLUTION_ATTR, rec)
+
+
+def site_scales(model: nn.Module) -> dict[str, list[float]]:
+    """``{path: [scale, sigma_scale]}`` of the safe-subsampling sites that are not at scale 1."""
+    return {p: [float(m.scale), float(m.sigma_scale)] for p, m in model.named_modules()
+            if isinstance(m, SafeSubsample) and (m.scale != 1.0 or m.sigma_scale != 1.0)}
 
 
 def record_of(model: nn.Module) -> dict | None:
     """The record to save: None for a model never rescaled, else :meth:`ResolutionRecord.to_dict`
     with the scales read from the model's own safe-subsampling sites."""
     rec = getattr(model, RESOLUTION_ATTR, None)
-    scales = {p: float(m.scale) for p, m in model.named_modules() if isinstance(m, SafeSubsample) and m.scale != 1.0}
+    scales = site_scales(model)
     if not isinstance(rec, ResolutionRecord) and not scales:
         return None
     rec = rec if isinstance(rec, ResolutionRecord) else resolution_of(model)

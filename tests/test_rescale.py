@@ -57,7 +57,9 @@ def site_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, tuple]:
 def test_maps_after_the_first_subsampling_keep_their_size(factor):
     net = converted()
     side = round(28 * factor)
-    big, report = njetify.rescale(net, factor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # × 0.5: σ₀ = 0.5 is held at the floor (tested below)
+        big, report = njetify.rescale(net, factor)
     before = site_outputs(net, torch.randn(1, 1, 28, 28))
     after = site_outputs(big, torch.randn(1, 1, side, side))
     assert after == before and len(before) == 2
@@ -69,7 +71,7 @@ def test_maps_after_the_first_subsampling_keep_their_size(factor):
     sites = {s.path: s for s in report.sites}
     assert sites[f"{first}.subsample"].factor_after == pytest.approx(sites[f"{first}.subsample"].factor_before / factor)
     assert net.features[0].sigma.item() == pytest.approx(0.5)  # the input model is unchanged (a copy by default)
-    assert big.features[0].sigma.item() == pytest.approx(0.5 * factor)
+    assert big.features[0].sigma.item() == pytest.approx(0.5 * max(factor, 1.0))
 
 
 def test_keep_mode_scales_every_sigma():
@@ -186,3 +188,16 @@ def test_bad_factors(factor):
 def test_a_model_without_sigma_layers():
     with pytest.raises(ValueError, match=r"no σ layer.*convert it first"):
         njetify.rescale(Net(), 2)
+
+
+def test_shrinking_sigma_is_floored_visibly_and_the_subsampling_still_follows():
+    net = converted()  # σ₀ = 0.5 everywhere: × 0.5 would give 0.25 px
+    with pytest.warns(UserWarning, match=r"below min_sigma=0\.5 px.*features\.0 \(σ 0\.5 × 0\.5 = 0\.25\)"):
+        small, report = njetify.rescale(net, 0.5)
+    assert report.floored == ["features.0", "features.3"]
+    assert small.features[0].sigma.item() == pytest.approx(0.5)
+    assert site_outputs(small, torch.randn(1, 1, 14, 14)) == site_outputs(net, torch.randn(1, 1, 28, 28))
+    bare, report = njetify.rescale(net, 0.5, min_sigma=None)
+    assert not report.floored and bare.features[0].sigma.item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="min_sigma must be a positive"):
+        njetify.rescale(net, 0.5, min_sigma=0)
