@@ -5,7 +5,9 @@ filter (:meth:`NJetConv2d.to_conv`), every tied ASPP branch by its own conv, and
 :class:`~njetify.layers.SafeSubsample` by a :class:`FixedSubsample` frozen at its current
 factor. The baked model computes the same outputs as the converted one for every input
 size (the resize rule is the same function of the input side), has no ``log_sigma``
-parameter, and exports to ONNX (:func:`export_onnx`).
+parameter, and exports to ONNX (:func:`export_onnx`). It keeps the replaced modules as a record
+(``model.njetify_unbaked``, not part of its state_dict or forward) from which
+:func:`njetify.rescale` rebuilds the σ layers.
 
 Where the dense filter is not reasonable — its multiply-adds per output pixel exceed
 :data:`FACTORISED_RATIO` times those of the factorised form (a 2048→256 layer at σ = 18
@@ -27,6 +29,7 @@ from torch import nn
 
 from .layers import Conv2dDynamicSame, FixedSubsample, SafeSubsample, carries_sigma
 from .layers.factorised_conv import FACTORISED_RATIO, FactorisedConv2d
+from .bake_record import attach_record
 from .modes import evaluating
 
 __all__ = [
@@ -91,6 +94,7 @@ def bake(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     done: list[str] = []
+    replaced: dict[str, nn.Module] = {}
     for path, m in list(model.named_modules(remove_duplicate=False)):
         if not path or any(path.startswith(d + ".") for d in done):
             continue  # inside a module baked already (an N-Jet layer's subsampling)
@@ -100,11 +104,13 @@ def bake(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             _set(model, path, m.frozen())
         else:
             continue
+        replaced[path] = m
         done.append(path)
     left = [(p, type(m).__name__) for p, m in model.named_modules() if carries_sigma(m) or hasattr(m, "log_sigma")]
     if left:
         names = ", ".join(f"{p} ({t})" for p, t in left[:5])
         raise ValueError(f"bake: cannot freeze {len(left)} module(s) with a learned σ: {names}")
+    attach_record(model, replaced)  # what njetify.rescale needs to rebuild the σ layers
     kept = factorised_layers(model)
     if kept:
         names = ", ".join(f"{p} ({m.size}x{m.size})" for p, m in kept[:5]) + (" ..." if len(kept) > 5 else "")

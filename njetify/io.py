@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .layers import sigma_layers
+from .resolution import apply_resolution, record_of
 from .surgery.report import REPORT_ATTR
 
 __all__ = ["save", "load", "read_metadata", "FORMAT_VERSION", "META_KEY"]
@@ -162,6 +163,7 @@ def save(
         "num_tensors": len(tensors),
         "tensors_sha256": _tensor_digest(tensors),
         "fingerprint": _module_fingerprint(model),
+        "resolution": record_of(model),
         "extra": _jsonable(dict(extra or {}), "extra"),
     }
     from safetensors.torch import save_file
@@ -288,6 +290,10 @@ def load(
     meta = read_metadata(path)
     tensors = _read_tensors(path, meta)
     built = _rebuild(meta, path, model)
+    try:
+        apply_resolution(built, meta.get("resolution"))  # the scales njetify.rescale gave the subsampling
+    except ValueError as exc:
+        raise ValueError(f"load: {path!r}: {exc}") from None
     dtypes = meta.get("float_dtypes") or []
     if len(dtypes) == 1:
         built = built.to(getattr(torch, dtypes[0].removeprefix("torch.")))
@@ -310,7 +316,8 @@ def load(
             f"load: after loading {path!r}, {len(diff)} N-Jet module(s) differ from the saved ones, e.g. {k}: "
             f"saved {meta['fingerprint']['modules'].get(k)!r}, now {after.get(k)!r}"
         )
-    setattr(built, META_ATTR, {k: meta.get(k) for k in ("source", "recipe", "input_shapes", "original_class")})
+    setattr(built, META_ATTR, {k: meta.get(k) for k in ("source", "recipe", "input_shapes", "original_class",
+                                                          "resolution")})
     if meta.get("source") is not None:
         setattr(built, SOURCE_ATTR, meta["source"])
     return built.to(device) if device is not None else built

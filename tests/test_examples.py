@@ -112,6 +112,17 @@ def test_exp4_quick(tmp_path):
     assert len(res["tied"]["branch_sigma"]) == 4 and all(s > 0 for s in res["tied"]["branch_sigma"])
 
 
+@pytest.mark.slow  # two trainings, two conversions with calibration and two fine-tunings: ~20-30 CPU-seconds
+@needs_mnist
+def test_exp5_quick(tmp_path):
+    data = _run("exp5_resolution_transfer", "exp5", ["exp5_resolution_transfer.png"], tmp_path)
+    (run,), (rev,) = data["trained_28"], data["trained_56"]
+    assert set(run["acc"]) == {"1.0", "1.5", "2.0", "3.0"} and set(rev["acc"]) == {"1.0", "2.0"}
+    assert run["acc"]["1.0"]["N-Jet rescaled"] == run["acc"]["1.0"]["N-Jet"]  # factor 1: the same network
+    assert rev["floored"]["1.0"]  # × 0.5 from σ near 0.5 px: the floor is hit and named
+    assert _finite(data["trained_28"]) and _finite(data["trained_56"])
+
+
 def test_write_section_replaces_only_its_block(tmp_path):
     C.write_section(tmp_path, "exp2", "block-B-old")
     C.write_section(tmp_path, "exp1", "block-A")

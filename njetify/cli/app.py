@@ -74,6 +74,7 @@ def _main(
 
 def _register() -> None:
     from . import bake_cmd, convert_cmd, finetune_cmd, inspect_cmd, listing, plot_cmd  # noqa: F401
+    from . import rescale_cmd  # noqa: F401
 
 
 _register()

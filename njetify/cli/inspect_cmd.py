@@ -35,6 +35,7 @@ def inspect(
     debug: bool = DebugOption,
 ) -> None:
     """Per-layer σ, filter size, feature-map size and receptive field, learned and original."""
+    from ..resolution import resolution_line
     from ..summary import default_input_size, summarize
 
     model = load_converted(converted)
@@ -57,5 +58,6 @@ def inspect(
         return
     con = console()
     con.print(summary.table())
+    con.print(resolution_line(model))
     for p in written:
         con.print(f"wrote {p}")

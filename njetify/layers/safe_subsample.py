@@ -42,6 +42,11 @@ class SafeSubsample(_Resize):
     pixels (indices 0, stride, 2·stride, …). The size is a discrete function of σ: no
     gradient flows through it (as in the paper).
 
+    ``scale`` and ``sigma_scale`` (default 1) are set by :func:`njetify.rescale`: the input is
+    ``scale`` times larger and the source's σ ``sigma_scale`` times larger (``scale``, unless σ
+    hit a floor) than the network was built for; the factor ``(1/2)^(σ/(sigma_scale·r)) / scale``
+    gives back the map size (and the law that follows σ) the network had at its own resolution.
+
     Args:
         source: the σ layer (:class:`~njetify.layers.protocol.SigmaModule`) whose σ sets the
             factor (its mean σ when per channel). ``None`` keeps the factor fixed at ``1/stride``.
@@ -82,6 +87,7 @@ class SafeSubsample(_Resize):
         self.align = align
         self.auto = r == "auto"
         self.r: float | None = None if self.auto else float(r)
+        self.scale = self.sigma_scale = 1.0
         self.set_source(source, source_name, sigma0)
 
     def set_source(self, source: nn.Module | None, name: str | None = None, sigma0: float | None = None) -> None:
@@ -114,24 +120,26 @@ class SafeSubsample(_Resize):
 
     @property
     def factor(self) -> float:
-        """Current factor ``(1/2)^(σ/r)`` (``1/stride`` without a source); read on the host, outside any graph
-        (exported graphs keep the factor of the last eager read)."""
+        """Current factor ``(1/2)^(σ/(sigma_scale·r)) / scale`` (``1/(stride·scale)`` without a source); read on
+        the host, outside any graph (exported graphs keep the factor of the last eager read)."""
         src = self._source
         if src is None:
-            return 1.0 / self.stride
+            return 1.0 / (self.stride * self.scale)
         if torch.compiler.is_compiling():
             return self._factor
         p = src.scale_parameter()
-        key = (p._version, p.data_ptr(), self.r)
+        key = (p._version, p.data_ptr(), self.r, self.scale, self.sigma_scale)
         if key != self._key:  # one host read per σ update
             sigma = float(src.sigma.detach().mean())
-            self._factor, self._key = 0.5 ** (sigma / self.r), key
+            self._factor, self._key = 0.5 ** (sigma / (self.sigma_scale * self.r)) / self.scale, key
         return self._factor
 
     def extra_repr(self) -> str:
         src = "fixed" if self._source is None else f"source={self.source_name or '?'}, r={self.r:.4g}"
         align = f", align={self.align}" if self.align else ""
-        return f"stride={self.stride}, factor={self.factor:.4g}, {src}, interpolation={self.interpolation!r}{align}"
+        scale = f", scale={self.scale:.6g}" if self.scale != 1.0 else ""
+        scale += f", sigma_scale={self.sigma_scale:.6g}" if self.sigma_scale != self.scale else ""
+        return f"stride={self.stride}, factor={self.factor:.4g}, {src}, interpolation={self.interpolation!r}{align}{scale}"
 
     def frozen(self, at: str = "learned") -> FixedSubsample:
         """A :class:`FixedSubsample` at the current factor (``at="learned"``) or at ``1/stride``

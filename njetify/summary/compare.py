@@ -67,10 +67,15 @@ def compare_models(original: nn.Module, converted: nn.Module, example_input: tor
 def default_input_size(model: nn.Module, name: str | None = None) -> tuple[int, int, int]:
     """The natural input size ``(C, H, W)`` of ``model``.
 
-    In order: what :func:`njetify.save` stored (``model.njetify_meta["input_shapes"]``),
+    In order: for a model :func:`njetify.rescale` moved, the size it was built for times the factor;
+    what :func:`njetify.save` stored (``model.njetify_meta["input_shapes"]``),
     timm's ``pretrained_cfg["input_size"]``, the built-in zoo's sizes (CIFAR models 32×32),
     224×224 for other library models; C is the first convolution's input channels.
     """
+    from ..resolution import RESOLUTION_ATTR, current_input_size
+
+    if hasattr(model, RESOLUTION_ATTR) and current_input_size(model):  # rescaled: the size it runs at now
+        return current_input_size(model)
     meta = getattr(model, "njetify_meta", None) or {}
     shapes = meta.get("input_shapes")
     if shapes:
