@@ -56,10 +56,12 @@ def inspect(
 
         writable_folder(plot, "--plot")
         history = converted.parent / "history.json"
-        names = ["sigma_layers.png", "sizes.png", f"filters_{(layer or _first_njet(summary)).replace('.', '_')}.png"]
+        njet = [r.path for r in summary.njet_layers]
+        if layer is not None and layer not in njet:
+            raise UserError(f"--layer: must be the path of an N-Jet layer (e.g. {', '.join(njet[:5])}), got {layer!r}")
+        names = ["sigma_layers.png", "sizes.png", f"filters_{(layer or (njet or [''])[0]).replace('.', '_')}.png"]
         free_outputs([plot / n for n in names + (["sigma.png"] if history.is_file() else [])], "--plot", force)
-        with user_errors(ValueError, what="--layer"):
-            written = plot_summary(summary, model, plot, layer)
+        written = plot_summary(summary, model, plot, layer)
         if history.is_file():
             with user_errors(ValueError, what=str(history)):
                 written.insert(0, plot_sigma(history, plot / "sigma.png"))
@@ -70,11 +72,6 @@ def inspect(
     con.print(summary.table())
     for p in written:
         con.print(f"wrote {p}")
-
-
-def _first_njet(summary) -> str:
-    rows = summary.njet_layers
-    return rows[0].path if rows else ""
 
 
 def parent_first(rows: list) -> list:
