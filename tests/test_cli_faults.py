@@ -9,18 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from test_cli import TINY, _folder, assert_user_error, run, tiny_model  # noqa: F401 - fixtures
+from test_cli import TINY, _folder, assert_user_error, run, tiny_model, two_class  # noqa: F401 - fixtures
 
 from njetify.cli.errors import UserError
 from njetify.cli.run_lock import LOCK_NAME, RunLock
-
-
-@pytest.fixture
-def two_class(run, tmp_path):
-    res = run("convert", TINY, "--input-size", "3x16x16", "--num-classes", "2", "--out", "two.safetensors")
-    assert res.exit_code == 0, res.output
-    _folder(tmp_path / "imgs")
-    return "two.safetensors"
 
 
 ARGS = ["--data", "folder:imgs", "-b", "4", "--epochs", "1", "--out", "run"]
