@@ -34,11 +34,12 @@ MARK = re.compile(r"(<!-- transcript: (?P<name>[\w-]+) -->\n```console\n)(?P<bod
 # name -> commands, run in order in one scratch folder shared by all transcripts.
 # "!INT n CMD": run CMD and press Ctrl-C after its n-th progress line.
 TRANSCRIPTS: dict[str, list[str]] = {
-    "version": ["njetify --version"],
     "convert": ["njetify convert resnet32 --order 3"],
     "calibrate": ["njetify convert resnet20 --in-chans 1 --num-classes 10 --calibrate mnist --out r20.safetensors"],
+    # the Quick start's commands, with its flags (tests/test_readme.py checks that they agree)
     "finetune": ["njetify finetune r20.safetensors --data mnist --limit-train 4096 --limit-val 1000 --epochs 2 "
-                 "-b 64 --lr 0.05 --sigma-lr 0.05 --plot --out r20-run"],
+                 "-b 64 --lr 0.05 --sigma-lr 0.05 --out r20-run",
+                 "njetify plot r20-run"],
     "interrupt": [
         "!INT 3 njetify finetune r20.safetensors --data mnist --limit-train 1024 --limit-val 500 --epochs 1 "
         "-b 64 --out r20-cut",

@@ -187,57 +187,67 @@ def plot_sigma_layers(source: Source, path) -> Path:
     return _save(fig, path)
 
 
-def _sizes(src):
-    """(subsampling names, original sides, learned sides, layer names, original sizes, learned sizes, label)."""
+def _sizes(src, at_conversion: dict | None = None):
+    """(subsampling names, original sides, learned sides, layer names, original sizes, sizes at conversion,
+    learned sizes, label)."""
     if isinstance(src, ModelSummary):
         subs = [r for r in src.layers if r.kind == "subsample" and r.out_size]
         njet = src.njet_layers
+        conv = at_conversion or {}
         return ([r.path for r in subs], [(r.out_size_original or (None,))[0] for r in subs],
                 [r.out_size[0] for r in subs], [r.path for r in njet], [r.size_original for r in njet],
-                [r.size for r in njet], "this model")
+                [conv.get(r.path) for r in njet], [r.size for r in njet], "this model")
     if not src.epochs:
         raise ValueError("history has no epochs")
     last, first = src.epochs[-1], src.epochs[0]
     fm, fm0 = last.get("feature_sizes", {}), src.meta.get("feature_sizes_original", {})
-    layers = last.get("layers", {})
+    layers, start = last.get("layers", {}), first.get("layers", {})
     orig = src.meta.get("original_sizes") or {}
-    size0 = [(orig.get(n) or {}).get("size", (first.get("layers", {}).get(n) or {}).get("size")) for n in layers]
+    size0 = [(orig.get(n) or {}).get("size") for n in layers]
     return (list(fm), [fm0.get(n, [None])[0] for n in fm], [v[0] for v in fm.values()], list(layers), size0,
-            [d["size"] for d in layers.values()], f"after {last['step']} steps")
+            [(start.get(n) or {}).get("size") for n in layers], [d["size"] for d in layers.values()],
+            f"after {last['step']} steps")
 
 
-def _bars(ax, names, before, after, label) -> None:
+def _bars(ax, names, series) -> None:
+    """Grouped bars: ``series`` is ``[(label, values, colour)]``; series without any value are left out.
+    The legend sits above the axes, never on the bars."""
     import numpy as np
 
-    x = np.arange(len(names))
-    ax.bar(x - 0.2, [v or 0 for v in before], 0.4, label="original network", color="#b8c0c8")
-    ax.bar(x + 0.2, after, 0.4, label=f"learned ({label})", color="#2a7ab9")
+    series = [(label, vals, c) for label, vals, c in series if any(v is not None for v in vals)]
+    x, width = np.arange(len(names)), 0.8 / max(1, len(series))
+    for i, (label, vals, color) in enumerate(series):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, [v or 0 for v in vals], width, label=label, color=color)
     turn = len(names) > 6
     ax.set_xticks(x, names, rotation=60 if turn else 0, ha="right" if turn else "center", fontsize=7)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.02), ncol=len(series), frameon=False,
+              borderaxespad=0.0)
     ax.grid(axis="y", alpha=0.3)
 
 
-def plot_sizes(source: Source, path) -> Path:
-    """Per layer, the original network vs the learned one: feature-map side after every
-    safe-subsampling (top) and filter size of every N-Jet layer (bottom), in pixels."""
-    subs, side0, side, layers, size0, size, label = _sizes(_source(source))
+def plot_sizes(source: Source, path, *, at_conversion: dict | None = None) -> Path:
+    """Per layer: feature-map side after every safe-subsampling, original network vs learned (top), and
+    filter size of every N-Jet layer in the original network, at conversion (σ₀) and learned (bottom),
+    in pixels. A history knows the size at conversion (its first row); for a model summary pass
+    ``at_conversion`` (``{layer: size}``, as :func:`plot_summary` does)."""
+    subs, side0, side, layers, size0, size_c, size, label = _sizes(_source(source), at_conversion)
     panels = [p for p in (subs, layers) if p]
     if not panels:
         raise ValueError("nothing to plot: neither subsampling sites nor N-Jet layers")
-    fig = Figure(figsize=(max(6.0, 0.3 * max(map(len, panels)) + 3), 3.4 * len(panels)))
+    fig = Figure(figsize=(max(6.0, 0.3 * max(map(len, panels)) + 3), 3.6 * len(panels)))
     k = 1
     if subs:
         ax = fig.add_subplot(len(panels), 1, k)
         k += 1
-        _bars(ax, subs, side0, side, label)
+        _bars(ax, subs, [("original network", side0, "#b8c0c8"), (f"learned ({label})", side, "#2a7ab9")])
         ax.set_ylabel("feature-map side (px)")
-        ax.set_title("Feature-map size after each subsampling", fontsize=10)
+        ax.set_title("Feature-map size after each subsampling", fontsize=10, pad=22)
     if layers:
         ax = fig.add_subplot(len(panels), 1, k)
-        _bars(ax, layers, size0, size, label)
+        _bars(ax, layers, [("original kernel", size0, "#b8c0c8"), ("at conversion (σ₀)", size_c, "#8fb8d8"),
+                           (f"learned ({label})", size, "#2a7ab9")])
         ax.set_ylabel("filter size (px)")
-        ax.set_title("Filter size per N-Jet layer", fontsize=10)
+        ax.set_title("Filter size per N-Jet layer", fontsize=10, pad=22)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -270,7 +280,8 @@ def plot_curves(history, path) -> Path:
 
 def plot_filters(layer, path, *, name: str = "", max_filters: int = 8, in_channel: int = 0) -> Path:
     """The basis of an N-Jet layer at its σ (top row) next to its first ``max_filters`` filters for
-    input channel ``in_channel`` (bottom row); red positive, blue negative."""
+    input channel ``in_channel`` (bottom row); red positive, blue negative, one colour bar per row;
+    the title says which output and input channels are shown."""
     import torch
 
     from .basis import basis_orders
@@ -291,20 +302,27 @@ def plot_filters(layer, path, *, name: str = "", max_filters: int = 8, in_channe
     filt = w[:max_filters, in_channel].float().cpu()
     orders = basis_orders(order)
     cols = max(basis.shape[0], filt.shape[0])
-    fig = Figure(figsize=(1.1 * cols, 2.7))
+    fig = Figure(figsize=(1.1 * cols + 1.2, 3.0))
     axes = fig.subplots(2, cols, squeeze=False)
-    for i in range(cols):
-        for row, imgs in ((0, basis), (1, filt)):
+    for row, imgs in ((0, basis), (1, filt)):
+        lim = float(imgs.float().abs().max()) or 1.0  # one symmetric scale per row: the colour bar's
+        shown = None
+        for i in range(cols):
             ax = axes[row][i]
             ax.axis("off")
             if i < imgs.shape[0]:
-                img = imgs[i].float().cpu().numpy()
-                lim = float(abs(img).max()) or 1.0
-                ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+                shown = ax.imshow(imgs[i].float().cpu().numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim,
+                                  interpolation="nearest")
                 ax.set_title(f"G{orders[i][0]}{orders[i][1]}" if row == 0 else f"out {i}", fontsize=7)
+        bar = fig.colorbar(shown, ax=list(axes[row]), fraction=0.02, pad=0.01)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label("basis value" if row == 0 else "weight", fontsize=7)
     size = basis.shape[-1]
-    fig.suptitle(f"{name or 'N-Jet layer'}: σ = {sigma:.3g} px, {size}×{size} filter — basis (top), "
-                 f"filters for input channel {in_channel} (bottom)", fontsize=8)
+    n_out = w.shape[0]
+    outs = f"output channels 0–{filt.shape[0] - 1} of {n_out}" if filt.shape[0] > 1 else f"output channel 0 of {n_out}"
+    fig.suptitle(f"{name or 'N-Jet layer'}: σ = {sigma:.3g} px, {size}×{size} filter\n"
+                 f"top: the Gaussian-derivative basis; bottom: the filters of {outs}, "
+                 f"for input channel {in_channel} of {w.shape[1]}", fontsize=8)
     return _save(fig, path)
 
 
@@ -323,6 +341,20 @@ def plot_history(history, out_dir, prefix: str = "") -> list[Path]:
     return written
 
 
+def conversion_sizes(summary: ModelSummary, model) -> dict[str, int]:
+    """``{layer: filter size at σ₀}`` of the summary's N-Jet layers (the size rule and cap of each layer)."""
+    from .basis import filter_size
+
+    out = {}
+    for r in summary.njet_layers:
+        m = model.get_submodule(r.path) if r.sigma0 is not None else None
+        extent, cap = getattr(m, "extent", 2.0), getattr(m, "max_size", None)
+        if m is not None:
+            s = filter_size(r.sigma0, extent)
+            out[r.path] = s if cap is None else min(s, cap if cap % 2 else cap - 1)
+    return out
+
+
 def plot_summary(summary: ModelSummary, model, out_dir, layer: str | None = None) -> list[Path]:
     """A model's figures into ``out_dir``: ``sigma_layers.png``, ``sizes.png`` and
     ``filters_<layer>.png`` (``layer``: an N-Jet layer's path, default the first)."""
@@ -334,7 +366,7 @@ def plot_summary(summary: ModelSummary, model, out_dir, layer: str | None = None
     if njet:
         paths.append(plot_sigma_layers(summary, out / "sigma_layers.png"))
     if njet or any(r.kind == "subsample" for r in summary.layers):
-        paths.append(plot_sizes(summary, out / "sizes.png"))
+        paths.append(plot_sizes(summary, out / "sizes.png", at_conversion=conversion_sizes(summary, model)))
     layer = layer or (names[0] if names else None)
     if layer is not None:
         paths.append(plot_filters(model.get_submodule(layer), out / f"filters_{layer.replace('.', '_')}.png",

@@ -82,3 +82,38 @@ def test_no_pyplot_state(run_dir, tmp_path):
     assert matplotlib.get_backend() == before
     if "matplotlib.pyplot" in sys.modules:
         assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+
+
+def test_sizes_show_the_size_at_conversion_and_the_legend_clears_the_bars(run_dir):
+    from matplotlib.figure import Figure
+
+    from njetify.plots import _bars, _sizes
+
+    h = History.load(run_dir / "history.json")
+    _, _, _, layers, _, at_conversion, learned, _ = _sizes(h)
+    assert at_conversion == [h.epochs[0]["layers"][n]["size"] for n in layers]  # σ₀'s size, before any step
+    assert learned == [h.epochs[-1]["layers"][n]["size"] for n in layers]
+    fig = Figure(figsize=(6, 3))
+    ax = fig.add_subplot()
+    _bars(ax, ["a", "b"], [("original kernel", [3, 3], "0.7"), ("at conversion (σ₀)", [5, 3], "0.5"),
+                           ("learned", [5, 7], "0.2"), ("unknown", [None, None], "r")])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["original kernel", "at conversion (σ₀)", "learned"]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    legend, axes = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.y0 >= axes.y1  # above the plot area: it cannot cover a bar
+
+
+def test_filters_have_colour_bars_and_name_their_channels(tmp_path, monkeypatch):
+    import njetify.plots as P
+
+    saved, real = {}, P._save
+    monkeypatch.setattr(P, "_save", lambda fig, path: saved.setdefault("fig", fig) and real(fig, path))
+    layer = NJetConv2d(2, 6, order=2, sigma=0.8)
+    _png(P.plot_filters(layer, tmp_path / "f.png", name="c1", max_filters=4, in_channel=1), min_w=200)
+    fig = saved["fig"]
+    title = fig._suptitle.get_text()
+    assert "output channels 0–3 of 6" in title and "input channel 1 of 2" in title and "basis" in title
+    labels = [a.get_ylabel() for a in fig.axes if a.get_label() == "<colorbar>"]
+    assert labels == ["basis value", "weight"]

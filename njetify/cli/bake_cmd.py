@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import typer
@@ -65,7 +66,10 @@ def bake(
     if onnx is not None:
         onnx = writable_file(onnx, "--onnx", force)
     shape = input_size(size) or default_input_size(model)
-    baked = bake_model(model)
+    with warnings.catch_warnings():  # a factorised layer is a choice, not a problem: said as a note below
+        warnings.filterwarnings("ignore", message=r".*baked as FactorisedConv2d")
+        baked = bake_model(model)
+    _note_factorised(baked)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
     with user_errors(ValueError, RuntimeError, what=f"input size {'x'.join(map(str, shape))}"):
         stats = compare_models(model, baked, x)
@@ -88,6 +92,19 @@ def bake(
     if onnx is not None:
         rows.append(("onnx", f"{onnx} ({onnx.stat().st_size / 1e6:.2f} MB), onnxruntime max |Δ| {diff:.3g}"))
     console().print(kv_table(rows, title=f"baked {converted.name}"))
+
+
+def _note_factorised(baked) -> None:
+    """One neutral ``note:`` naming the layers kept as 1-D convs + 1x1 conv (cheaper than a dense filter)."""
+    from ..bake import FACTORISED_RATIO, factorised_layers
+    from .errors import stderr_console
+
+    kept = factorised_layers(baked)
+    if kept:
+        names = ", ".join(f"{p} ({m.size}x{m.size})" for p, m in kept[:5]) + (", …" if len(kept) > 5 else "")
+        stderr_console().print(f"note: {len(kept)} layer(s) baked as 1-D convs + a 1x1 conv (FactorisedConv2d, same "
+                               f"outputs), cheaper than a dense filter (over {FACTORISED_RATIO:g}x the "
+                               f"multiply-adds): {names}", markup=False)
 
 
 def _write(baked, x, out: Path, onnx: Path | None) -> float | None:

@@ -21,8 +21,12 @@ __all__ = [
     "console",
     "existing_file",
     "fmt_count",
+    "free_outputs",
     "input_size",
     "load_converted",
+    "peek_converted",
+    "plain_weights",
+    "stored_input_size",
     "writable_file",
 ]
 
@@ -80,6 +84,15 @@ def writable_file(path: Path | str, option: str, force: bool = False) -> Path:
         raise UserError(f"{option}: {str(path)!r} exists; add --force to overwrite it, or choose another name")
     writable_folder(p.parent, option)
     return p
+
+
+def free_outputs(paths: list[Path], option: str, force: bool) -> None:
+    """None of ``paths`` exists, unless ``force`` (then they are overwritten); else a :class:`UserError`."""
+    there = [p for p in paths if p.exists()]
+    if there and not force:
+        more = f" (and {len(there) - 1} more of the files it writes)" if len(there) > 1 else ""
+        raise UserError(f"{option}: {str(there[0])!r} exists{more}; add --force to overwrite, or choose another "
+                        "folder")
 
 
 def writable_folder(folder: Path, option: str) -> None:
@@ -148,10 +161,10 @@ def fmt_count(n: int | None, unit: str = "") -> str:
     return f"{n}{unit}"
 
 
-def load_converted(path: Path | str):
-    """``njetify.load(path)`` with missing files and bad files as :class:`UserError`; a PyTorch
-    checkpoint (``.pth``, ``.pt``, ``.ckpt``, ``.bin``, or the zip file ``torch.save`` writes) is
-    pointed to ``convert --weights``."""
+def peek_converted(path: Path | str) -> dict:
+    """The metadata of the njetify file ``path`` (header only, no tensors: fast), with missing and bad
+    files as :class:`UserError`; a PyTorch checkpoint (``.pth``, ``.pt``, ``.ckpt``, ``.bin``, or the zip
+    file ``torch.save`` writes) is pointed to ``convert --weights``, a baked ``.pt2`` to its source."""
     p = existing_file(path, "CONVERTED")
     with open(p, "rb") as fh:
         head = fh.read(4)
@@ -165,7 +178,40 @@ def load_converted(path: Path | str):
             f"first: njetify convert MODEL --weights {path} (MODEL: the architecture it holds, see "
             f"'njetify models')"
         )
+    from ..io import read_metadata
+
+    with user_errors(ValueError, TypeError, FileNotFoundError, what=str(path)):
+        return read_metadata(p)
+
+
+def stored_input_size(meta: dict) -> tuple[int, ...] | None:
+    """``(C, H, W)`` stored in an njetify file's metadata (None when it stores none)."""
+    shapes = meta.get("input_shapes")
+    return tuple(int(v) for v in shapes[0][1:]) if shapes else None
+
+
+def load_converted(path: Path | str):
+    """``njetify.load(path)`` after :func:`peek_converted`'s checks; load errors are :class:`UserError`."""
+    peek_converted(path)
     from ..io import load
 
     with user_errors(ValueError, TypeError, FileNotFoundError, what=str(path)):
-        return load(p)
+        return load(Path(os.path.expanduser(str(path))))
+
+
+def plain_weights(path: Path | str) -> Path:
+    """``--weights PATH``: a file that exists and is not an njetify model file (those are loaded as they are)."""
+    p = existing_file(path, "--weights")
+    if p.suffix.lower() == ".safetensors":
+        from ..io import read_metadata
+
+        try:
+            meta = read_metadata(p)
+        except ValueError:
+            return p  # a plain safetensors state_dict (no njetify metadata): weights, as expected
+        name = (meta.get("source") or {}).get("name") or meta.get("model_class") or "a model"
+        raise UserError(
+            f"--weights: {str(path)!r} is a model written by njetify ({name}, already converted), not the weights "
+            f"of the unconverted architecture; use it as it is: njetify finetune/inspect/bake {path}"
+        )
+    return p

@@ -20,8 +20,8 @@ from .common import (
     SeedOption,
     command,
     console,
-    existing_file,
     input_size,
+    plain_weights,
     writable_file,
 )
 from .errors import UserError, stderr_console, user_errors
@@ -143,7 +143,7 @@ def convert(
 
         rec = dataclasses.replace(rec or load_recipe("default"), max_fit_error=None if gate == "none" else gate)
     if weights is not None:
-        weights = existing_file(weights, "--weights")
+        weights = plain_weights(weights)
     path = None if dry_run else writable_file(out if out is not None else default_out(model), "--out", force)
     batches, info = (None, None)
     if calibrate is not None:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
 from . import run_folder
 from .app import app
-from .common import DataDirOption, DebugOption, check_device, command, console, load_converted
+from .common import (DataDirOption, DebugOption, check_device, command, console, load_converted, peek_converted,
+                     stored_input_size)
 from .errors import UserError, stderr_console, user_errors
+from .finetune_data import check_fit, datasets, settings_error
+from .run_lock import RunLock
 
 _EPILOG = (
     "Examples:\n"
-    "  njetify finetune r32-njet.safetensors --data cifar10 --epochs 10 --plot\n"
-    "  njetify finetune r32-njet.safetensors --data cifar10 --max-steps 200 -o try\n"
-    "  njetify finetune r32-njet.safetensors --data cifar10 -o try --resume\n"
+    "  njetify finetune resnet32-njet.safetensors --data cifar10 --epochs 10 --plot\n"
+    "  njetify finetune resnet32-njet.safetensors -d cifar10 --max-steps 200 -o try\n"
+    "  njetify finetune resnet32-njet.safetensors -d cifar10 -o try --resume\n"
+    "  njetify finetune resnet32-njet.safetensors -d cifar10 --limit-val 1000\n"
     "  njetify finetune m.safetensors --data folder:photos --val-split 0.1\n"
     "\n"
     "Writes into OUT: last.pt and best.pt (checkpoints), history.json and .csv,\n"
@@ -24,50 +29,6 @@ _EPILOG = (
     "curves.png. Ctrl-C stops after the current step and writes a checkpoint.\n"
     "Every setting defaults to the recipe stored with the model."
 )
-
-
-def _datasets(s: dict, download: bool, channels: int):
-    """Train and validation splits and the data set's info (folder images at the model's size and channels)."""
-    from ..data import dataset_info, get_dataset, limit
-
-    name = s["data"]
-    with user_errors(ValueError, FileNotFoundError, TypeError, what=f"--data {name}"):
-        if name.startswith("folder:"):
-            opts = {"image_size": s["image_size"], "val_split": s["val_split"]}
-            train = get_dataset(name, "train", **opts)
-            val = get_dataset(name, "val", **opts)
-        else:
-            if s["val_split"] is not None:
-                raise ValueError("--val-split is for folder:PATH data without a val/ folder; "
-                                 f"{name} has its own test split")
-            train = get_dataset(name, "train", s["data_dir"], download=download)
-            val = get_dataset(name, "test", s["data_dir"], download=download)
-        info = dataset_info(name, train, image_size=s["image_size"])
-        train, val = limit(train, s["limit_train"], seed=s["seed"] or 0), limit(val, s["limit_val"], seed=0)
-    if name.startswith("folder:") and info.in_channels != channels:
-        kind = "grayscale" if info.in_channels == 1 else "colour"
-        raise UserError(f"--data {name}: the images are {kind} ({info.in_channels} channel(s)) but the model takes "
-                        f"{channels}; convert the model with --in-chans {info.in_channels}")
-    return train, val, info
-
-
-def _check_fit(model, info, sample) -> None:
-    """The model runs on the data's samples and has one output per class."""
-    from ..bake import _first_tensor
-    from ..modes import evaluating
-
-    try:
-        with evaluating(model):
-            out = _first_tensor(model(sample[None]))
-    except RuntimeError as e:
-        raise UserError(
-            f"--data {info.name}: the model does not run on its samples {tuple(sample.shape)} "
-            f"({str(e).splitlines()[0]}); convert the model with --in-chans {info.in_channels}"
-        ) from None
-    k = out.shape[1]
-    if k < info.num_classes or (info.task == "classification" and k != info.num_classes):
-        raise UserError(f"--data {info.name}: {info.num_classes} classes but the model has {k} outputs; "
-                        f"convert it with --num-classes {info.num_classes} (a new head for these classes)")
 
 
 @command(app, "finetune", epilog=_EPILOG)
@@ -107,36 +68,60 @@ def finetune(
     steps, and on Ctrl-C), a history file, a summary at the end.
     """
     from ..recipes import FinetuneConfig, load_recipe
-    from ..summary import default_input_size
     from ..train import resolve_config
 
+    # Every check that needs no model first (the model load can take a minute); nothing is written.
     check_device(device)
-    model = load_converted(converted)
+    meta = peek_converted(converted)
     out = out or Path(converted.name.removesuffix(".safetensors").removesuffix("-njet") + "-finetune")
     run_folder.check(out, resume, force)
-    shape = default_input_size(model)
+    shape = stored_input_size(meta)
+    model = None
+    if shape is None:  # an older file: the model knows its input size
+        from ..summary import default_input_size
+
+        model = load_converted(converted)
+        shape = default_input_size(model)
     given = {"data": data, "data_dir": None if data_dir is None else str(data_dir), "val_split": val_split,
              "limit_train": limit_train, "limit_val": limit_val, "seed": seed, "batch_size": batch_size,
              "image_size": shape[-1] if data.startswith("folder:") else None, "epochs": epochs, "lr": lr,
              "sigma_lr": sigma_lr, "max_steps": max_steps, "checkpoint_every": checkpoint_every,
              "plot": plot or None}
     s = run_folder.settings(out, given, resume)
-    meta = getattr(model, "njetify_meta", None) or {}
-    config = load_recipe(meta["recipe"]).finetune if meta.get("recipe") else FinetuneConfig()
-    with user_errors(ValueError, TypeError, what="fine-tuning settings"):
+    try:
+        config = load_recipe(meta["recipe"]).finetune if meta.get("recipe") else FinetuneConfig()
         cfg = resolve_config(config, epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"],
                              sigma_lr=s["sigma_lr"], seed=s["seed"], checkpoint_every=s["checkpoint_every"])
-    train, val, info = _datasets({**s, "seed": cfg.seed}, download, shape[0])
-    _check_fit(model, info, train[0][0])
+    except (ValueError, TypeError) as e:
+        raise settings_error(e) from None
+    train, val, info = datasets({**s, "seed": cfg.seed}, download, shape[0])
+    model = model or load_converted(converted)
+    check_fit(model, info, train[0][0])
     if len(train) < cfg.batch_size:
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training samples; "
                         f"use --batch-size {len(train)} or less")
-    if force:
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes
+        return _train(model, train, val, info, cfg, out, resume, device, s, converted, False)
+    with RunLock(out):
+        clear = run_folder.check(out, resume, force)  # again, under the lock: another run may have started
+        _train(model, train, val, info, cfg, out, resume, device, s, converted, clear)
+
+
+def _train(model, train, val, info, cfg, out, resume, device, s, converted, clear: bool) -> None:
+    """Write run.json (a resumed run: once its checkpoint has loaded), fit, save, plot, print."""
+    if clear:
         run_folder.clear(out)
     out.mkdir(parents=True, exist_ok=True)
-    run_folder.save_settings(out, {**s, "converted": str(converted), "seed": cfg.seed})
-    _plan(cfg, len(train), len(val), s["max_steps"], device)
-    history = _fit(model, train, val, info, cfg, out, resume, device, s, converted)
+    settings = {**s, "converted": str(converted), "seed": cfg.seed}
+    if not resume:
+        run_folder.save_settings(out, settings)
+
+    def start() -> None:  # after a resume has loaded its checkpoint: a failed one changes nothing
+        if resume:
+            run_folder.save_settings(out, settings)
+        _plan(cfg, len(train), len(val), s["max_steps"], device)
+
+    history = _fit(model, train, val, info, cfg, out, resume, device, s, converted, on_start=start)
     from ..io import save
 
     path = save(model, out / "model.safetensors", input_shape=(1, *train[0][0].shape))
@@ -153,18 +138,28 @@ def _plan(cfg, n_train: int, n_val: int, max_steps: int | None, device: str | No
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     stderr_console().print(
         f"plan: {total:,} steps ({cfg.epochs} epoch(s) × {per_epoch:,} batches of {cfg.batch_size} from {n_train:,} "
-        f"samples) on {dev}, validating on {n_val:,} samples after each epoch; --max-steps, --epochs or "
-        f"--limit-train make it shorter")
+        f"samples) on {dev}, validating on {n_val:,} samples after each epoch; --max-steps, --epochs, "
+        f"--limit-train or --limit-val make it shorter")
 
 
-def _fit(model, train, val, info, cfg, out, resume, device, s, converted):
-    """``njetify.train.fit``; on Ctrl-C: save what was reached, say how to continue, exit 130."""
-    from ..train import TrainingInterrupted, fit
+def _fit(model, train, val, info, cfg, out, resume, device, s, converted, on_start=None):
+    """``njetify.train.fit``; ``on_start()`` once a resume has succeeded; on Ctrl-C: save what was
+    reached, say how to continue, exit 130."""
+    from ..train import CheckpointError, TrainingInterrupted, fit
+
+    def started(event, state):
+        if event == "start" and on_start is not None:
+            on_start()
 
     try:
         with user_errors(ValueError, what="fine-tuning"):
-            return fit(model, train, val, task=info.task, config=cfg, out_dir=out, resume=resume, device=device,
-                       max_steps=s["max_steps"])
+            try:
+                return fit(model, train, val, task=info.task, config=cfg, out_dir=out, resume=resume,
+                           device=device, max_steps=s["max_steps"], callbacks=[started])
+            except CheckpointError as e:
+                origin = run_folder.started_from(out) or "see run.json"
+                raise UserError(f"--resume: {e}; nothing was changed. Give the CONVERTED model this run was "
+                                f"started from ({origin}), or start over with --force") from None
     except TrainingInterrupted as stop:
         con = stderr_console()
         if stop.checkpoint is None:

@@ -4,7 +4,7 @@
 single entry point; the rest is exported for custom loops.
 """
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import resolve_config
 from .distributed import DistInfo
 from .history import History, feature_sizes, layer_snapshot, njet_modules, subsample_modules
@@ -15,7 +15,7 @@ from .progress import format_duration
 from .trainer import NonFiniteLossError, TrainState, fit
 
 __all__ = [
-    "ClassificationMeter", "DistInfo", "History", "NonFiniteLossError", "SegmentationMeter", "TrainState",
+    "CheckpointError", "ClassificationMeter", "DistInfo", "History", "NonFiniteLossError", "SegmentationMeter", "TrainState",
     "TrainingInterrupted", "build_optimizer", "build_scheduler", "feature_sizes", "fit", "format_duration",
     "layer_snapshot", "load_checkpoint",
     "lr_factor", "njet_modules", "param_groups", "resolve_config", "save_checkpoint", "sigma_parameters",

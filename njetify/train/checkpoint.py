@@ -16,6 +16,11 @@ LAST, BEST = "last.pt", "best.pt"
 FORMAT_VERSION = 1
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: unreadable (truncated, corrupt, not a checkpoint) or
+    written for another model. Nothing of it was applied."""
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new, never half."""
     path = Path(path)
@@ -63,7 +68,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError, ...
+        first = (str(exc).splitlines() or [""])[0][:160]
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
+                              f"{type(exc).__name__}: {first}") from None
     if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path} is not an njetify training checkpoint (no 'model' entry)")
+        raise CheckpointError(f"{path} is not an njetify training checkpoint (no 'model' entry)")
     return state

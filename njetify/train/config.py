@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 from dataclasses import fields, replace
@@ -43,11 +44,17 @@ def _from_dict(d: dict) -> FinetuneConfig:
     return FinetuneConfig(**d)
 
 
-def _pos(name, v, kind=(int, float), zero=False):
-    bad = isinstance(v, bool) or not isinstance(v, kind) or (v < 0 if zero else v <= 0)
-    if bad:
+#: Largest learning rates accepted: the σ's are learned as log σ, so a σ rate of 10 can already move σ by
+#: a factor e^10 in one step; a weight rate above 10 diverges at once (typical: 0.001-0.1 for both).
+MAX_LR = 10.0
+
+
+def _pos(name, v, kind=(int, float), zero=False, most=None):
+    bad = isinstance(v, bool) or not isinstance(v, kind) or not math.isfinite(v) or (v < 0 if zero else v <= 0)
+    if bad or (most is not None and v > most):
         what = "non-negative" if zero else "positive"
-        raise ValueError(f"{name} must be a {what} {'int' if kind is int else 'number'}, got {v!r}")
+        upto = f" up to {most:g}" if most is not None else ""
+        raise ValueError(f"{name} must be a finite {what} {'int' if kind is int else 'number'}{upto}, got {v!r}")
 
 
 def check_config(cfg: FinetuneConfig) -> None:
@@ -58,8 +65,9 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, got {cfg.schedule!r}")
     if cfg.amp not in AMP_MODES:
         raise ValueError(f"amp must be one of {', '.join(map(repr, AMP_MODES))}, got {cfg.amp!r}")
-    for name in ("lr", "sigma_lr", "gamma"):
-        _pos(name, getattr(cfg, name), zero=name == "sigma_lr")
+    for name in ("lr", "sigma_lr"):
+        _pos(name, getattr(cfg, name), zero=name == "sigma_lr", most=MAX_LR)
+    _pos("gamma", cfg.gamma)
     for name in ("momentum", "weight_decay", "warmup_epochs"):
         _pos(name, getattr(cfg, name), zero=True)
     for name in ("epochs", "batch_size", "step_size"):

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from . import distributed as D
-from .checkpoint import BEST, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import BEST, LAST, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .history import History
 
 
@@ -71,11 +71,16 @@ class CheckpointMixin:
             path = Path(resume)
         ck = load_checkpoint(path, map_location=self.device)
         if ck.get("task", self.task) != self.task:
-            raise ValueError(f"checkpoint {path} is for task {ck['task']!r}, not {self.task!r}")
+            raise CheckpointError(f"checkpoint {path} is for task {ck['task']!r}, not {self.task!r}")
+        _check_fits(path, ck["model"], self.model.state_dict())
         self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
-        self.scaler.load_state_dict(ck["scaler"])
+        try:
+            self.optimizer.load_state_dict(ck["optimizer"])
+            self.scheduler.load_state_dict(ck["scheduler"])
+            self.scaler.load_state_dict(ck["scaler"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {path}: its optimizer state does not fit this run "
+                                  f"({type(exc).__name__}: {exc})") from None
         meters = ck["meters"]
         if len(meters) != self.info.world_size:
             if ck["state"]["batch"]:
@@ -92,3 +97,16 @@ class CheckpointMixin:
         self.progress.log(f"resumed from {path} at step {st.step} (epoch {st.epoch + 1}, batch {st.batch}/"
                           f"{self.steps_per_epoch})")
         return True
+
+
+def _check_fits(path, saved: dict, current: dict) -> None:
+    """The checkpoint's model tensors have this model's names and shapes, else :class:`CheckpointError`
+    (checked before anything is loaded, so a failed resume leaves the model as it was)."""
+    missing = [k for k in current if k not in saved]
+    extra = [k for k in saved if k not in current]
+    shapes = [k for k in current if k in saved and tuple(saved[k].shape) != tuple(current[k].shape)]
+    if missing or extra or shapes:
+        what = (f"{len(missing)} tensor(s) missing, e.g. {missing[0]}" if missing else
+                f"{len(extra)} unexpected tensor(s), e.g. {extra[0]}" if extra else
+                f"{shapes[0]} is {tuple(saved[shapes[0]].shape)} there, {tuple(current[shapes[0]].shape)} here")
+        raise CheckpointError(f"checkpoint {path} was written for another model ({what})")

@@ -88,11 +88,14 @@ def fit(
             exact position, and the history ends with a ``"partial"`` row (training metrics
             of the unfinished epoch, validation, σ) so the stop is reported, not lost.
         evaluate_first: record epoch 0 (validation of the model before fine-tuning).
-        callbacks: ``fn(event, state)`` after every ``"step"`` and ``"epoch"``.
+        callbacks: ``fn(event, state)``: ``"start"`` once before any work (after a resume succeeded),
+            then after every ``"step"`` and ``"epoch"``.
         catch_sigint: on Ctrl-C (main thread only) finish the current step, write ``last.pt``
             and raise :class:`~njetify.train.TrainingInterrupted`; a second Ctrl-C aborts at once.
 
     Raises:
+        CheckpointError: ``resume`` names a checkpoint that is unreadable or for another model
+            (a ``ValueError``; nothing was changed).
         NonFiniteLossError: the loss was NaN/inf (the message names the step; the last good
             checkpoint is kept).
         TrainingInterrupted: Ctrl-C (a ``KeyboardInterrupt``; ``.checkpoint`` is the file to resume).
@@ -223,6 +226,8 @@ class _Trainer(CheckpointMixin, StoppingMixin):
     # ------------------------------------------------------------------ run
     def run(self, resume, max_steps: int | None) -> History:
         resumed = self._maybe_resume(resume)
+        for cb in self.callbacks:
+            cb("start", self.state)
         with self.progress:
             if not resumed and self.evaluate_first:
                 t0 = time.perf_counter()
