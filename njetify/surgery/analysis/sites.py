@@ -50,6 +50,8 @@ class GuardSite:
     """A ``flatten → Linear`` head reading a subsampled map: the Linear at ``path`` needs a guard.
 
     ``map_shape``: the ``(C, H, W)`` map the Linear was built for (None when unknown).
+    ``reason``: why the head cannot be guarded (None: it can); the strides feeding an
+    unguardable head are kept.
     """
 
     region: Region
@@ -57,6 +59,7 @@ class GuardSite:
     flatten: fx.Node
     in_features: int
     map_shape: tuple[int, int, int] | None
+    reason: str | None = None
 
 
 @dataclass

@@ -12,7 +12,7 @@ from collections import defaultdict
 
 from ..analysis.guards import find_guards
 from ..analysis.lineage import group_sites, lineages
-from ..analysis.sites import Plan, Site, find_sites, owned_in_order, owner_nodes
+from ..analysis.sites import GuardSite, Plan, Site, find_sites, owned_in_order, owner_nodes
 from ..analysis.trace import try_trace
 from ..context import SurgeryContext
 
@@ -27,14 +27,39 @@ def plan_pass(ctx: SurgeryContext) -> None:
     for region in regions:
         plan.sites += find_sites(region, ctx.recipe, len(plan.sites), sub.where == "every_layer")
     keys = _rewrite_keys(ctx, plan)
-    group_sites(regions, plan.sites)
-    _one_treatment_per_key(plan, keys)
+    unguarded: dict[str, GuardSite] = {}
+    while True:  # an unguardable head keeps the strides feeding it; that can change the groups
+        group_sites(regions, plan.sites)
+        _one_treatment_per_key(plan, keys)
+        plan.guards = [g for region in regions for g in find_guards(region, lineages(region, plan.sites))]
+        for g in plan.guards:
+            if g.reason is not None:
+                unguarded.setdefault(g.path, g)
+        if not _keep_strides_of_unguarded(plan):
+            break
+    plan.guards = [g for g in plan.guards if g.reason is None] + list(unguarded.values())
     plan.groups = {}
     for s in plan.sites:
         if s.active:
             plan.groups.setdefault(s.group, []).append(s)
-    for region in regions:
-        plan.guards += find_guards(region, lineages(region, plan.sites))
+
+
+def _keep_strides_of_unguarded(plan: Plan) -> bool:
+    """Deactivate every site in the lineage of an unguardable head (and its group); True if any was."""
+    changed = False
+    for g in plan.guards:
+        if g.reason is None:
+            continue
+        region = g.region
+        lin = lineages(region, plan.sites).get(g.flatten) or ()
+        ids = {el for el in lin if isinstance(el, int)}
+        groups = {s.group for s in plan.sites if s.id in ids}
+        for s in plan.sites:
+            if s.active and (s.id in ids or s.group in groups):
+                s.active = False
+                s.reason = f"feeds {g.path}, which cannot be guarded ({g.reason}): stride kept"
+                changed = True
+    return changed
 
 
 def _rewrite_keys(ctx: SurgeryContext, plan: Plan) -> dict[int, tuple]:
