@@ -77,3 +77,35 @@ def test_flatten_inside_a_forward_is_guarded():
     assert [(r.path, r.action) for r in report.select("guard")] == [("fc", "inserted")]
     _grow_sigma(conv, 3.0)
     assert conv(x).shape == (16, 16, 4)
+
+
+def _boom(*args, **kwargs):
+    raise TypeError("an argument the analysis never met")
+
+
+@pytest.mark.parametrize("target", ["njetify.surgery.analysis.sites.spec_from_module",
+                                    "njetify.surgery.analysis.guards._head",
+                                    "njetify.surgery.passes.plan.group_sites"])
+def test_an_analysis_error_keeps_the_site_with_the_reason(monkeypatch, target):
+    model, x = _net("linear2")
+    monkeypatch.setattr(target, _boom)
+    with pytest.raises(TypeError, match="never met"):  # the test suite runs strict: bugs surface
+        njetify.convert(model, order=3, subsample="safe")
+    monkeypatch.setenv("NJETIFY_STRICT", "0")
+    with pytest.warns(UserWarning, match="failed unexpectedly"):
+        conv, report = njetify.convert(model, order=3, subsample="safe", example_inputs=x[:2])
+    assert not report.select("subsample", "subsampled")
+    assert any("never met" in (r.reason or "") for r in report.rows)
+    assert any("bug in njetify" in n for n in report.notes)
+    _grow_sigma(conv, 3.0)
+    assert conv(x).shape == (16, 5)
+
+
+def test_a_failed_conv_conversion_keeps_the_conv(monkeypatch):
+    model, x = _net("rnet")
+    monkeypatch.setenv("NJETIFY_STRICT", "0")
+    monkeypatch.setattr("njetify.surgery.passes.convs._njet", _boom)
+    with pytest.warns(UserWarning, match="failed unexpectedly"):
+        conv, report = njetify.convert(model, order=3, subsample="keep")
+    assert {r.action for r in report.select("conv")} == {"kept"}
+    assert conv(x)[0].shape == (16, 4)

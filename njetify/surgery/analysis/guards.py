@@ -17,6 +17,7 @@ import operator
 import torch
 from torch import fx, nn
 
+from ..robust import attempt
 from .sites import GuardSite
 from .trace import Region
 
@@ -33,16 +34,18 @@ _LAYOUT = {"permute", "transpose", "movedim", "moveaxis", "swapaxes", "swapdims"
            "channel_shuffle", "view_as", "reshape_as", "narrow", "roll", "flip", "rot90"}
 
 
-def find_guards(region: Region, lineage: dict) -> list[GuardSite]:
+def find_guards(region: Region, lineage: dict, failures: list | None = None) -> list[GuardSite]:
     """Every Linear of ``region`` that reads a flattened map whose lineage holds an active site;
-    unguardable ones carry ``reason``."""
+    unguardable ones carry ``reason`` (so does one whose analysis failed, when its input's size
+    follows σ)."""
     out: list[GuardSite] = []
     seen: set[str] = set()
     for node in region.graph.nodes:
         if node.op != "call_module" or not isinstance(region.module(node.target), nn.Linear) or not node.args:
             continue
         path = region.full_path(node.target)
-        site = _head(node, region, lineage, path)
+        site = attempt(f"the flatten-guard analysis of {path}", lambda: _head(node, region, lineage, path),
+                       lambda why: _failed(node, region, lineage, path, why), failures)
         if site is not None and path not in seen:
             seen.add(path)
             out.append(site)
@@ -76,6 +79,13 @@ def _head(node: fx.Node, region: Region, lineage: dict, path: str) -> GuardSite 
         return _unguardable(region, path, flat, linear, "the flattened map's (C, H, W) is unknown (give "
                                                        "example_inputs)")
     return GuardSite(region, path, flat, linear.in_features, shape)
+
+
+def _failed(node: fx.Node, region: Region, lineage: dict, path: str, why: str) -> GuardSite | None:
+    src = node.args[0]
+    if not isinstance(src, fx.Node) or not _sites_in(lineage.get(src)):
+        return None
+    return _unguardable(region, path, src, region.module(node.target), why)
 
 
 def _unguardable(region, path, node, linear, reason: str) -> GuardSite:

@@ -15,6 +15,7 @@ from ..analysis.lineage import group_sites, lineages
 from ..analysis.sites import GuardSite, Plan, Site, find_sites, owned_in_order, owner_nodes
 from ..analysis.trace import try_trace
 from ..context import SurgeryContext
+from ..robust import attempt
 
 
 def plan_pass(ctx: SurgeryContext) -> None:
@@ -25,13 +26,14 @@ def plan_pass(ctx: SurgeryContext) -> None:
         return
     regions = ctx.analysis.regions
     for region in regions:
-        plan.sites += find_sites(region, ctx.recipe, len(plan.sites), sub.where == "every_layer")
+        plan.sites += find_sites(region, ctx.recipe, len(plan.sites), sub.where == "every_layer", ctx.failures)
     keys = _rewrite_keys(ctx, plan)
     unguarded: dict[str, GuardSite] = {}
     while True:  # an unguardable head keeps the strides feeding it; that can change the groups
-        group_sites(regions, plan.sites)
+        attempt("the merge analysis", lambda: group_sites(regions, plan.sites),
+                lambda why: _keep_all(plan, why), ctx.failures)
         _one_treatment_per_key(plan, keys)
-        plan.guards = [g for region in regions for g in find_guards(region, lineages(region, plan.sites))]
+        plan.guards = [g for region in regions for g in _guards(region, plan, ctx.failures)]
         for g in plan.guards:
             if g.reason is not None:
                 unguarded.setdefault(g.path, g)
@@ -42,6 +44,19 @@ def plan_pass(ctx: SurgeryContext) -> None:
     for s in plan.sites:
         if s.active:
             plan.groups.setdefault(s.group, []).append(s)
+
+
+def _keep_all(plan: Plan, why: str) -> None:
+    for s in plan.sites:
+        if s.active:
+            s.active, s.reason = False, f"{why}: stride kept"
+
+
+def _guards(region, plan: Plan, failures: list) -> list[GuardSite]:
+    """The heads of ``region``; when its lineages cannot be computed, every site keeps its stride."""
+    lin = attempt(f"the lineage analysis of {region.prefix or 'the model'}", lambda: lineages(region, plan.sites),
+                  lambda why: _keep_all(plan, why), failures)
+    return [] if lin is None else find_guards(region, lin, failures)
 
 
 def _keep_strides_of_unguarded(plan: Plan) -> bool:
