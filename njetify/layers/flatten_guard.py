@@ -28,10 +28,8 @@ class GuardedLinear(nn.Linear):
     ``map_shape = (C, H₀, W₀)`` is the map the layer was built for (``C·H₀·W₀ == in_features``).
     A wider or narrower input is read as ``(N, C, H, W)`` with ``H·W`` from its width and
     ``H : W`` as close to ``H₀ : W₀`` as the divisors allow (exact for square maps).
-    Shapes: ``(N, C·H·W)`` → ``(N, out_features)``.
+    Shapes: ``(N, C·H·W)`` → ``(N, out_features)``. The forward scripts (``torch.jit.script``).
     """
-
-    map_shape: tuple[int, int, int]
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, map_shape: tuple[int, int, int]) -> "GuardedLinear":
@@ -47,25 +45,35 @@ class GuardedLinear(nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        leaf = as_traced_leaf(self, x)
-        if leaf is not None:
-            return leaf
+        if not torch.jit.is_scripting():
+            leaf = as_traced_leaf(self, x)
+            if leaf is not None:
+                return leaf
         if x.dim() == 2 and x.shape[-1] != self.in_features:
             c, h0, w0 = self.map_shape
             h, w = self.map_size(x.shape[-1])
-            x = F.adaptive_avg_pool2d(x.view(x.shape[0], c, h, w), (h0, w0)).flatten(1)
-        return super().forward(x)
+            x = F.adaptive_avg_pool2d(x.view(x.shape[0], c, h, w), [h0, w0]).flatten(1)
+        return F.linear(x, self.weight, self.bias)
 
     def map_size(self, width: int) -> tuple[int, int]:
-        """``(H, W)`` of a flattened input ``width`` values wide (raises when it is not ``C·H·W``)."""
+        """``(H, W)`` of a flattened input ``width`` values wide (raises when it is not ``C·H·W``):
+        the divisor pair of ``width / C`` whose aspect is nearest ``H₀ : W₀``."""
         c, h0, w0 = self.map_shape
         if width % c:
             raise ValueError(f"GuardedLinear: an input of width {width} is not a flattened map of {c} channels "
                              f"(built for {c}x{h0}x{w0})")
         area = width // c
-        pairs = [(d, area // d) for d in range(1, math.isqrt(area) + 1) if area % d == 0]
-        pairs += [(b, a) for a, b in pairs]
-        return min(pairs, key=lambda p: abs(math.log(p[0] / p[1]) - math.log(h0 / w0)))
+        target = math.log(h0 / w0)
+        best, best_gap = (1, area), math.inf
+        d = 1
+        while d * d <= area:
+            if area % d == 0:
+                for h in (d, area // d):
+                    gap = abs(math.log(h / (area // h)) - target)
+                    if gap < best_gap:
+                        best, best_gap = (h, area // h), gap
+            d += 1
+        return best
 
     def extra_repr(self) -> str:
         c, h, w = self.map_shape

@@ -53,43 +53,58 @@ class StridelessPool2d(nn.Module):
     """The pooling of ``spec`` at stride 1 (see module docstring).
 
     Shapes: ``(N, C, H, W)`` → ``(N, C, H + offset, W + offset)`` with ``offset = spec.offset``.
+    The forward scripts (``torch.jit.script``): it reads plain copies of the spec's numbers.
     """
+
+    __jit_ignored_attributes__ = ["spec"]
 
     def __init__(self, spec: PoolSpec):
         super().__init__()
         self.spec = spec
 
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name == "spec":  # the numbers the forward reads (a dataclass does not script)
+            self._max = value.kind == "max"
+            self._kernel, self._padding, self._dilation = value.kernel, value.padding, value.dilation
+            self._extra, self._include_pad = value.extra, value.count_include_pad
+            self._divisor = int(value.divisor_override or 0)
+
+    def __setstate__(self, state):  # a module pickled before the copies existed
+        super().__setstate__(state)
+        self.spec = self.spec
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        leaf = as_traced_leaf(self, x)
-        if leaf is not None:
-            return leaf
+        if not torch.jit.is_scripting():
+            leaf = as_traced_leaf(self, x)
+            if leaf is not None:
+                return leaf
         return self.pool(x)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """The pooling of ``spec`` at stride 1."""
-        s = self.spec
-        h, w = x.shape[-2:]
+        k, p = self._kernel, self._padding
+        h, w = x.shape[-2], x.shape[-1]
         # A map that σ made smaller than the window still gives one output (no crash at large σ).
-        dk = s.dilation * (s.kernel - 1) + 1
-        eh = max(s.extra, dk - h - 2 * s.padding)
-        ew = max(s.extra, dk - w - 2 * s.padding)
-        if s.kind == "max":
+        dk = self._dilation * (k - 1) + 1
+        eh = max(self._extra, dk - h - 2 * p)
+        ew = max(self._extra, dk - w - 2 * p)
+        if self._max:
             if eh or ew:
-                x = F.pad(x, (0, ew, 0, eh), value=float("-inf"))
-            return F.max_pool2d(x, s.kernel, 1, s.padding, s.dilation)
-        if not (eh or ew) and s.divisor_override is None:
-            return F.avg_pool2d(x, s.kernel, 1, s.padding, False, s.count_include_pad)
+                x = F.pad(x, [0, ew, 0, eh], value=float("-inf"))
+            return F.max_pool2d(x, k, 1, p, self._dilation)
+        if not (eh or ew) and self._divisor == 0:
+            return F.avg_pool2d(x, k, 1, p, False, self._include_pad)
         # Sum over each window divided by the count strided avg_pool uses for it.
-        sums = F.avg_pool2d(F.pad(x, (0, ew, 0, eh)), s.kernel, 1, s.padding, False, True, divisor_override=1)
-        if s.divisor_override is not None:
-            return sums / s.divisor_override
-        p = s.padding
+        sums = F.avg_pool2d(F.pad(x, [0, ew, 0, eh]), k, 1, p, False, True, divisor_override=1)
+        if self._divisor:
+            return sums / self._divisor
         ones = x.new_ones(1, 1, h, w)
-        if s.count_include_pad:  # padding counts, the ceil-mode overhang does not
-            ones = F.pad(F.pad(ones, (p, p, p, p), value=1.0), (0, ew, 0, eh))
+        if self._include_pad:  # padding counts, the ceil-mode overhang does not
+            ones = F.pad(F.pad(ones, [p, p, p, p], value=1.0), [0, ew, 0, eh])
         else:
-            ones = F.pad(ones, (p, p + ew, p, p + eh))
-        counts = F.avg_pool2d(ones, s.kernel, 1, 0, False, True, divisor_override=1)
+            ones = F.pad(ones, [p, p + ew, p, p + eh])
+        counts = F.avg_pool2d(ones, k, 1, 0, False, True, divisor_override=1)
         return sums / counts.clamp_min(1)
 
     def extra_repr(self) -> str:
@@ -108,8 +123,11 @@ class SafePool2d(StridelessPool2d):
         self.subsample = subsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        leaf = as_traced_leaf(self, x)
-        return leaf if leaf is not None else self.subsample(self.pool(x))
+        if not torch.jit.is_scripting():
+            leaf = as_traced_leaf(self, x)
+            if leaf is not None:
+                return leaf
+        return self.subsample(self.pool(x))
 
     def extra_repr(self) -> str:
         return f"{self.spec.describe()}, safe-subsampled"

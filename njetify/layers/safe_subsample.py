@@ -17,19 +17,20 @@ _EPS = 1e-6
 
 
 class _Resize(nn.Module):
-    """Resize by ``self.factor`` after ``self.align`` border pixels (shared by the learned and the frozen form)."""
-
-    factor: float
-    align: int
-    interpolation: str
+    """Resize by ``self.factor`` (float) after ``self.align`` (int) border pixels, with
+    ``self.interpolation`` (str): shared by the learned and the frozen form. The forward
+    scripts (``torch.jit.script``) where ``factor`` is a plain attribute (:class:`FixedSubsample`)."""
 
     def output_size(self, length: int) -> int:
         """Side of the output for an input side of ``length`` pixels (at the current factor)."""
         return subsampled_size(length + self.align, self.factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        leaf = as_traced_leaf(self, x)
-        return leaf if leaf is not None else resize_by(_aligned(x, self.align), self.factor, self.interpolation)
+        if not torch.jit.is_scripting():
+            leaf = as_traced_leaf(self, x)
+            if leaf is not None:
+                return leaf
+        return resize_by(_aligned(x, self.align), self.factor, self.interpolation)
 
 
 class SafeSubsample(_Resize):
@@ -180,20 +181,20 @@ class FixedSubsample(_Resize):
 
 def _aligned(x: torch.Tensor, align: int) -> torch.Tensor:
     """``x`` with ``align`` pixels added on the right and bottom, replicating the border."""
-    return F.pad(x, (0, align, 0, align), mode="replicate") if align else x
+    return F.pad(x, [0, align, 0, align], mode="replicate") if align else x
 
 
 def subsampled_size(length: int, factor: float) -> int:
     """``⌈length · factor⌉`` (at least 1): the side after subsampling by ``factor``."""
-    return max(1, math.ceil(length * factor - _EPS))
+    return max(1, int(math.ceil(length * factor - 1e-6)))  # 1e-6 is _EPS (torch.jit.script reads no globals)
 
 
 def resize_by(x: torch.Tensor, factor: float, interpolation: str = "nearest") -> torch.Tensor:
     """Resize ``(N, C, H, W)`` to ``(N, C, ⌈H·f⌉, ⌈W·f⌉)``; ``"nearest"`` picks pixels
     ``⌊i/f⌋`` (top-left aligned, exactly a strided op's at f = 1/stride)."""
-    h, w = x.shape[-2:]
+    h, w = x.shape[-2], x.shape[-1]
     oh, ow = subsampled_size(h, factor), subsampled_size(w, factor)
-    if (oh, ow) == (h, w):
+    if oh == h and ow == w:
         return x
     if interpolation == "nearest":
         return x.index_select(-2, _picks(oh, h, factor, x.device)).index_select(-1, _picks(ow, w, factor, x.device))
@@ -202,7 +203,7 @@ def resize_by(x: torch.Tensor, factor: float, interpolation: str = "nearest") ->
     return F.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=False, antialias=True)
 
 
-def _picks(out: int, length: int, factor: float, device) -> torch.Tensor:
+def _picks(out: int, length: int, factor: float, device: torch.device) -> torch.Tensor:
     """Indices ``⌊i / factor⌋`` (i < out), clipped to the input: top-left aligned like a strided op."""
-    idx = torch.arange(out, device=device, dtype=torch.float64).div_(factor).add_(_EPS).floor_()
+    idx = torch.arange(out, device=device, dtype=torch.float64).div_(factor).add_(1e-6).floor_()  # _EPS
     return idx.clamp_(max=length - 1).long()

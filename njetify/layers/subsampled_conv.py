@@ -22,11 +22,10 @@ __all__ = ["SubsampledConv2d"]
 class SubsampledConv2d(nn.Conv2d):
     """``nn.Conv2d`` at stride 1 followed by its ``subsample`` (a :class:`SafeSubsample`).
 
-    Build it with :meth:`from_conv`, which shares the original's parameters.
+    Build it with :meth:`from_conv`, which shares the original's parameters. Its ``subsample``
+    child is a :class:`SafeSubsample` (a :class:`FixedSubsample` once baked: then it scripts).
     Shapes: ``(N, C_in, H, W)`` → ``(N, C_out, H', W')``; at σ₀ exactly the strided conv's output.
     """
-
-    subsample: SafeSubsample
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, subsample: SafeSubsample) -> "SubsampledConv2d":
@@ -42,5 +41,8 @@ class SubsampledConv2d(nn.Conv2d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        leaf = as_traced_leaf(self, x)
-        return leaf if leaf is not None else self.subsample(super().forward(x))
+        if not torch.jit.is_scripting():
+            leaf = as_traced_leaf(self, x)
+            if leaf is not None:
+                return leaf
+        return self.subsample(self._conv_forward(x, self.weight, self.bias))

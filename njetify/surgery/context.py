@@ -45,7 +45,8 @@ class SurgeryContext:
     ``out_shapes`` (the original outputs' shapes on the example inputs, pass ``shapes``),
     ``plan`` (subsampling sites, their σ-source groups and flatten guards, pass ``plan``),
     ``converted`` (path → :class:`ConvertedLayer`: passes ``convs`` and ``aspp``, whose tied branches are there too), ``tied`` (the tied ASPP
-    heads' report rows, pass ``aspp``).
+    heads' report rows, pass ``aspp``), ``failures`` (reasons of per-site analyses that failed
+    unexpectedly and left their site as it was, :func:`njetify.surgery.robust.attempt`).
     """
 
     model: nn.Module
@@ -60,6 +61,7 @@ class SurgeryContext:
     plan: Plan | None = None
     converted: dict[str, ConvertedLayer] = field(default_factory=dict)
     tied: list[ReportRow] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
 
     def module(self, path: str) -> nn.Module:
         """The module at ``path`` in the model as it is now ("" is the model)."""

@@ -15,6 +15,7 @@ from torch import fx, nn
 
 from ...layers._checks import conv_kind
 from ...layers.safe_pool import PoolSpec
+from ..robust import attempt
 from .pool_specs import functional_kind, spec_from_module, spec_from_node
 from .trace import Region, owner_of
 
@@ -50,6 +51,8 @@ class GuardSite:
     """A ``flatten → Linear`` head reading a subsampled map: the Linear at ``path`` needs a guard.
 
     ``map_shape``: the ``(C, H, W)`` map the Linear was built for (None when unknown).
+    ``reason``: why the head cannot be guarded (None: it can); the strides feeding an
+    unguardable head are kept.
     """
 
     region: Region
@@ -57,6 +60,7 @@ class GuardSite:
     flatten: fx.Node
     in_features: int
     map_shape: tuple[int, int, int] | None
+    reason: str | None = None
 
 
 @dataclass
@@ -106,14 +110,31 @@ def _slice_stride(node: fx.Node) -> int:
     return steps.pop() if len(steps) == 1 and min(steps) > 1 else 0
 
 
-def find_sites(region: Region, recipe, first_id: int, every_layer: bool) -> list[Site]:
-    """Every site of ``region``'s graph, numbered from ``first_id``."""
+def find_sites(region: Region, recipe, first_id: int, every_layer: bool, failures: list | None = None) -> list[Site]:
+    """Every site of ``region``'s graph, numbered from ``first_id``. A node whose analysis fails
+    (:func:`~njetify.surgery.robust.attempt`) is a kept site when it is a strided module, else none."""
     out: list[Site] = []
     for node in region.graph.nodes:
-        site = _site(region, node, recipe, first_id + len(out), every_layer)
+        sid = first_id + len(out)
+        site = attempt(f"the subsampling analysis of '{node.name}'",
+                       lambda: _site(region, node, recipe, sid, every_layer),
+                       lambda why: _kept_site(region, node, sid, why), failures)
         if site is not None:
             out.append(site)
     return out
+
+
+def _kept_site(region: Region, node: fx.Node, sid: int, why: str) -> Site | None:
+    """The fallback of a failed analysis: a strided conv / pool module keeps its stride."""
+    if node.op != "call_module":
+        return None
+    m = region.module(node.target)
+    stride = getattr(m, "stride", 1)
+    stride = stride if isinstance(stride, int) else max(stride, default=1)
+    if not isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) or stride == 1:
+        return None
+    op = "conv" if isinstance(m, nn.Conv2d) else "pool"
+    return Site(sid, region, node, region.full_path(node.target), op, stride, 0, None, False, f"{why}: stride kept")
 
 
 def _site(region: Region, node: fx.Node, recipe, sid: int, every: bool) -> Site | None:

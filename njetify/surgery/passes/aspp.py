@@ -20,6 +20,7 @@ from ...layers import TiedNJetBranch, TiedNJetConv2d
 from ..analysis.aspp_heads import AsppHead, find_heads, may_hold_head
 from ..context import ConvertedLayer, SurgeryContext
 from ..report import ReportRow
+from ..robust import attempt
 from .convs import describe_conv
 
 
@@ -32,7 +33,8 @@ def aspp_pass(ctx: SurgeryContext) -> None:
     for region in ctx.analysis.regions:
         if not may_hold_head(region.root):
             continue
-        found, skipped = find_heads(region)
+        found, skipped = attempt(f"the ASPP analysis of {region.prefix or 'the model'}",
+                                 lambda: find_heads(region), lambda why: ([], []), ctx.failures)
         for new, seen in ((found, heads), (skipped, skips)):  # a module called several times (MSC): one head
             for x in new:
                 if all(x.branches != y.branches for y in seen):

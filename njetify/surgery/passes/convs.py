@@ -9,6 +9,7 @@ from ...layers import NJetConv2d
 from ...layers._checks import conv_kind
 from ..context import ConvertedLayer, SurgeryContext
 from ..report import ReportRow
+from ..robust import attempt
 from ..util import own_params
 
 
@@ -48,12 +49,11 @@ def conv_pass(ctx: SurgeryContext) -> None:
         order = settings.order
         if settings.depthwise_order is not None and 1 < m.groups == m.in_channels:  # depthwise: recipe depthwise_order
             order = max(order, settings.depthwise_order)
-        new = NJetConv2d.from_conv(
-            m, order=order, sigma=sigma, extent=settings.extent,
-            learn_sigma=settings.learn_sigma, max_size=settings.max_size,
-        )
-        if settings.sigma_per == "channel":
-            new = per_channel(new)
+        new = attempt(f"the conversion of {path}", lambda: _njet(m, order, sigma, settings),
+                      lambda why: why, ctx.failures)
+        if isinstance(new, str):
+            row.reason = new
+            continue
         new.train(m.training)
         ctx.rewriter.replace(path, new)
         ctx.converted[path] = ConvertedLayer(path, new, m)
@@ -65,6 +65,12 @@ def conv_pass(ctx: SurgeryContext) -> None:
         row.params_after = own_params(new)
         if new.size_capped:
             row.reason = f"filter capped at max_size={settings.max_size}"
+
+
+def _njet(m: nn.Module, order: int, sigma: float | None, settings) -> NJetConv2d:
+    new = NJetConv2d.from_conv(m, order=order, sigma=sigma, extent=settings.extent,
+                               learn_sigma=settings.learn_sigma, max_size=settings.max_size)
+    return per_channel(new) if settings.sigma_per == "channel" else new
 
 
 def _row(m: nn.Module, path: str) -> ReportRow:

@@ -11,6 +11,7 @@ from ...layers import SafeSubsample, sigma_layers, sigma_parameters
 from ...modes import evaluating
 from ..context import SurgeryContext
 from ...inputs import call_model
+from ..robust import failure_note
 from ..util import count_params
 from .analyse import out_shapes
 
@@ -19,6 +20,10 @@ def finish_pass(ctx: SurgeryContext) -> None:
     """Parameter totals; the output shapes on the example inputs must be the original's (else a
     warning and a note); a note when nothing was converted."""
     ctx.report.params_after = count_params(ctx.model)
+    note = failure_note(ctx.failures)
+    if note:
+        ctx.report.note(note)
+        warnings.warn(f"njetify: {note}", stacklevel=4)
     reverted = (ctx.report.calibration or {}).get("reverted") or []
     if not sigma_layers(ctx.model) and ctx.converted and reverted:
         msg = (f"the fidelity gate reverted every converted layer ({len(reverted)}) to its original conv: "
@@ -26,7 +31,7 @@ def finish_pass(ctx: SurgeryContext) -> None:
                "max_fit_error, or set it to null to keep N-Jet layers)")
         ctx.report.note(msg)
         warnings.warn(f"njetify: {msg}", stacklevel=4)
-    elif not sigma_layers(ctx.model) and ctx.recipe.convs:
+    elif not sigma_layers(ctx.model) and ctx.recipe.convs and not ctx.failures:
         msg = (f"{ctx.report.model_class or 'the model'} has no convertible convolution: nothing was converted, "
                "the model is returned unchanged")
         ctx.report.note(msg)
@@ -54,7 +59,8 @@ def _probe_larger_sigma(ctx: SurgeryContext, factor: float = 1.3) -> None:
     saved = [p.detach().clone() for p in params]
     inputs = ctx.example_inputs
     try:
-        with evaluating(ctx.model):
+        with evaluating(ctx.model), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a size cap hit at the probe's σ is not the user's concern
             for p in params:
                 p.add_(math.log(factor))
             call_model(ctx.model, inputs[0] if len(inputs) == 1 else inputs)

@@ -10,22 +10,21 @@ from ..report import ReportRow
 
 
 def guard_pass(ctx: SurgeryContext) -> None:
-    """Guard every ``flatten → Linear`` head of the plan that reads a map whose size follows σ."""
-    if not any(ctx.plan.groups.values()):
-        return
+    """Guard every ``flatten → Linear`` head of the plan that reads a map whose size follows σ;
+    a head the plan could not guard gets a "kept" row with the reason (its strides were kept)."""
     for g in ctx.plan.guards:
         linear = ctx.module(g.path)
-        if type(linear) is not nn.Linear:
-            continue
-        if g.map_shape is None:
+        op = f"{type(linear).__name__}({g.in_features})"
+        if g.reason is not None:
             ctx.report.add(ReportRow(
-                kind="guard", path=g.path, op=f"Linear({g.in_features})", action="kept",
-                reason="flatten -> Linear after safe subsampling, but the map's channels are unknown: not "
-                       "guarded (give example_inputs); its input width changes when σ does"))
+                kind="guard", path=g.path, op=op, action="kept",
+                reason=f"not guarded: {g.reason}; the subsamplings feeding it keep their stride"))
+            continue
+        if not any(ctx.plan.groups.values()) or type(linear) is not nn.Linear:
             continue
         ctx.rewriter.replace(g.path, GuardedLinear.from_linear(linear, g.map_shape))
         c, h, w = g.map_shape
         ctx.report.add(ReportRow(
-            kind="guard", path=g.path, op=f"Linear({g.in_features})", action="inserted",
+            kind="guard", path=g.path, op=op, action="inserted",
             reason=f"flatten -> Linear after safe subsampling: the {c}x{h}x{w} map is resized back to "
                    f"{h}x{w} when σ changes its size"))

@@ -12,9 +12,10 @@ from collections import defaultdict
 
 from ..analysis.guards import find_guards
 from ..analysis.lineage import group_sites, lineages
-from ..analysis.sites import Plan, Site, find_sites, owned_in_order, owner_nodes
+from ..analysis.sites import GuardSite, Plan, Site, find_sites, owned_in_order, owner_nodes
 from ..analysis.trace import try_trace
 from ..context import SurgeryContext
+from ..robust import attempt
 
 
 def plan_pass(ctx: SurgeryContext) -> None:
@@ -25,16 +26,55 @@ def plan_pass(ctx: SurgeryContext) -> None:
         return
     regions = ctx.analysis.regions
     for region in regions:
-        plan.sites += find_sites(region, ctx.recipe, len(plan.sites), sub.where == "every_layer")
+        plan.sites += find_sites(region, ctx.recipe, len(plan.sites), sub.where == "every_layer", ctx.failures)
     keys = _rewrite_keys(ctx, plan)
-    group_sites(regions, plan.sites)
-    _one_treatment_per_key(plan, keys)
+    unguarded: dict[str, GuardSite] = {}
+    while True:  # an unguardable head keeps the strides feeding it; that can change the groups
+        attempt("the merge analysis", lambda: group_sites(regions, plan.sites),
+                lambda why: _keep_all(plan, why), ctx.failures)
+        _one_treatment_per_key(plan, keys)
+        plan.guards = [g for region in regions for g in _guards(region, plan, ctx.failures)]
+        for g in plan.guards:
+            if g.reason is not None:
+                unguarded.setdefault(g.path, g)
+        if not _keep_strides_of_unguarded(plan):
+            break
+    plan.guards = [g for g in plan.guards if g.reason is None] + list(unguarded.values())
     plan.groups = {}
     for s in plan.sites:
         if s.active:
             plan.groups.setdefault(s.group, []).append(s)
-    for region in regions:
-        plan.guards += find_guards(region, lineages(region, plan.sites))
+
+
+def _keep_all(plan: Plan, why: str) -> None:
+    for s in plan.sites:
+        if s.active:
+            s.active, s.reason = False, f"{why}: stride kept"
+
+
+def _guards(region, plan: Plan, failures: list) -> list[GuardSite]:
+    """The heads of ``region``; when its lineages cannot be computed, every site keeps its stride."""
+    lin = attempt(f"the lineage analysis of {region.prefix or 'the model'}", lambda: lineages(region, plan.sites),
+                  lambda why: _keep_all(plan, why), failures)
+    return [] if lin is None else find_guards(region, lin, failures)
+
+
+def _keep_strides_of_unguarded(plan: Plan) -> bool:
+    """Deactivate every site in the lineage of an unguardable head (and its group); True if any was."""
+    changed = False
+    for g in plan.guards:
+        if g.reason is None:
+            continue
+        region = g.region
+        lin = lineages(region, plan.sites).get(g.flatten) or ()
+        ids = {el for el in lin if isinstance(el, int)}
+        groups = {s.group for s in plan.sites if s.id in ids}
+        for s in plan.sites:
+            if s.active and (s.id in ids or s.group in groups):
+                s.active = False
+                s.reason = f"feeds {g.path}, which cannot be guarded ({g.reason}): stride kept"
+                changed = True
+    return changed
 
 
 def _rewrite_keys(ctx: SurgeryContext, plan: Plan) -> dict[int, tuple]:
