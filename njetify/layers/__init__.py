@@ -6,6 +6,7 @@
 * :class:`FactorisedConv2d` — a baked layer kept as 1-D filters + a 1×1 conv (``factorised_conv.py``;
   the factorised execution path itself: ``factorised.py``, ``axis_operators.py``, ``path_cost.py``);
 * :class:`SafeSubsample` / :class:`FixedSubsample` — σ-driven and frozen resizing (``safe_subsample.py``);
+* :class:`SafeUpsample` — an upsampling that resizes to the map it merges with (``safe_upsample.py``);
 * :class:`SafePool2d` — a strided pool at stride 1 plus its subsampling (``safe_pool.py``);
 * :class:`SubsampledConv2d` — a plain conv that used to be strided (``subsampled_conv.py``);
 * :class:`GuardedLinear` — a flatten → Linear head that follows the map size (``flatten_guard.py``);
@@ -22,11 +23,12 @@ from .padding import Conv2dDynamicSame
 from .protocol import SigmaModule, carries_sigma, sigma_layers, sigma_parameters
 from .safe_pool import PoolSpec, SafePool2d, StridelessPool2d
 from .safe_subsample import FixedSubsample, SafeSubsample
+from .safe_upsample import SafeUpsample
 from .subsampled_conv import SubsampledConv2d
 from .tied import TiedNJetBranch, TiedNJetConv2d
 
 __all__ = [
     "Conv2dDynamicSame", "FixedSubsample", "GuardedLinear", "NJetConv2d", "PoolSpec", "SafePool2d", "SafeSubsample",
-    "SigmaModule", "StridelessPool2d", "SubsampledConv2d", "TiedNJetBranch", "TiedNJetConv2d", "carries_sigma",
+    "SafeUpsample", "SigmaModule", "StridelessPool2d", "SubsampledConv2d", "TiedNJetBranch", "TiedNJetConv2d", "carries_sigma",
     "sigma_layers", "sigma_parameters",
 ]

@@ -27,6 +27,7 @@ from ...layers import (
     NJetConv2d,
     SafePool2d,
     SafeSubsample,
+    SafeUpsample,
     TiedNJetBranch,
     TiedNJetConv2d,
 )
@@ -40,6 +41,7 @@ LEAF_TYPES: tuple[type, ...] = (
     nn.modules.pooling._AdaptiveMaxPoolNd,
     NJetConv2d,
     SafeSubsample,
+    SafeUpsample,
     FixedSubsample,
     SafePool2d,
     GuardedLinear,

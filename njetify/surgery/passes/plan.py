@@ -14,6 +14,7 @@ from ..analysis.guards import find_guards
 from ..analysis.lineage import group_sites, lineages
 from ..analysis.sites import Plan, Site, find_sites, owned_in_order, owner_nodes
 from ..analysis.trace import try_trace
+from ..analysis.upsampling import UpsampleResolver
 from ..context import SurgeryContext
 
 
@@ -27,14 +28,15 @@ def plan_pass(ctx: SurgeryContext) -> None:
     for region in regions:
         plan.sites += find_sites(region, ctx.recipe, len(plan.sites), sub.where == "every_layer")
     keys = _rewrite_keys(ctx, plan)
-    group_sites(regions, plan.sites)
+    plan.upsampling = UpsampleResolver(ctx.analysis.jit_traced)
+    group_sites(regions, plan.sites, plan.upsampling)
     _one_treatment_per_key(plan, keys)
     plan.groups = {}
     for s in plan.sites:
         if s.active:
             plan.groups.setdefault(s.group, []).append(s)
     for region in regions:
-        plan.guards += find_guards(region, lineages(region, plan.sites))
+        plan.guards += find_guards(region, lineages(region, plan.sites, plan.upsampling.lineage_of))
 
 
 def _rewrite_keys(ctx: SurgeryContext, plan: Plan) -> dict[int, tuple]:
