@@ -70,6 +70,14 @@ def upsample_kind(node: fx.Node, root: nn.Module) -> str | None:
     return None
 
 
+def site_path(region: Region, node: fx.Node) -> str:
+    """Report path of an upsampling node: the module path, or ``owner:node`` for a function call."""
+    if node.op == "call_module":
+        return region.full_path(node.target)
+    stack = call_stack(node)
+    return f"{region.full_path(stack[-1] if stack else '') or '<model>'}:{node.name}"
+
+
 def _rel(path: str, scope: str) -> str:
     if not scope:
         return path
@@ -203,12 +211,12 @@ def _has_node(value) -> bool:
 class UpsampleResolver:
     """Decides, merge by merge, which fixed upsamplings follow their partner (``lineage_of``),
     and groups them by the forward they are rewritten in (``groups``). ``failed``: node →
-    ``(reason, merge node)`` for those that keep their fixed factor."""
+    ``(reason, merge node, region)`` for those that keep their fixed factor."""
 
     def __init__(self, jit_prefixes=()):
         self.jit = set(jit_prefixes)
         self.lineage_of: dict[fx.Node, tuple] = {}
-        self.failed: dict[fx.Node, tuple[str, fx.Node]] = {}
+        self.failed: dict[fx.Node, tuple[str, fx.Node, Region]] = {}
         self.groups: list[ScopeGroup] = []
         self._ok: dict[tuple, bool] = {}
 
@@ -220,7 +228,7 @@ class UpsampleResolver:
         if why is None:
             why = self._place(region, UpSite(region, node, ref, merge, ""))
         if why is not None:
-            self.failed[node] = (why, merge)
+            self.failed[node] = (why, merge, region)
             return False
         self.lineage_of[node] = target
         return True

@@ -18,7 +18,7 @@ from torch import fx, nn
 
 from ...layers.safe_upsample import SafeUpsample
 from ..analysis.upsampling import (
-    ScopeGroup, call_stack, find_node, hoist, interp_settings, node_key, trace_scope, upsample_kind,
+    ScopeGroup, call_stack, find_node, hoist, interp_settings, node_key, site_path, trace_scope, upsample_kind,
 )
 from ..context import SurgeryContext
 from ..report import ReportRow
@@ -32,8 +32,8 @@ def upsample_pass(ctx: SurgeryContext) -> None:
         return
     for group in sorted(resolver.groups, key=lambda g: -len(g.region.full_path(g.scope).split("."))):
         _rewrite(ctx, group)
-    for node, (why, merge) in resolver.failed.items():
-        ctx.report.add(ReportRow(kind="upsample", path=node.name, op=_op_of(node), action="kept",
+    for node, (why, merge, region) in resolver.failed.items():
+        ctx.report.add(ReportRow(kind="upsample", path=site_path(region, node), op=_op_of(node), action="kept",
                                  reason=f"meets another map at '{merge.name}' but {why}: fixed factor kept"))
 
 
