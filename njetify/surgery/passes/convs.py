@@ -1,11 +1,12 @@
-"""The conv pass: every square k×k 2-D convolution (k > 1) becomes an NJetConv2d."""
+"""The conv pass: every square k×k 2-D convolution (k > 1) becomes an NJetConv2d, every square
+``nn.ConvTranspose2d`` an NJetConvTranspose2d."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ...layers import NJetConv2d
+from ...layers import NJetConv2d, NJetConvTranspose2d
 from ...layers._checks import conv_kind
 from ..context import ConvertedLayer, SurgeryContext
 from ..report import ReportRow
@@ -37,7 +38,7 @@ def conv_pass(ctx: SurgeryContext) -> None:
             continue
         row = ctx.report.add(_row(m, path))
         settings = ctx.recipe.settings_for(path)
-        if kind != "ok":
+        if kind not in ("ok", "transposed"):
             row.action, row.reason = "kept", kind
             continue
         if settings.skip:
@@ -48,11 +49,17 @@ def conv_pass(ctx: SurgeryContext) -> None:
         order = settings.order
         if settings.depthwise_order is not None and 1 < m.groups == m.in_channels:  # depthwise: recipe depthwise_order
             order = max(order, settings.depthwise_order)
-        new = NJetConv2d.from_conv(
-            m, order=order, sigma=sigma, extent=settings.extent,
-            learn_sigma=settings.learn_sigma, max_size=settings.max_size,
-        )
-        if settings.sigma_per == "channel":
+        if kind == "transposed":
+            new = NJetConvTranspose2d.from_conv(m, order=order, sigma=sigma, extent=settings.extent,
+                                                learn_sigma=settings.learn_sigma, max_size=settings.max_size)
+            if settings.sigma_per == "channel":
+                row.reason = "one σ per layer (a transposed N-Jet layer has no per-channel σ)"
+        else:
+            new = NJetConv2d.from_conv(
+                m, order=order, sigma=sigma, extent=settings.extent,
+                learn_sigma=settings.learn_sigma, max_size=settings.max_size,
+            )
+        if settings.sigma_per == "channel" and kind == "ok":
             new = per_channel(new)
         new.train(m.training)
         ctx.rewriter.replace(path, new)
