@@ -29,6 +29,11 @@ RIDGE = 1e-6
 CHUNK_BYTES = 64 * 2**20
 
 
+def sigma_from_kernel(kernel_size: int, dilation: int = 1, extent: float = 2.0) -> float:
+    """σ₀ whose filter support matches a k×k kernel of dilation d: ``d·(k−1)/(2·extent)`` (DESIGN §3)."""
+    return dilation * (kernel_size - 1) / (2.0 * extent)
+
+
 def dense_kernel(weight: torch.Tensor, dilation: int = 1) -> torch.Tensor:
     """Spread a ``(..., k, k)`` kernel on its dense ``d(k−1)+1`` grid, zeros between taps."""
     if dilation == 1:

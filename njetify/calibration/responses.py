@@ -57,6 +57,40 @@ class Geometry:
         return ((height + top + bottom - size) // step + 1, (width + left + right - size) // step + 1)
 
 
+@dataclass(frozen=True)
+class TransposedGeometry(Geometry):
+    """A transposed conv seen as a correlation: the input with ``stride − 1`` zeros inserted between
+    pixels, padded so that the flipped filter's outputs are the layer's (``crop``: the layer's first
+    kept pixel of its full output for an ``size``-px filter, a function of ``size``)."""
+
+    kernel: int = 2
+    pad_: int = 0
+    output_padding: int = 0
+
+    def _length(self, n: int) -> int:
+        return (n - 1) * self.stride - 2 * self.pad_ + self.kernel + self.output_padding
+
+    def pads(self, height: int, width: int, size: int) -> list[int]:
+        left = size - 1 - (self.pad_ + (size - 1) // 2 - (self.kernel - 1) // 2)
+        out = []
+        for n in (width, height):
+            stuffed = (n - 1) * self.stride + 1
+            out += [left, self._length(n) + size - 1 - stuffed - left]
+        return out
+
+    def pad(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        s = self.stride
+        if s > 1:
+            u = x.new_zeros(*x.shape[:-2], (x.shape[-2] - 1) * s + 1, (x.shape[-1] - 1) * s + 1)
+            u[..., ::s, ::s] = x
+        else:
+            u = x
+        return F.pad(u, self.pads(x.shape[-2], x.shape[-1], size))  # negative pads crop
+
+    def out_size(self, height: int, width: int, size: int, step: int) -> tuple[int, int]:
+        return self._length(height), self._length(width)
+
+
 def sample_positions(n: int, height: int, width: int, per_image: int, generator: torch.Generator) -> torch.Tensor:
     """``(S, 3)`` distinct ``(n, i, j)`` positions: ``per_image·n`` of the ``n·H·W`` (all when fewer)."""
     total = n * height * width

@@ -77,7 +77,9 @@ def collect_targets(
             if b in out[unit.index][k]:
                 return  # a conv called twice in one forward: its first call counts
             step = 1
-            if dense_strided and conv.stride[0] > 1:
+            if getattr(conv, "transposed", False):
+                pass  # a transposed conv's outputs are all kept: one grid point per output pixel
+            elif dense_strided and conv.stride[0] > 1:
                 y1 = _stride1_output(conv, args[0])
                 if y1 is not None:
                     y = y1

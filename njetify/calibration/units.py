@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..fit import dense_kernel
-from ..layers import NJetConv2d, TiedNJetBranch, TiedNJetConv2d
-from .responses import Geometry
+from ..layers import NJetConv2d, NJetConvTranspose2d, TiedNJetBranch, TiedNJetConv2d
+from .responses import Geometry, TransposedGeometry
 
 
 @dataclass
@@ -125,6 +125,42 @@ class Unit:
         return None if err is None else float(err)
 
 
+class TransposedUnit(Unit):
+    """An :class:`NJetConvTranspose2d` fitted as the correlation it is: its flipped basis on the
+    zero-inserted input (:class:`TransposedGeometry`), α as ``(C_out, C_in/groups, F)``."""
+
+    @property
+    def dim(self) -> int:
+        return (self.module.in_channels // self.groups) * self.num_basis
+
+    def bases(self) -> list[tuple[torch.Tensor, Geometry, int]]:
+        m = self.module
+        geometry = TransposedGeometry("same", 0, m.stride, "zeros", m.kernel, m.pad, m.output_padding)
+        return [(m.basis().detach().flip(-2, -1), geometry, 1)]
+
+    def params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        m, g = self.module, self.groups
+        a = m.alpha.detach()  # (C_in, C_out/g, F)
+        a = a.view(g, m.in_channels // g, m.out_channels // g, -1).transpose(1, 2).reshape(m.out_channels, -1, a.shape[-1])
+        return a, None if m.bias is None else m.bias.detach()[None]
+
+    def set_params(self, alpha: torch.Tensor, bias: torch.Tensor | None) -> None:
+        m, g = self.module, self.groups
+        a = alpha.view(g, m.out_channels // g, m.in_channels // g, -1).transpose(1, 2).reshape(m.alpha.shape)
+        with torch.no_grad():
+            m.alpha.copy_(a.to(m.alpha.dtype))
+            if bias is not None:
+                m.bias.copy_(bias[0].to(m.bias.dtype))
+
+    def weight_space_fit(self) -> float:
+        m, conv = self.module, self.originals[0]
+        err = m.fit_(conv.weight.detach())
+        if m.bias is not None:
+            with torch.no_grad():
+                m.bias.copy_(conv.bias.detach())
+        return float(err)
+
+
 def build_units(original: nn.Module, converted: nn.Module, paths: list[str]) -> list[Unit]:
     """One unit per distinct converted layer / tied head named in ``paths``.
 
@@ -136,6 +172,12 @@ def build_units(original: nn.Module, converted: nn.Module, paths: list[str]) -> 
     for path in paths:
         new = _get(converted, path, "converted model")
         old = _get(original, path, "original model")
+        if isinstance(new, NJetConvTranspose2d) and isinstance(old, nn.ConvTranspose2d):
+            if id(new) in units:
+                units[id(new)].extra_paths.append(path)
+            else:
+                units[id(new)] = TransposedUnit([path], new, [old])
+            continue
         if not isinstance(old, nn.Conv2d):
             raise ValueError(f"calibration: {path!r} in the original model is a {type(old).__name__}, "
                              "not an nn.Conv2d (give the paths of converted convolutions)")

@@ -19,13 +19,20 @@ def check_channels(in_channels, out_channels, groups) -> None:
 
 
 def conv_kind(conv) -> str | None:
-    """``"ok"`` when ``conv`` can become an N-Jet layer, else the reason it cannot (None: not a conv).
+    """``"ok"`` when ``conv`` can become an N-Jet layer, ``"transposed"`` when it is an
+    ``nn.ConvTranspose2d`` that can become an :class:`~njetify.layers.NJetConvTranspose2d`, else
+    the reason it cannot (None: not a conv).
 
     Subclasses of ``nn.Conv2d`` with their own forward are accepted only when their
     semantics are known (timm's ``Conv2dSame``: TensorFlow "SAME" padding).
     """
-    if isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        return "transposed convolution"
+    if isinstance(conv, nn.ConvTranspose2d):
+        from .njet_transpose import transpose_kind
+
+        kind = transpose_kind(conv)
+        return "transposed" if kind == "ok" else f"transposed convolution: {kind}"
+    if isinstance(conv, (nn.ConvTranspose1d, nn.ConvTranspose3d)):
+        return f"{'1' if isinstance(conv, nn.ConvTranspose1d) else '3'}-D transposed convolution"
     if isinstance(conv, (nn.Conv1d, nn.Conv3d)):
         return f"{'1' if isinstance(conv, nn.Conv1d) else '3'}-D convolution"
     if not isinstance(conv, nn.Conv2d):

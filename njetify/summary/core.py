@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..bake import _first_tensor, freeze_subsampling
-from ..layers import FixedSubsample, NJetConv2d, SafePool2d, SafeSubsample, TiedNJetBranch
+from ..layers import FixedSubsample, NJetConv2d, NJetConvTranspose2d, SafePool2d, SafeSubsample, SafeUpsample, TiedNJetBranch
 from ..modes import evaluating
 from .trace import MacCounter, RFTracker
 
@@ -32,7 +32,7 @@ class LayerInfo:
     """One spatial layer. Sizes ``(H, W)`` and receptive fields ``(rf_h, rf_w)`` are in pixels.
 
     ``kind``: ``"njet"``, ``"tied"`` (an ASPP branch sharing α), ``"conv"`` (kept as is),
-    ``"subsample"`` or ``"pool"``. ``*_original``: the same in the network before
+    ``"subsample"``, ``"upsample"`` or ``"pool"``. ``*_original``: the same in the network before
     conversion (every safe-subsampling at its original stride, every N-Jet layer at the
     extent ``(k−1)·d + 1`` of the k×k kernel with dilation d it replaced). ``sigma0``: σ at
     conversion. ``sigma_range``: (min, max) for σ per channel. ``factor``: the current
@@ -147,6 +147,14 @@ def _describe(m: nn.Module) -> tuple[str, dict] | None:
         if sig.numel() > 1:
             info["sigma_range"] = (float(sig.min()), float(sig.max()))
         return "njet", {"op": f"N-Jet N={m.order}" + (f" s{m.stride}" if m.stride > 1 else ""), **info}
+    if isinstance(m, NJetConvTranspose2d):
+        return "njet", {"op": f"N-Jet transposed N={m.order} ×{m.stride}", "sigma": float(m.sigma.detach()),
+                        "size": m.kernel_size[0], "stride": 1}
+    if isinstance(m, nn.ConvTranspose2d):
+        k, s = m.kernel_size, m.stride[0]
+        return "conv", {"op": f"conv transposed {k[0]}x{k[1]} ×{s}", "size": k[0], "stride": 1}
+    if isinstance(m, SafeUpsample):
+        return "upsample", {"op": "resize to partner" if not m.has_scale else f"upsample ×{m.scale[0]:g} (to partner)"}
     if isinstance(m, TiedNJetBranch):
         return "tied", {"op": f"tied N={m.owner.order}", "sigma": float(m.sigma.detach()), "size": m.kernel_size[0]}
     if isinstance(m, SafeSubsample):

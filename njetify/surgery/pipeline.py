@@ -15,6 +15,7 @@ from .passes.finish import finish_pass
 from .passes.guards import guard_pass
 from .passes.plan import plan_pass
 from .passes.subsample import subsample_pass
+from .passes.upsample import upsample_pass
 
 #: The passes ``convert`` runs, in order.
 DEFAULT_PASSES: tuple[Pass, ...] = (
@@ -30,6 +31,8 @@ DEFAULT_PASSES: tuple[Pass, ...] = (
          doc="swap k×k convolutions for N-Jet layers at the same paths"),
     Pass("subsample", subsample_pass, requires=("plan", "converted"), provides=("subsampled",),
          doc="strided convs and pools run at stride 1 and subsample by a σ-driven factor"),
+    Pass("upsample", upsample_pass, requires=("plan", "subsampled"), provides=("upsampled",),
+         doc="fixed upsamplings that meet an encoder map resize to its size (SafeUpsample)"),
     Pass("guards", guard_pass, requires=("plan", "subsampled"), provides=("guarded",),
          doc="Linear layers behind a flatten of a subsampled map get a guard"),
     Pass("calibrate", calibrate_pass, requires=("converted",), provides=("calibrated",),

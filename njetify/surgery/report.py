@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-ACTIONS = ("converted", "tied", "subsampled", "kept", "skipped", "inserted", "retraced")
+ACTIONS = ("converted", "tied", "subsampled", "kept", "skipped", "inserted", "retraced", "follows")
 
 
 #: Attribute of a converted model that holds its ConversionReport (``njetify.save`` reads it).
@@ -18,7 +18,8 @@ class ReportRow:
 
     ``kind`` says which: ``"conv"`` (a convolution: converted, tied into an ASPP head, kept or
     skipped), ``"subsample"`` (a strided op: subsampled or kept), ``"guard"`` (a flatten → Linear
-    head), ``"aspp"`` (a DeepLab head: tied or skipped), ``"module"`` (a module of yours whose
+    head), ``"aspp"`` (a DeepLab head: tied or skipped), ``"upsample"`` (a fixed upsampling that meets
+    another map: ``follows`` — it resizes to that map's size — or kept), ``"module"`` (a module of yours whose
     forward was replaced by a traced one). Fields that do not apply stay None. σ₀ and sizes are in pixels;
     ``fit_error`` is the relative weight-space error ``‖W_fit − W‖/‖W‖``; ``error_before`` /
     ``error_after`` the relative output error ``‖y − y_orig‖/‖y_orig‖`` on the calibration data

@@ -11,6 +11,11 @@ a fixed factor). Where tensors meet (add, cat, mul, ...) their lineages must agr
   the merge keeps its stride.
 
 A dense output that was upsampled by a fixed factor is checked the same way against the input.
+
+With a ``resolver`` (:class:`~njetify.surgery.analysis.upsampling.UpsampleResolver`), a branch
+whose last resizing step is a fixed upsampling is first offered to it: where the upsampling can
+be made to resize to the size of the map it meets (a :class:`~njetify.layers.SafeUpsample`),
+its output takes the partner's lineage and the merge agrees for every σ.
 Global pools and Linear layers end a lineage (their output size is fixed);
 ``interpolate(x, size=y.shape...)`` takes ``y``'s lineage.
 """
@@ -41,13 +46,14 @@ class _Size:
         self.lin = lin
 
 
-def group_sites(regions: list[Region], sites: list[Site]) -> dict[int, list[Site]]:
+def group_sites(regions: list[Region], sites: list[Site], resolver=None) -> dict[int, list[Site]]:
     """Union the sites that meet into groups (``site.group``), deactivate those that cannot agree,
-    pad sites of a group to equal sides (``site.align``). Returns ``{group: active sites}``."""
+    pad sites of a group to equal sides (``site.align``). Returns ``{group: active sites}``.
+    ``resolver``: makes fixed upsamplings follow their merge partner where it can (module doc)."""
     by_node = {id(s.node): s for s in sites}
     parent = {s.id: s.id for s in sites}
     for region in regions:
-        _group_region(region, by_node, parent)
+        _group_region(region, by_node, parent, resolver)
     groups: dict[int, list[Site]] = {}
     for s in sites:
         s.group = _find(parent, s.id)
@@ -60,12 +66,13 @@ def group_sites(regions: list[Region], sites: list[Site]) -> dict[int, list[Site
     return groups
 
 
-def lineages(region: Region, sites: list[Site]) -> dict:
-    """``node -> lineage`` of every node of ``region`` after grouping (see :func:`group_sites`)."""
+def lineages(region: Region, sites: list[Site], resolved: dict | None = None) -> dict:
+    """``node -> lineage`` of every node of ``region`` after grouping (see :func:`group_sites`);
+    ``resolved``: upsampling node → the lineage it now follows (the resolver's ``lineage_of``)."""
     by_node = {id(s.node): s for s in sites}
     parent = {s.id: s.group for s in sites}
     parent.update({g: g for g in set(parent.values())})
-    lin = _lineages(region, by_node, parent)
+    lin = _lineages(region, by_node, parent, resolved)
     lin.pop("__merges__")
     return lin
 
@@ -78,12 +85,16 @@ def _find(parent: dict, i: int) -> int:
     return i
 
 
-def _group_region(region: Region, by_node: dict, parent: dict) -> None:
+def _group_region(region: Region, by_node: dict, parent: dict, resolver=None) -> None:
     """Union sites that meet; deactivate sites of branches that cannot agree (to a fixed point)."""
+    resolved = None if resolver is None else resolver.lineage_of
     while True:
         changed = False
-        lin = _lineages(region, by_node, parent)
-        for node, lins in lin.pop("__merges__"):
+        lin = _lineages(region, by_node, parent, resolved)
+        merges = lin.pop("__merges__")
+        if resolver is not None and any(_resolve(region, m, parent, resolver) for m in merges):
+            continue  # an upsampling now follows its partner: recompute the lineages
+        for node, lins, _, _ in merges:
             lins = [_canon(lv, parent) for lv in lins]
             if len(set(lins)) == 1:
                 continue
@@ -124,6 +135,29 @@ def _group_region(region: Region, by_node: dict, parent: dict) -> None:
             return
 
 
+def _is_up(el) -> bool:
+    return isinstance(el, tuple) and el[0] == "up"
+
+
+def _resolve(region: Region, merge: tuple, parent: dict, resolver) -> bool:
+    """Offer the resolver every branch of ``merge`` that ends in a fixed upsampling, with the one
+    lineage of the branches that do not as the target. True when one was made to follow."""
+    node, lins, lasts, inputs = merge
+    canon = [_canon(lv, parent) for lv in lins]
+    if len(set(canon)) == 1:
+        return False
+    ends_up = [bool(c) and _is_up(c[-1]) for c in canon]
+    targets = [(c, i) for c, e, i in zip(canon, ends_up, inputs) if not e]
+    if not targets or len({c for c, _ in targets}) != 1:
+        return False
+    target, ref = targets[0]
+    changed = False
+    for c, e, last in zip(canon, ends_up, lasts):
+        if e and c != target and last is not None and resolver.resolve(region, last, ref, node, target):
+            changed = True
+    return changed
+
+
 def _canon(lineage: tuple, parent: dict) -> tuple:
     """A lineage with every site id replaced by its group's root (fixed steps unchanged)."""
     return tuple(_find(parent, el) if isinstance(el, int) else el for el in lineage)
@@ -153,9 +187,15 @@ def _deactivate(by_node: dict, sid: int, parent: dict, reason: str) -> bool:
     return hit
 
 
-def _lineages(region: Region, by_node: dict, parent: dict) -> dict:
-    """``node -> lineage`` (tuple of site ids, a ``_Size``, or None for fixed-size values)."""
+def _lineages(region: Region, by_node: dict, parent: dict, resolved: dict | None = None) -> dict:
+    """``node -> lineage`` (tuple of site ids, a ``_Size``, or None for fixed-size values).
+
+    ``lin["__merges__"]``: ``(node, lineages, last_ups, inputs)`` per place where lineages differ;
+    ``last_ups[i]`` is the fixed upsampling node that made the last step of branch i (or None)."""
     lin: dict = {"__merges__": []}
+    last: dict = {}  # node -> the upsampling node of its lineage's last "up" step (None: none)
+    resolved = resolved or {}
+    first_input = next((n for n in region.graph.nodes if n.op == "placeholder"), None)
     for node in region.graph.nodes:
         if node.op == "placeholder":
             lin[node] = ()
@@ -167,19 +207,24 @@ def _lineages(region: Region, by_node: dict, parent: dict) -> dict:
                     continue
                 if region.prefix and any(isinstance(el, int) for el in out):
                     # the output leaves a traced part into code that does not trace: its merges are unknown
-                    lin["__merges__"].append((node, [out, ()]))
-                elif any(isinstance(el, tuple) and el[0] == "up" for el in out):
+                    lin["__merges__"].append((node, [out, ()], [None, None], [i, None]))
+                elif any(_is_up(el) for el in out):
                     # a dense output upsampled by a fixed factor must keep the size it was built for
-                    lin["__merges__"].append((node, [out, ()]))
+                    ref = None if region.prefix else first_input
+                    lin["__merges__"].append((node, [out, ()], [last.get(i), None], [i, ref]))
             lin[node] = None
             continue
         if node.op == "get_attr":
             lin[node] = None
             continue
         ins = node.all_input_nodes
-        spatial = [lin[i] for i in ins if isinstance(lin.get(i), tuple)]
+        spatial_in = [i for i in ins if isinstance(lin.get(i), tuple)]
+        spatial = [lin[i] for i in spatial_in]
         sizes = [lin[i] for i in ins if isinstance(lin.get(i), _Size)]
-        if _is_size(node):
+        last[node] = last.get(spatial_in[0]) if spatial_in else None
+        if node in resolved:  # a fixed upsampling that now resizes to its partner's size
+            lin[node], last[node] = resolved[node], None
+        elif _is_size(node):
             lin[node] = _Size(spatial[0] if spatial else (sizes[0].lin if sizes else None))
         elif not spatial:
             lin[node] = _derived(node, sizes[0]) if sizes else None
@@ -187,10 +232,14 @@ def _lineages(region: Region, by_node: dict, parent: dict) -> dict:
             lin[node] = None
         elif _is_interp(node, region):
             lin[node] = sizes[0].lin if sizes else _fixed_resize(node, region, spatial[0])
+            last[node] = node if isinstance(lin[node], tuple) and lin[node] and _is_up(lin[node][-1]) else None
         else:
             if len({_canon(lv, parent) for lv in spatial}) > 1:
-                lin["__merges__"].append((node, spatial))
-            lin[node] = spatial[0] + _step(node, region, by_node.get(id(node)))
+                lin["__merges__"].append((node, spatial, [last.get(i) for i in spatial_in], spatial_in))
+            step = _step(node, region, by_node.get(id(node)))
+            lin[node] = spatial[0] + step
+            if step:
+                last[node] = node if _is_up(step[-1]) else None
     return lin
 
 

@@ -68,7 +68,9 @@ class Plan:
     """The sites, their merge groups (group id → active sites) and the heads to guard.
 
     ``source_of``: group → the group whose σ source it uses (groups that hold calls of one
-    module share a source); ``owner_graphs``: owner path → the graph of its own forward.
+    module share a source); ``owner_graphs``: owner path → the graph of its own forward;
+    ``upsampling``: the :class:`~njetify.surgery.analysis.upsampling.UpsampleResolver` (which fixed
+    upsamplings resize to the map they merge with, and where they are rewritten).
     """
 
     sites: list[Site] = field(default_factory=list)
@@ -76,6 +78,7 @@ class Plan:
     guards: list[GuardSite] = field(default_factory=list)
     source_of: dict[int, int] = field(default_factory=dict)
     owner_graphs: dict[str, fx.Graph] = field(default_factory=dict)
+    upsampling: object = None  # the UpsampleResolver: upsamplings that follow their partner
 
 
 def functional_site_kind(node: fx.Node) -> str | None:

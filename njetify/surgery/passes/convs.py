@@ -1,11 +1,12 @@
-"""The conv pass: every square k×k 2-D convolution (k > 1) becomes an NJetConv2d."""
+"""The conv pass: every square k×k 2-D convolution (k > 1) becomes an NJetConv2d, every square
+``nn.ConvTranspose2d`` an NJetConvTranspose2d."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ...layers import NJetConv2d
+from ...layers import NJetConv2d, NJetConvTranspose2d
 from ...layers._checks import conv_kind
 from ..context import ConvertedLayer, SurgeryContext
 from ..report import ReportRow
@@ -38,7 +39,7 @@ def conv_pass(ctx: SurgeryContext) -> None:
             continue
         row = ctx.report.add(_row(m, path))
         settings = ctx.recipe.settings_for(path)
-        if kind != "ok":
+        if kind not in ("ok", "transposed"):
             row.action, row.reason = "kept", kind
             continue
         if settings.skip:
@@ -49,11 +50,13 @@ def conv_pass(ctx: SurgeryContext) -> None:
         order = settings.order
         if settings.depthwise_order is not None and 1 < m.groups == m.in_channels:  # depthwise: recipe depthwise_order
             order = max(order, settings.depthwise_order)
-        new = attempt(f"the conversion of {path}", lambda: _njet(m, order, sigma, settings),
+        new = attempt(f"the conversion of {path}", lambda: _njet(m, kind, order, sigma, settings),
                       lambda why: why, ctx.failures)
         if isinstance(new, str):
             row.reason = new
             continue
+        if kind == "transposed" and settings.sigma_per == "channel":
+            row.reason = "one σ per layer (a transposed N-Jet layer has no per-channel σ)"
         new.train(m.training)
         ctx.rewriter.replace(path, new)
         ctx.converted[path] = ConvertedLayer(path, new, m)
@@ -67,10 +70,12 @@ def conv_pass(ctx: SurgeryContext) -> None:
             row.reason = f"filter capped at max_size={settings.max_size}"
 
 
-def _njet(m: nn.Module, order: int, sigma: float | None, settings) -> NJetConv2d:
-    new = NJetConv2d.from_conv(m, order=order, sigma=sigma, extent=settings.extent,
-                               learn_sigma=settings.learn_sigma, max_size=settings.max_size)
-    return per_channel(new) if settings.sigma_per == "channel" else new
+def _njet(m: nn.Module, kind: str, order: int, sigma: float | None, settings) -> nn.Module:
+    """The N-Jet layer replacing conv ``m`` (``kind`` "transposed": a transposed N-Jet layer)."""
+    cls = NJetConvTranspose2d if kind == "transposed" else NJetConv2d
+    new = cls.from_conv(m, order=order, sigma=sigma, extent=settings.extent,
+                        learn_sigma=settings.learn_sigma, max_size=settings.max_size)
+    return per_channel(new) if settings.sigma_per == "channel" and kind == "ok" else new
 
 
 def _row(m: nn.Module, path: str) -> ReportRow:

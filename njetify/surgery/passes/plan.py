@@ -14,6 +14,7 @@ from ..analysis.guards import find_guards
 from ..analysis.lineage import group_sites, lineages
 from ..analysis.sites import GuardSite, Plan, Site, find_sites, owned_in_order, owner_nodes
 from ..analysis.trace import try_trace
+from ..analysis.upsampling import UpsampleResolver
 from ..context import SurgeryContext
 from ..robust import attempt
 
@@ -28,9 +29,10 @@ def plan_pass(ctx: SurgeryContext) -> None:
     for region in regions:
         plan.sites += find_sites(region, ctx.recipe, len(plan.sites), sub.where == "every_layer", ctx.failures)
     keys = _rewrite_keys(ctx, plan)
+    plan.upsampling = UpsampleResolver(ctx.analysis.jit_traced)
     unguarded: dict[str, GuardSite] = {}
     while True:  # an unguardable head keeps the strides feeding it; that can change the groups
-        attempt("the merge analysis", lambda: group_sites(regions, plan.sites),
+        attempt("the merge analysis", lambda: group_sites(regions, plan.sites, plan.upsampling),
                 lambda why: _keep_all(plan, why), ctx.failures)
         _one_treatment_per_key(plan, keys)
         plan.guards = [g for region in regions for g in _guards(region, plan, ctx.failures)]
@@ -54,7 +56,7 @@ def _keep_all(plan: Plan, why: str) -> None:
 
 def _guards(region, plan: Plan, failures: list) -> list[GuardSite]:
     """The heads of ``region``; when its lineages cannot be computed, every site keeps its stride."""
-    lin = attempt(f"the lineage analysis of {region.prefix or 'the model'}", lambda: lineages(region, plan.sites),
+    lin = attempt(f"the lineage analysis of {region.prefix or 'the model'}", lambda: lineages(region, plan.sites, plan.upsampling.lineage_of),
                   lambda why: _keep_all(plan, why), failures)
     return [] if lin is None else find_guards(region, lin, failures)
 
@@ -66,7 +68,7 @@ def _keep_strides_of_unguarded(plan: Plan) -> bool:
         if g.reason is None:
             continue
         region = g.region
-        lin = lineages(region, plan.sites).get(g.flatten) or ()
+        lin = lineages(region, plan.sites, plan.upsampling.lineage_of).get(g.flatten) or ()
         ids = {el for el in lin if isinstance(el, int)}
         groups = {s.group for s in plan.sites if s.id in ids}
         for s in plan.sites:

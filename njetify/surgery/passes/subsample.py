@@ -174,8 +174,8 @@ def _rows_outside_graphs(ctx: SurgeryContext, covered: set[str]) -> None:
            "fx-partial": "outside the traced parts of the model",
            "swap": "the model does not trace (module swap)"}[ctx.analysis.mode]
     for path, m in ctx.model.named_modules():
-        if path in covered or isinstance(m, (SafeSubsample, SafePool2d)) or not path:
-            continue
+        if path in covered or isinstance(m, (SafeSubsample, SafePool2d)) or not path or getattr(m, "transposed", False):
+            continue  # a transposed conv's stride upsamples
         stride = getattr(m, "stride", 1)
         stride = stride if isinstance(stride, int) else max(stride) if stride else 1
         if stride <= 1:
