@@ -1,6 +1,6 @@
 """Regenerate the command-line transcripts of README.md from real runs, and the figures they show.
 
-    uv run python docs/make_transcripts.py                 # runs everything (a few minutes on a CPU)
+    uv run python docs/make_transcripts.py                 # runs everything (923 s on 2 shared CPU cores)
     uv run python docs/make_transcripts.py --only convert  # one transcript
     uv run python docs/make_transcripts.py --check         # only check that README's markers are known
 
