@@ -150,9 +150,9 @@ def test_views_state_dict_deepcopy_and_to_convs():
 
 
 def test_max_size_cap_warns_and_is_recorded():
-    with pytest.warns(UserWarning, match="max_size=25"):  # sizes are read when the layer is built
-        tied = TiedNJetConv2d(3, 2, [1.0, 12.0], max_size=25)
-    assert tied.kernel_size(1) == (25, 25)
+    tied = TiedNJetConv2d(3, 2, [1.0, 12.0], max_size=25)
+    with pytest.warns(UserWarning, match="max_size=25"):
+        assert tied.kernel_size(1) == (25, 25)
     assert tied.size_capped == [False, True]
     y = tied.forward_branch(torch.randn(1, 3, 9, 9), 1)
     assert y.shape == (1, 2, 9, 9)

@@ -35,7 +35,7 @@ def test_constructor_errors(kwargs, match):
     "conv, match",
     [
         (nn.Conv2d(2, 2, (3, 5), padding=(1, 2)), "non-square kernel 3x5"),
-        (nn.ConvTranspose2d(2, 2, 3), "transposed convolution"),
+        (nn.ConvTranspose2d(2, 2, 3), "transposed"),
         (nn.Conv1d(2, 2, 3), "1-D convolution"),
         (nn.Conv3d(2, 2, 3), "3-D convolution"),
         (nn.Conv2d(2, 2, 1), "1x1 kernel"),

@@ -100,7 +100,7 @@ def test_config_overrides_and_errors():
         resolve_config(learning_rate=0.1)
     with pytest.raises(ValueError, match="optimizer must be one of 'sgd', 'adamw', got 'adam'"):
         resolve_config(optimizer="adam")
-    with pytest.raises(ValueError, match="epochs must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="epochs must be a finite positive int, got 0"):
         resolve_config(epochs=0)
     with pytest.raises(ValueError, match="amp must be one of"):
         resolve_config(amp="fp8")

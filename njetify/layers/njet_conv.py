@@ -131,7 +131,7 @@ class NJetConv2d(SigmaModule):
         self._filter_sizes = FilterSizes(f"NJetConv2d({in_channels}→{out_channels})", "max")
         self.subsample: nn.Module | None = None
         self.reset_parameters()
-        self.refresh_sizes()
+        self._filter_sizes.refresh(self.log_sigma, self.extent, self.max_size, quiet=True)
         track(self)
 
     # ------------------------------------------------------------------ state

@@ -56,6 +56,7 @@ class FilterSizes:
         self._key: tuple | None = None
         self._fresh = True  # never read yet: the first read is not a change
         self._warned: set[int] = set()
+        self._pending: list[str] = []
 
     def current(self, log_sigma: torch.Tensor, extent: float, max_size: int | None) -> tuple[int, ...]:
         """The half-widths now; refreshed from ``log_sigma`` when it changed (never while compiling)."""
@@ -63,10 +64,12 @@ class FilterSizes:
             return self.halves
         if self._key != _key(log_sigma, extent, max_size):
             self.refresh(log_sigma, extent, max_size)
+        while self._pending:  # caps found while the layer was built: warned at its first use
+            warnings.warn(self._pending.pop(0), stacklevel=3)
         return self.halves
 
     def refresh(self, log_sigma: torch.Tensor, extent: float, max_size: int | None,
-                values: list[float] | None = None) -> bool:
+                values: list[float] | None = None, quiet: bool = False) -> bool:
         """Recompute the half-widths from σ (``values``: log σ already read on the host); True if one changed."""
         logs = log_sigma.detach().reshape(-1).tolist() if values is None else values
         sigmas = [max(logs)] if self.groups == "max" else logs
@@ -81,8 +84,12 @@ class FilterSizes:
             half = B.half_width(sigma, extent)
             hit = cap is not None and half > cap
             if hit and k not in self._warned:
-                warnings.warn(f"{self.what}: filter of σ={sigma:.3g} needs {2 * half + 1} px; capped at "
-                              f"max_size={max_size} (set a larger max_size to lift the cap)", stacklevel=4)
+                msg = (f"{self.what}: filter of σ={sigma:.3g} needs {2 * half + 1} px; capped at "
+                       f"max_size={max_size} (set a larger max_size to lift the cap)")
+                if quiet:
+                    self._pending.append(msg)
+                else:
+                    warnings.warn(msg, stacklevel=4)
                 self._warned.add(k)
             halves.append(cap if hit else half)
             capped.append(hit)

@@ -122,7 +122,7 @@ class TiedNJetConv2d(nn.Module):
         nn.init.uniform_(self.alpha, -math.sqrt(3.0 / fan_in), math.sqrt(3.0 / fan_in))
         object.__setattr__(self, "_branches", tuple(TiedNJetBranch(self, k) for k in range(len(sig))))
         self._mix_cache: list | None = None
-        self.refresh_sizes()
+        self._filter_sizes.refresh(self.log_sigma, self.extent, self.max_size, quiet=True)
         track(self)
 
     # ------------------------------------------------------------------ state
