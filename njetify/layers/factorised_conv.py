@@ -19,7 +19,6 @@ Two orders, as in :mod:`njetify.layers.factorised`:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..basis import basis_orders

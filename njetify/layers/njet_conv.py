@@ -4,11 +4,9 @@ Gaussian-derivative basis filters at a learned scale σ that also sets its size.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import basis as B
@@ -21,13 +19,13 @@ from .padding import tf_same_pads
 from .path_choice import choose_path, compiled_path
 from .path_cost import PATHS, dense_fits
 from .protocol import SigmaModule
-from .sizes import FilterSizes, track
+from .sizes import FilterSizes, HostSizes, track
 from ._checks import check_channels, check_choice, check_order, check_positive
 
 PADDINGS = ("same", "dynamic_same")
 
 
-class NJetConv2d(SigmaModule):
+class NJetConv2d(HostSizes, SigmaModule):
     """2-D N-Jet convolution (Pintea et al., TIP 2021).
 
     ``W[o, c] = Σ_f α[o, c, f] · B_f(σ)`` with B the basis of
@@ -163,10 +161,6 @@ class NJetConv2d(SigmaModule):
         self.half_width
         return self._filter_sizes.capped[0]
 
-    def refresh_sizes(self) -> bool:
-        """Re-read σ on the host now (after editing it by hand); True when the filter size changed."""
-        return self._filter_sizes.refresh(self.log_sigma, self.extent, self.max_size)
-
     @property
     def weight(self) -> torch.Tensor:
         """The current filter ``(out_channels, in_channels/groups, s, s)``, read-only: computed from α and σ
@@ -219,17 +213,11 @@ class NJetConv2d(SigmaModule):
 
     def _apply(self, fn, *args, **kwargs):
         self._cache = None
-        self._filter_sizes.invalidate()
         return super()._apply(fn, *args, **kwargs)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
         self._cache = None
-        self.refresh_sizes()  # sizes right away: a compile or export may come before any eager forward
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        track(self)
+        super()._load_from_state_dict(*args, **kwargs)
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:

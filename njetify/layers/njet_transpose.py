@@ -24,7 +24,6 @@ Shapes: ``(N, in_channels, H, W)`` → ``(N, out_channels, H', W')``.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +33,9 @@ from .. import basis as B
 from ..fit import sigma_from_kernel, weight_space_fit
 from ._checks import check_channels, check_order, check_positive
 from ._fx import as_traced_leaf
+from .functional import njet_filter
 from .protocol import SigmaModule
+from .sizes import FilterSizes, HostSizes, track
 
 
 def baked_output_padding(kernel: int, output_padding: int) -> int:
@@ -66,7 +67,7 @@ def transpose_kind(conv) -> str | None:
     return "ok"
 
 
-class NJetConvTranspose2d(SigmaModule):
+class NJetConvTranspose2d(HostSizes, SigmaModule):
     """Transposed 2-D N-Jet convolution (see the module doc for the geometry).
 
     Args:
@@ -99,13 +100,16 @@ class NJetConvTranspose2d(SigmaModule):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.order, self.extent, self.stride, self.max_size = order, float(extent), stride, max_size
         self.kernel, self.pad, self.output_padding = kernel, padding, output_padding
-        self.learn_sigma, self.fit_error, self.size_capped = learn_sigma, None, False
+        self.learn_sigma, self.fit_error = learn_sigma, None
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         self.alpha = nn.Parameter(torch.empty(in_channels, out_channels // groups, B.num_basis(order), **factory))
         self.log_sigma = nn.Parameter(torch.tensor([math.log(sigma)], **factory), requires_grad=learn_sigma)
         self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
         bound = 1.0 / math.sqrt(self.alpha.shape[1] * self.alpha.shape[2])
         nn.init.uniform_(self.alpha, -math.sqrt(3.0) * bound, math.sqrt(3.0) * bound)
+        self._filter_sizes = FilterSizes(f"NJetConvTranspose2d({in_channels}→{out_channels})", "max")
+        self._filter_sizes.refresh(self.log_sigma, self.extent, self.max_size, quiet=True)
+        track(self)
 
     # -------------------------------------------------------------- σ protocol
     @property
@@ -118,17 +122,15 @@ class NJetConvTranspose2d(SigmaModule):
 
     @property
     def half_width(self) -> int:
-        """Half-width h of the filter at the current σ (after the ``max_size`` cap)."""
-        half = B.half_width(float(self.sigma.detach()), self.extent)
-        cap = None if self.max_size is None else max(1, (self.max_size - 1) // 2)
-        if cap is not None and half > cap:
-            if not self.size_capped:
-                warnings.warn(f"NJetConvTranspose2d: σ={float(self.sigma.detach()):.3g} needs {2 * half + 1} px; "
-                              f"capped at max_size={self.max_size} (set a larger max_size to lift the cap)",
-                              stacklevel=3)
-            self.size_capped = True
-            return cap
-        return half
+        """Half-width h of the filter at the current σ (after the ``max_size`` cap; a host-side int,
+        :mod:`njetify.layers.sizes`)."""
+        return self._filter_sizes.current(self.log_sigma, self.extent, self.max_size)[0]
+
+    @property
+    def size_capped(self) -> bool:
+        """Whether ``max_size`` cut the filter σ asks for."""
+        self.half_width
+        return self._filter_sizes.capped[0]
 
     @property
     def kernel_size(self) -> tuple[int, int]:
@@ -141,9 +143,7 @@ class NJetConvTranspose2d(SigmaModule):
 
     def filters(self) -> torch.Tensor:
         """The transposed-conv weight ``(in_channels, out_channels/groups, s, s)``."""
-        basis = self.basis()
-        s = basis.shape[-1]
-        return (self.alpha @ basis.flatten(1)).view(self.in_channels, -1, s, s)
+        return njet_filter(self.alpha, self.sigma[0], self.half_width)
 
     # ---------------------------------------------------------------- forward
     def crop_start(self, size: int) -> int:

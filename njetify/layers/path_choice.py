@@ -72,10 +72,9 @@ def choose_path(layer, x: torch.Tensor, key: tuple, training: bool, pads, dense_
     """The path of an :class:`~njetify.layers.NJetConv2d` call with signature ``key`` (measured once per key)."""
     per_channel = layer.sigma_per == "channel"
     paths = candidates(layer.path, per_channel, dense_ok)
-    size = 2 * layer.half_width + 1
-    shape = conv_shape(x, layer.in_channels, layer.out_channels, layer.groups, size, layer.order, layer.stride, pads,
-                       per_channel)
     half = layer.half_width
+    shape = conv_shape(x, layer.in_channels, layer.out_channels, layer.groups, 2 * half + 1, layer.order, layer.stride,
+                       pads, per_channel)
     xi = x.detach().requires_grad_(x.requires_grad)
     runs = {p: timing_run(lambda p=p: layer._run(xi, p, half, pads), [xi, layer.alpha, layer.log_sigma, layer.bias],
                           training) for p in paths}

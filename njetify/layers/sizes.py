@@ -194,3 +194,24 @@ def _after_step(optimizer, args, kwargs) -> None:
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     mods = [m for m in list(_LIVE) if id(m.log_sigma) in trained]
     _refresh(mods)
+
+
+class HostSizes:
+    """Mixin of a σ layer whose :class:`FilterSizes` lives in ``_filter_sizes`` (with ``log_sigma``,
+    ``extent`` and ``max_size``): refresh after loading, forget after moving, track after unpickling."""
+
+    def refresh_sizes(self) -> bool:
+        """Re-read σ on the host now (after editing it by hand); True when a filter size changed."""
+        return self._filter_sizes.refresh(self.log_sigma, self.extent, self.max_size)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._filter_sizes.invalidate()
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.refresh_sizes()  # sizes right away: a compile or export may come before any eager forward
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        track(self)

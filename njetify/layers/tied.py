@@ -22,7 +22,6 @@ import math
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import basis as B
@@ -34,7 +33,7 @@ from .factorised_conv import FactorisedConv2d
 from .functional import njet_conv2d, njet_filter, same_pads
 from .path_choice import choose_branch_path, compiled_path
 from .path_cost import PATHS, dense_fits
-from .sizes import FilterSizes, track
+from .sizes import FilterSizes, HostSizes, track
 from .tied_branch import TiedNJetBranch
 from . import tied_fit
 
@@ -43,7 +42,7 @@ from . import tied_fit
 MODES = ("auto", "dense", "separable")
 
 
-class TiedNJetConv2d(nn.Module):
+class TiedNJetConv2d(HostSizes, nn.Module):
     """K N-Jet convolutions with one shared α and K learned scales.
 
     Args:
@@ -160,10 +159,6 @@ class TiedNJetConv2d(nn.Module):
         self._filter_sizes.current(self.log_sigma, self.extent, self.max_size)
         return list(self._filter_sizes.capped)
 
-    def refresh_sizes(self) -> bool:
-        """Re-read the σ's on the host now (after editing them by hand); True when a filter size changed."""
-        return self._filter_sizes.refresh(self.log_sigma, self.extent, self.max_size)
-
     def kernel_size(self, k: int) -> tuple[int, int]:
         """Current filter size ``(s_k, s_k)`` of branch k in pixels."""
         s = 2 * self.half_width(k) + 1
@@ -252,16 +247,7 @@ class TiedNJetConv2d(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         self._mix_cache = None
-        self._filter_sizes.invalidate()
         return super()._apply(fn, *args, **kwargs)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self.refresh_sizes()
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        track(self)
 
     def extra_repr(self) -> str:
         sig = ", ".join(f"{s:.3g}" for s in self.sigma.detach().tolist())
