@@ -233,6 +233,7 @@ def _print(model, shape, report, stats, path, dry_run) -> None:
         ("fit", cli_words(fit)),
         ("params", pct(stats.params_before, stats.params_after)),
         (f"MACs @{size}", pct(stats.macs_before, stats.macs_after)),
+        *_budget_row(report.macs),
         ("output", (f"max |Δ| {stats.max_abs_diff:.3g} (max |y| {stats.max_abs_output:.3g}, rel {rel:.2g}) "
                     f"on a random {'x'.join(map(str, stats.input_shape))} batch")),
     ]
@@ -244,3 +245,12 @@ def _print(model, shape, report, stats, path, dry_run) -> None:
     elif path is not None:
         rows.append(("saved", f"{path} ({Path(path).stat().st_size / 1e6:.2f} MB)"))
     con.print(kv_table(rows, title=f"{model} → N-Jet"))
+
+
+def _budget_row(macs: dict) -> list[tuple[str, str]]:
+    """The ``budget`` row of the summary (none without a budget)."""
+    if macs.get("budget") is None:
+        return []
+    caps = list(macs.get("caps", {}).values()) or [0]
+    return [("budget", f"{macs['budget']:g}× the original's MACs: filters capped at {min(caps)}–{max(caps)} px, "
+                       f"at most {macs['ceiling']:.2f}× while σ learns")]
