@@ -216,8 +216,8 @@ def test_reparametrised_weights_convert_with_a_note(kind):
     net = _reparametrise(small_cnn(), kind).eval()
     x = images()
     with torch.no_grad():
-        effective = net[0].weight.detach().clone()
         ref = net(x)
+        effective = net[0].weight.detach().clone()  # after a forward (the old spectral_norm's is raw before)
     state = {k: v.clone() for k, v in net.state_dict().items()}
     out, report = njetify.convert(net, calibration_data=[x])
     assert isinstance(out[0], NJetConv2d)
@@ -331,3 +331,18 @@ def test_path_plans_are_saved_and_loaded(tmp_path):
     finally:
         path_plan.time_call = orig
     assert timed == []  # the saved decisions were used, nothing was timed again
+
+
+def test_old_spectral_norm_without_a_forward_converts_its_normalised_weight():
+    net = _reparametrise(small_cnn(), "old spectral_norm").eval()  # .weight is the raw weight until a forward
+    raw = net[0].weight.detach().clone()
+    out, _ = njetify.convert(net)
+    with torch.no_grad():
+        net(images())
+    effective = net[0].weight.detach()
+    assert not torch.allclose(raw, effective)
+    plain = nn.Conv2d(3, 8, 3, padding=1)
+    with torch.no_grad():
+        plain.weight.copy_(effective)
+        plain.bias.copy_(net[0].bias)
+    torch.testing.assert_close(out[0].alpha, NJetConv2d.from_conv(plain, order=3).alpha)

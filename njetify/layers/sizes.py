@@ -16,6 +16,9 @@ under ``torch.export``), so every σ layer keeps its half-widths as plain Python
   back to eager silently because its filters grew.
 
 After editing σ by hand and before compiling or exporting, call :func:`refresh_sizes`.
+
+A learned σ below :func:`min_useful_sigma` cannot learn: its gradient vanishes (a
+:class:`SmallSigmaWarning`, once per layer, when such a σ is built, loaded or reached).
 """
 
 from __future__ import annotations
@@ -41,6 +44,31 @@ RECOMPILE_LIMIT = 64
 _LIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
+class SmallSigmaWarning(UserWarning):
+    """A learned σ so small that its gradient vanishes: it cannot grow back by training."""
+
+
+def min_useful_sigma(dtype: torch.dtype = torch.float32) -> float:
+    """The smallest σ (pixels) whose gradient does not vanish in ``dtype``: √(1 / (2·ln(1/eps))).
+
+    Below it a neighbouring pixel's Gaussian weight ``exp(−1/(2σ²))`` is under the dtype's
+    resolution ``eps``: the filter is numerically a delta and σ's gradient is at most a
+    millionth of α's (float32: 0.177 px; exactly 0 below 0.068 px, measured in
+    tests/test_library_faults.py). float64: 0.118 px, bfloat16: 0.321 px.
+    """
+    eps = torch.finfo(dtype).eps
+    return math.sqrt(1.0 / (2.0 * math.log(1.0 / eps)))
+
+
+def small_sigma_message(layers: list[tuple[str, float]], dtype: torch.dtype) -> str:
+    """The warning for ``layers`` ``[(name, σ), ...]`` whose learned σ is below :func:`min_useful_sigma`."""
+    low = min_useful_sigma(dtype)
+    names = ", ".join(f"{name} (σ={sigma:.3g})" for name, sigma in layers[:5]) + (" ..." if len(layers) > 5 else "")
+    return (f"{names}: σ below {low:.3g} px, where its gradient vanishes in {str(dtype).removeprefix('torch.')} "
+            f"(a neighbouring pixel's weight exp(-1/(2σ²)) is below the dtype's resolution): training cannot move "
+            f"σ. Start from σ ≥ {low:.3g} px (e.g. the kernel rule (k-1)/4) or freeze σ (learn_sigma=False)")
+
+
 class FilterSizes:
     """The half-widths ``h`` (filter size ``2h+1``) of one σ layer, one per σ group.
 
@@ -56,6 +84,7 @@ class FilterSizes:
         self._key: tuple | None = None
         self._fresh = True  # never read yet: the first read is not a change
         self._warned: set[int] = set()
+        self._warned_small = False
         self._pending: list[str] = []
 
     def current(self, log_sigma: torch.Tensor, extent: float, max_size: int | None) -> tuple[int, ...]:
@@ -73,6 +102,7 @@ class FilterSizes:
         """Recompute the half-widths from σ (``values``: log σ already read on the host); True if one changed."""
         logs = log_sigma.detach().reshape(-1).tolist() if values is None else values
         sigmas = [max(logs)] if self.groups == "max" else logs
+        self._check_small(log_sigma, logs)
         cap = None if max_size is None else max(0, (max_size - 1) // 2)
         halves, capped = [], []
         for k, ls in enumerate(sigmas):
@@ -100,6 +130,16 @@ class FilterSizes:
         if changed and not first:
             _note_change(self.what, old, self.halves)
         return changed
+
+    def _check_small(self, log_sigma: torch.Tensor, logs: list[float]) -> None:
+        """Warn once when a learned σ is below :func:`min_useful_sigma` (its gradient vanishes)."""
+        if self._warned_small or not log_sigma.requires_grad or not logs:
+            return
+        smallest = min(logs)
+        if smallest == smallest and math.exp(smallest) < min_useful_sigma(log_sigma.dtype):
+            self._warned_small = True
+            warnings.warn(SmallSigmaWarning(small_sigma_message([(self.what, math.exp(smallest))], log_sigma.dtype)),
+                          stacklevel=4)
 
     def invalidate(self) -> None:
         """Forget the last read (after σ was replaced, moved or loaded)."""
