@@ -136,10 +136,10 @@ class FilterSizes:
         if self._warned_small or not log_sigma.requires_grad or not logs:
             return
         smallest = min(logs)
-        if smallest == smallest and math.exp(smallest) < min_useful_sigma(log_sigma.dtype):
+        if smallest < math.log(min_useful_sigma(log_sigma.dtype)):  # False for NaN
             self._warned_small = True
-            warnings.warn(SmallSigmaWarning(small_sigma_message([(self.what, math.exp(smallest))], log_sigma.dtype)),
-                          stacklevel=4)
+            sigma = math.exp(max(smallest, -700.0))
+            warnings.warn(SmallSigmaWarning(small_sigma_message([(self.what, sigma)], log_sigma.dtype)), stacklevel=4)
 
     def invalidate(self) -> None:
         """Forget the last read (after σ was replaced, moved or loaded)."""
