@@ -299,7 +299,8 @@ def test_small_sigma_warns_once_when_built_and_when_loaded(tmp_path):
     converted, report = njetify.convert(net)
     with torch.no_grad():
         converted[2].log_sigma.fill_(torch.log(torch.tensor(1e-3)))
-    path = njetify.save(converted, tmp_path / "m.safetensors", report=report)
+    with pytest.warns(SmallSigmaWarning, match=r"NJetConv2d\(8→8\).*σ=0\.001"):  # its first read after the edit
+        path = njetify.save(converted, tmp_path / "m.safetensors", report=report)
     with pytest.warns(SmallSigmaWarning, match=r"\b2\b.*σ=0\.001") as caught:
         njetify.load(path, model=net)
     assert len([w for w in caught if issubclass(w.category, SmallSigmaWarning)]) == 1
@@ -346,3 +347,24 @@ def test_old_spectral_norm_without_a_forward_converts_its_normalised_weight():
         plain.weight.copy_(effective)
         plain.bias.copy_(net[0].bias)
     torch.testing.assert_close(out[0].alpha, NJetConv2d.from_conv(plain, order=3).alpha)
+
+
+def test_distributed_data_parallel_is_unwrapped(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        out, report = njetify.convert(nn.parallel.DistributedDataParallel(small_cnn()), calibration_data=[images()])
+    finally:
+        dist.destroy_process_group()
+    assert type(out) is nn.Sequential and isinstance(out[0], NJetConv2d)
+    assert any("DistributedDataParallel" in n for n in report.notes) and report.calibration["calibrated"] == 2
+
+
+def test_quantized_conv_next_to_float_ones_is_kept_with_a_note():
+    from torch.ao.nn.quantized import Conv2d as QuantizedConv2d
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), QuantizedConv2d(8, 8, 3))
+    out, report = njetify.convert(net)
+    assert isinstance(out[0], NJetConv2d) and isinstance(out[1], QuantizedConv2d)
+    assert any("1 quantized convolution(s) kept" in n and "1: QuantizedConv2d" in n for n in report.notes)

@@ -48,7 +48,7 @@ def _wrapped(model: nn.Module) -> tuple[str, nn.Module | None]:
 
 def quantized_convs(model: nn.Module) -> list[tuple[str, str]]:
     """``(path, class name)`` of every quantized convolution (``torch.ao.nn.quantized`` and friends)."""
-    return [(path, type(m).__name__) for path, m in model.named_modules()
+    return [(path, m._get_name()) for path, m in model.named_modules()
             if ".quantized" in type(m).__module__ and "Conv" in type(m).__name__]
 
 
