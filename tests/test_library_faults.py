@@ -368,3 +368,13 @@ def test_quantized_conv_next_to_float_ones_is_kept_with_a_note():
     out, report = njetify.convert(net)
     assert isinstance(out[0], NJetConv2d) and isinstance(out[1], QuantizedConv2d)
     assert any("1 quantized convolution(s) kept" in n and "1: QuantizedConv2d" in n for n in report.notes)
+
+
+def test_low_precision_inplace_conversion_that_fails_leaves_the_dtype(tmp_path):
+    net = small_cnn().to(torch.bfloat16)
+    with pytest.raises(ValueError, match="calibration_data"):
+        njetify.convert(net, calibration_data=[torch.randn(2, 5, 16, 16)], inplace=True)  # 5 channels: fails
+    assert all(p.dtype == torch.bfloat16 for p in net.parameters()) and isinstance(net[0], nn.Conv2d)
+    out, report = njetify.convert(net, calibration_data=[images()], inplace=True)
+    assert out is net and report.calibration["calibrated"] == 2
+    assert all(p.dtype == torch.bfloat16 for p in net.parameters())

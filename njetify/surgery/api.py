@@ -122,11 +122,9 @@ def convert(
     examples = _as_tuple(example_inputs)
     device, dtype = model_device_dtype(model)
     low = calibration_data is not None and dtype in LOW_PRECISION
-    work, source = None, model
-    if low:  # fits in float32 on a float32 copy; the result is cast back at the end
-        work = model if inplace else _copy(model, "convert it in place with inplace=True")
-        restore = _float_dtypes(work)
-        source = _copy(work.float(), "calibrate a float32 model (model.float())")
+    source = model
+    if low:  # fits in float32: a float32 original, the model converted in float32 and cast back at the end
+        source = _copy(model, "calibrate a float32 model (model.float())").float()
         notes.append(f"the model is {_name(dtype)}: calibrated in float32 (a float32 copy of the model and the "
                      f"batches), the result cast back to {_name(dtype)}")
     run_dtype = torch.float32 if low else dtype
@@ -149,8 +147,8 @@ def convert(
     for text in notes:
         report.note(text)
     computed = reparametrisations(model)  # weight_norm, spectral_norm, prune: noted when dropped
-    if work is None:
-        work = model if inplace else _copy(model, "convert it in place with inplace=True")
+    work = model if inplace else _copy(model, "convert it in place with inplace=True")
+    restore = _float_dtypes(work)
     refresh_effective(work)  # an old spectral_norm holds the raw weight until its first forward
     original = None
     if batches is not None:
@@ -159,6 +157,8 @@ def convert(
     rewriter = Rewriter(work)
     ctx = SurgeryContext(work, rec, report, rewriter, examples, batches, original)
     try:
+        if low:
+            work.float()
         run_pipeline(ctx, pipeline)
     except BaseException:
         rewriter.rollback()

@@ -76,6 +76,8 @@ def check_finite(model: nn.Module, recipe) -> None:
         with torch.no_grad():  # a parametrised weight: its originals (reading .weight may run a power iteration)
             weights = (list(m.parametrizations["weight"].parameters()) if parametrize.is_parametrized(m, "weight")
                        else [m.weight])
+            if any(nn.parameter.is_lazy(w) or w.is_meta for w in weights):
+                continue  # no values yet
             weight = torch.cat([w.detach().reshape(-1) for w in weights])
             tensors = [("weight", weight), ("bias", m.bias)]
             counts = [(name, int(t.isnan().sum()), int(t.isinf().sum())) for name, t in tensors if t is not None]
