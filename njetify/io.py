@@ -362,17 +362,12 @@ def load(
 
 def _rewarn(caught, model: nn.Module) -> None:
     """Warnings of ``load_state_dict`` again; the σ-too-small ones as one warning naming the layers' paths."""
-    from .layers.sizes import SmallSigmaWarning, min_useful_sigma, small_sigma_message
+    from .layers.sizes import MIN_USEFUL_SIGMA, SmallSigmaWarning, small_sigma_message
 
     for w in caught:
         if not issubclass(w.category, SmallSigmaWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    small, dtype = [], torch.float32
-    for p, m in sigma_layers(model).items():
-        log_sigma = m.scale_parameter()
-        sigma = float(m.sigma.detach().min())
-        if log_sigma.requires_grad and sigma < min_useful_sigma(log_sigma.dtype):
-            small.append((p, sigma))
-            dtype = log_sigma.dtype
+    small = [(p, float(m.sigma.detach().min())) for p, m in sigma_layers(model).items()
+             if m.scale_parameter().requires_grad and float(m.sigma.detach().min()) < MIN_USEFUL_SIGMA]
     if small:
-        warnings.warn(SmallSigmaWarning(small_sigma_message(small, dtype)), stacklevel=3)
+        warnings.warn(SmallSigmaWarning(small_sigma_message(small)), stacklevel=3)

@@ -263,25 +263,25 @@ def test_save_leaves_no_temporary_file_when_writing_fails(tmp_path, monkeypatch)
 
 
 # ------------------------------------------------------------------ 9. σ too small to learn
-def _sigma_gradient_ratio(sigma, order=3):
-    """|∂L/∂log σ| / ‖∂L/∂α‖ of a random layer on random data (float32)."""
+def _sigma_gradient_ratio(sigma, dtype=torch.float32):
+    """|∂L/∂log σ| / ‖∂L/∂α‖ of a random order-3 layer on random data."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        layer = NJetConv2d(3, 4, order=order, sigma=sigma)
+        layer = NJetConv2d(3, 4, order=3, sigma=sigma, dtype=dtype)
     torch.manual_seed(0)
-    layer(torch.randn(2, 3, 12, 12)).square().sum().backward()
+    layer(torch.randn(2, 3, 12, 12, dtype=dtype)).square().sum().backward()
     return float(layer.log_sigma.grad.abs().sum() / layer.alpha.grad.norm())
 
 
 def test_min_useful_sigma_is_where_the_gradient_vanishes():
-    from njetify.layers.sizes import min_useful_sigma
+    from njetify.layers.sizes import MIN_USEFUL_SIGMA as low
 
-    low = min_useful_sigma(torch.float32)
-    assert 0.15 < low < 0.2
+    assert low == pytest.approx(0.1771, abs=1e-4)
     assert _sigma_gradient_ratio(1e-4) == 0.0 and _sigma_gradient_ratio(0.06) == 0.0  # measured: exactly 0
-    assert _sigma_gradient_ratio(0.9 * low) < 1e-6  # below: σ's step is a millionth of α's or less
-    assert _sigma_gradient_ratio(1.2 * low) > 1e-5
-    assert min_useful_sigma(torch.float64) < low
+    for dtype in (torch.float32, torch.float64):  # the same in float64: not a rounding effect
+        assert _sigma_gradient_ratio(low, dtype) < 1e-5
+        assert _sigma_gradient_ratio(0.9 * low, dtype) < 1e-6
+        assert _sigma_gradient_ratio(1.13 * low, dtype) > 1e-4  # 0.2 px: σ learns
 
 
 def test_small_sigma_warns_once_when_built_and_when_loaded(tmp_path):

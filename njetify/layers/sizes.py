@@ -17,7 +17,7 @@ under ``torch.export``), so every σ layer keeps its half-widths as plain Python
 
 After editing σ by hand and before compiling or exporting, call :func:`refresh_sizes`.
 
-A learned σ below :func:`min_useful_sigma` cannot learn: its gradient vanishes (a
+A learned σ below :data:`MIN_USEFUL_SIGMA` cannot learn: its gradient vanishes (a
 :class:`SmallSigmaWarning`, once per layer, when such a σ is built, loaded or reached).
 """
 
@@ -48,25 +48,20 @@ class SmallSigmaWarning(UserWarning):
     """A learned σ so small that its gradient vanishes: it cannot grow back by training."""
 
 
-def min_useful_sigma(dtype: torch.dtype = torch.float32) -> float:
-    """The smallest σ (pixels) whose gradient does not vanish in ``dtype``: √(1 / (2·ln(1/eps))).
-
-    Below it a neighbouring pixel's Gaussian weight ``exp(−1/(2σ²))`` is under the dtype's
-    resolution ``eps``: the filter is numerically a delta and σ's gradient is at most a
-    millionth of α's (float32: 0.177 px; exactly 0 below 0.068 px, measured in
-    tests/test_library_faults.py). float64: 0.118 px, bfloat16: 0.321 px.
-    """
-    eps = torch.finfo(dtype).eps
-    return math.sqrt(1.0 / (2.0 * math.log(1.0 / eps)))
+#: The smallest σ (pixels) that can learn: √(1 / (2·ln 2²³)) = 0.177 px. Below it a neighbouring pixel's
+#: Gaussian weight exp(−1/(2σ²)) is under float32's resolution (2⁻²³) of the centre's, the filter is
+#: numerically a delta, and σ's gradient is under 10⁻⁵ of α's in any dtype, about 10× less per 0.01 px
+#: (float32 and float64 alike; exactly 0 in float32 below 0.068 px): measured by
+#: benchmarks/small_sigma_gradient.py and tests/test_library_faults.py.
+MIN_USEFUL_SIGMA = math.sqrt(1.0 / (2.0 * 23 * math.log(2.0)))
 
 
-def small_sigma_message(layers: list[tuple[str, float]], dtype: torch.dtype) -> str:
-    """The warning for ``layers`` ``[(name, σ), ...]`` whose learned σ is below :func:`min_useful_sigma`."""
-    low = min_useful_sigma(dtype)
+def small_sigma_message(layers: list[tuple[str, float]]) -> str:
+    """The warning for ``layers`` ``[(name, σ), ...]`` whose learned σ is below :data:`MIN_USEFUL_SIGMA`."""
     names = ", ".join(f"{name} (σ={sigma:.3g})" for name, sigma in layers[:5]) + (" ..." if len(layers) > 5 else "")
-    return (f"{names}: σ below {low:.3g} px, where its gradient vanishes in {str(dtype).removeprefix('torch.')} "
-            f"(a neighbouring pixel's weight exp(-1/(2σ²)) is below the dtype's resolution): training cannot move "
-            f"σ. Start from σ ≥ {low:.3g} px (e.g. the kernel rule (k-1)/4) or freeze σ (learn_sigma=False)")
+    return (f"{names}: σ below {MIN_USEFUL_SIGMA:.3g} px, where σ's gradient vanishes (under 1e-5 of α's; a "
+            f"neighbouring pixel's weight exp(-1/(2σ²)) is below float32 resolution): training cannot move σ. Start "
+            f"from σ ≥ {MIN_USEFUL_SIGMA:.3g} px (e.g. the kernel rule (k-1)/4) or freeze σ (learn_sigma=False)")
 
 
 class FilterSizes:
@@ -139,14 +134,14 @@ class FilterSizes:
         return changed
 
     def _check_small(self, log_sigma: torch.Tensor, logs: list[float]) -> None:
-        """Warn once when a learned σ is below :func:`min_useful_sigma` (its gradient vanishes)."""
+        """Warn once when a learned σ is below :data:`MIN_USEFUL_SIGMA` (its gradient vanishes)."""
         if self._warned_small or not log_sigma.requires_grad or not logs:
             return
         smallest = min(logs)
-        if smallest < math.log(min_useful_sigma(log_sigma.dtype)):  # False for NaN
+        if smallest < math.log(MIN_USEFUL_SIGMA):  # False for NaN
             self._warned_small = True
             sigma = math.exp(max(smallest, -700.0))
-            warnings.warn(SmallSigmaWarning(small_sigma_message([(self.what, sigma)], log_sigma.dtype)), stacklevel=4)
+            warnings.warn(SmallSigmaWarning(small_sigma_message([(self.what, sigma)])), stacklevel=4)
 
     def invalidate(self) -> None:
         """Forget the last read (after σ was replaced, moved or loaded)."""
