@@ -119,6 +119,7 @@ def save(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"save: model must be an nn.Module, got {type(model).__name__}")
+    model = _unwrapped(model)  # torch.compile / DataParallel / DDP: the file holds the inner model
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"save: {path!r} is a folder; give a file path, e.g. "
@@ -265,7 +266,7 @@ def _rebuild(meta: dict, path: str, model: nn.Module | None) -> nn.Module:
     elif not isinstance(model, nn.Module):
         raise TypeError(f"load: model must be an nn.Module (the unconverted architecture) or None, got {type(model).__name__}")
     else:
-        model = _copy_of(model)  # the caller's model is never modified
+        model = _copy_of(_unwrapped(model))  # the caller's model is never modified
     if meta.get("recipe") is None or _has_njet_layers(model):
         return model  # saved unconverted, or the caller passed an already converted model
     from .recipes import RecipeError, load_recipe
@@ -292,6 +293,12 @@ def _rebuild(meta: dict, path: str, model: nn.Module | None) -> nn.Module:
         ) from None
     setattr(converted, REPORT_ATTR, report)
     return converted
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    from .surgery.entry import unwrap
+
+    return unwrap(model)[0]
 
 
 def _copy_of(model: nn.Module) -> nn.Module:

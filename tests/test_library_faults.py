@@ -378,3 +378,12 @@ def test_low_precision_inplace_conversion_that_fails_leaves_the_dtype(tmp_path):
     out, report = njetify.convert(net, calibration_data=[images()], inplace=True)
     assert out is net and report.calibration["calibrated"] == 2
     assert all(p.dtype == torch.bfloat16 for p in net.parameters())
+
+
+def test_save_and_load_unwrap_compiled_models(tmp_path):
+    net = small_cnn()
+    converted, report = njetify.convert(net)
+    path = njetify.save(torch.compile(converted), tmp_path / "m.safetensors", report=report)
+    loaded = njetify.load(path, model=torch.compile(net))
+    x = images()
+    torch.testing.assert_close(loaded.eval()(x), converted.eval()(x))
