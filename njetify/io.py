@@ -3,7 +3,9 @@
 ``save(model, path)`` writes every tensor of ``model.state_dict()`` and, as safetensors
 metadata, one JSON document: how the unconverted model was built (``create_model``
 name and arguments), the resolved recipe, the example input shapes, the njetify /
-torch versions, a SHA-256 of the tensors, and a fingerprint of the module tree.
+torch versions, a SHA-256 of the tensors, a fingerprint of the module tree, and the path
+choices its σ layers measured (:mod:`njetify.layers.path_plan`; ``load`` adopts those made on
+this kind of machine, so they are not timed again).
 ``load(path)`` rebuilds the model with :func:`njetify.create_model` and
 :func:`njetify.surgery.convert` (same recipe, same example input shapes), loads the
 tensors strictly and checks the fingerprint — so learned σ, and with it every filter
