@@ -152,3 +152,39 @@ def test_hrnet_fusion_sites_all_safe_and_follow_sigma():
         assert net(x).shape == model(x).shape
     _grow(net)
     assert _train_step(net, x).shape == model(x).shape
+
+
+class DerivedSizeMerge(nn.Module):
+    """PAN-like pyramid: a branch pooled twice is resized to ``(h // 4, w // 4)`` of the block's input
+    (a size computed from a shape, not a scale factor) and added to the branch pooled once more."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.down1 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1))
+        self.down2 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1))
+        self.down3 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1))
+
+    def forward(self, x):
+        x = self.stem(x)
+        h, w = x.shape[-2:]
+        x2 = self.down2(self.down1(x))
+        x3 = F.interpolate(self.down3(x2), size=(h // 4, w // 4), mode="bilinear", align_corners=True)
+        return F.interpolate(x2 + x3, size=(h, w), mode="bilinear", align_corners=True)
+
+
+def test_resize_to_a_size_computed_from_a_shape_follows_its_partner():
+    torch.manual_seed(0)
+    model = DerivedSizeMerge().eval()
+    x = torch.randn(2, 3, 32, 32)
+    net, report = _convert(model, "safe", x)
+    sub, ups = report.select("subsample"), report.select("upsample")
+    assert len(sub) == 3 and all(r.action == "subsampled" for r in sub), [(r.path, r.reason) for r in sub]
+    (up,) = ups
+    assert up.action == "follows" and "size computed from a shape" in up.op, (up.op, up.reason)
+    _grow(net, 1.6)
+    with torch.no_grad():
+        net.eval()
+        assert net(x).shape == model(x).shape
+        assert net.down2(net.down1(net.stem(x))).shape[-1] < 8  # the pyramid follows σ
+    assert _train_step(net, x).shape == model(x).shape

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -185,7 +186,13 @@ def test_timm_inception_v3_converts_per_axis():
     torch.manual_seed(0)
     model = timm.create_model("inception_v3", pretrained=False, num_classes=10).eval()
     x = torch.randn(1, 3, 75, 75)
-    net, report = njetify.convert(model, subsample="keep", max_fit_error=None, example_inputs=x)
+    recipe = load_recipe({"max_fit_error": None, "subsample": {"mode": "keep"}})  # random kernels: no gate
+    t0 = time.perf_counter()
+    net, report = njetify.convert(model, recipe=recipe, example_inputs=x)
+    print(f"inception_v3 at 75 px: converted in {time.perf_counter() - t0:.1f} s; per-axis rows:")
+    for r in report.select("conv"):
+        if r.extra.get("per_axis"):
+            print(f"  {r.path} {r.op} fit error {r.fit_error:.3f}")
     rows = [r for r in report.select("conv") if r.extra.get("per_axis")]
     shapes = {net.get_submodule(r.path).kernel_size for r in rows}
     assert {(1, 7), (7, 1), (1, 3), (3, 1)} <= shapes

@@ -6,7 +6,8 @@ upsamplings and the forward (scope) each is rewritten in. Here every scope is tr
 :class:`~njetify.layers.SafeUpsample` that takes its partner as a second input, and the scope
 module gets the edited forward (its class, methods and module paths kept):
 
-* ``F.interpolate(x, scale_factor=…)`` → a new child ``njet_upsample_<i>`` of the module that made the call;
+* ``F.interpolate(x, scale_factor=…)`` (or ``size=`` computed from a map's shape by arithmetic,
+  ``(h // 4, w // 4)``) → a new child ``njet_upsample_<i>`` of the module that made the call;
 * an ``nn.Upsample`` → a SafeUpsample at the same path (without a partner it upsamples as before);
 * a strided transposed conv → followed by a SafeUpsample that matches the partner's size
   (bilinear; the identity while the sizes agree, so exact at σ₀).
@@ -89,7 +90,8 @@ def _edit(ctx, region, scope: str, module: nn.Module, graph: fx.Graph, u: fx.Nod
     if kind == "function":
         settings = interp_settings(u)
         new_mod, first = SafeUpsample(**settings, source="interpolate"), u.args[0] if u.args else u.kwargs["input"]
-        what = f"interpolate ×{_fmt(settings['scale_factor'])} {settings['mode']}"
+        factor = settings["scale_factor"]
+        what = f"interpolate {'to a size computed from a shape' if factor is None else '×' + _fmt(factor)} {settings['mode']}"
     else:
         new_mod, first = SafeUpsample(None, "bilinear", False, source=type(module.get_submodule(u.target)).__name__), u
         what = f"{type(module.get_submodule(u.target)).__name__} s{_fmt(module.get_submodule(u.target).stride)}"
