@@ -77,6 +77,11 @@ def conv_pass(ctx: SurgeryContext) -> None:
         row.params_after = own_params(new)
         if new.size_capped:
             row.reason = f"filter capped at max_size={settings.max_size}"
+    per_axis = [r.path for r in ctx.report.select("conv", "converted") if r.extra.get("per_axis")]
+    if per_axis:
+        names = ", ".join(per_axis[:5]) + (" ..." if len(per_axis) > 5 else "")
+        ctx.report.note(f"{len(per_axis)} conv(s) converted with one σ per axis (NJetAxesConv2d; recipe "
+                        f"sigma_per_axis): {names}")
 
 
 def _njet(m: nn.Module, kind: str, order: int, sigma: float | None, settings) -> nn.Module:
