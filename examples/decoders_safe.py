@@ -5,7 +5,7 @@ pretrained weights) and an HRNet-style fusion written as a user module (:class:`
 are converted with ``subsample="safe"``; the script counts, per model, the subsampling sites
 made safe and kept and the upsamplings that follow their partner or keep their factor, with
 the reasons of what is kept, then grows every σ by 30 % and checks that the output keeps the
-original's shape and that forward and backward run.
+original's shape and that forward and backward run (a gradient on the σ of every layer the forward runs).
 
     uv run python examples/decoders_safe.py                 # prints the table
     uv run python examples/decoders_safe.py --write-docs    # and rewrites its block in docs/resolution.md
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import njetify
-from njetify.layers import sigma_parameters
+from njetify.layers import sigma_layers, sigma_parameters
 from njetify.layers.sizes import refresh_sizes
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "resolution.md"
@@ -123,13 +123,20 @@ def survey(name: str) -> dict:
         at_sigma0 = tuple(net(x).shape)
     grow_sigma(net)
     net.train()
+    ran: set[int] = set()  # σ layers the forward calls (smp's PSPNet builds layers its forward never uses)
+    hooks = [m.register_forward_hook(lambda mod, i, o: ran.add(id(mod))) for m in sigma_layers(net).values()]
     out = net(x)
+    for h in hooks:
+        h.remove()
     out.float().square().mean().backward()
-    grads = all(p.grad is not None and torch.isfinite(p.grad).all() for p in sigma_parameters(net))
+    used = {id(m.scale_parameter()) for m in sigma_layers(net).values() if id(m) in ran}
+    grads = all(p.grad is not None and torch.isfinite(p.grad).all() for p in sigma_parameters(net) if id(p) in used)
+    unused = sum(id(m) not in ran for m in sigma_layers(net).values())
     return {"model": name, "side": side, "safe": sum(r.action == "subsampled" for r in sub),
             "kept": sum(r.action == "kept" for r in sub), "follows": sum(r.action == "follows" for r in up),
             "up_kept": sum(r.action == "kept" for r in up), "reasons": reasons,
-            "shape_ok": at_sigma0 == want and tuple(out.shape) == want, "grads": grads, "seconds": seconds}
+            "shape_ok": at_sigma0 == want and tuple(out.shape) == want, "grads": grads, "unused": unused,
+            "seconds": seconds}
 
 
 def _short(reason: str | None) -> str:
@@ -149,6 +156,8 @@ def table(rows: list[dict]) -> str:
             continue
         ok = "ok" if r["shape_ok"] and r["grads"] else "FAILED"
         why = "; ".join(r["reasons"]) or "—"
+        if r["unused"]:
+            why += f" ({r['unused']} converted layers are never run by the model's forward)"
         lines.append(f"| {r['model']} ({r['side']}×{r['side']}) | {r['safe']} | {r['kept']} | {r['follows']} | "
                      f"{r['up_kept']} | {ok} | {why} |")
     return "\n".join(lines)
