@@ -28,7 +28,7 @@ from .util import count_params, model_device_dtype
 TIE_MAX_SIZE = 127
 
 
-def resolve_recipe(recipe=None, *, order=None, subsample=None, r=None) -> Recipe:
+def resolve_recipe(recipe=None, *, order=None, subsample=None, r=None, budget=None) -> Recipe:
     """The recipe to use: ``recipe`` (None: built-in ``default``; a Recipe; a built-in name or YAML
     path) with the keyword overrides applied; always a new, checked object (see
     :func:`njetify.recipes.resolve_recipe`). Raises TypeError/ValueError naming the argument."""
@@ -41,9 +41,11 @@ def resolve_recipe(recipe=None, *, order=None, subsample=None, r=None) -> Recipe
         raise ValueError(f"subsample must be one of {SUBSAMPLE_MODES}, got {subsample!r}")
     if r is not None:
         check_r(r)
+    if budget is not None:
+        check_positive("budget", budget)
     from ..recipes import resolve_recipe as _resolve
 
-    rec = _resolve(recipe, order=order, subsample=subsample, r=r)
+    rec = _resolve(recipe, order=order, subsample=subsample, r=r, budget=budget)
     if rec.subsample.where == "every_layer" and rec.subsample.r == "auto":
         raise ValueError("r: subsample.where='every_layer' needs a numeric r (e.g. 4, as in the paper), got 'auto'")
     return rec
@@ -74,6 +76,7 @@ def convert(
     recipe: Recipe | str | None = None,
     subsample: str | None = None,
     r: float | str | None = None,
+    budget: float | None = None,
     calibration_data=None,
     example_inputs=None,
     inplace: bool = False,
@@ -89,6 +92,9 @@ def convert(
         subsample: ``"safe"`` (strided convs/pools → stride 1 + SafeSubsample, default) or
             ``"keep"`` (strides and pooling stay).
         r: ``"auto"`` (factor at σ₀ = original stride, default) or a positive number (paper: 4).
+        budget: the most the converted model may cost, × the original's MACs at the example input's
+            size (e.g. 1.5; needs ``example_inputs`` or tensor calibration batches); filter sizes are
+            capped per layer so that it holds while σ learns (:mod:`njetify.budget`).
         calibration_data: iterable of input batches (tensors, or ``(x, y, ...)`` tuples); when
             given, every converted layer is refitted to reproduce the original conv's outputs,
             layer by layer (output matching, DESIGN §3; docs/calibration.md).
@@ -104,7 +110,7 @@ def convert(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(inplace, bool):
         raise TypeError(f"inplace must be a bool, got {inplace!r}")
-    rec = resolve_recipe(recipe, order=order, subsample=subsample, r=r)
+    rec = resolve_recipe(recipe, order=order, subsample=subsample, r=r, budget=budget)
     validate_rules_against(rec, model)  # a rule glob that matches no module is a recipe error
     pipeline = check_pipeline(DEFAULT_PASSES if passes is None else passes)
     examples = _as_tuple(example_inputs)
@@ -154,13 +160,15 @@ def njetify(
     recipe: Recipe | str | None = None,
     subsample: str | None = None,
     r: float | str | None = None,
+    budget: float | None = None,
     calibration_data=None,
     example_inputs=None,
     inplace: bool = False,
     passes=None,
 ) -> nn.Module:
     """Convert ``model`` (same arguments as :func:`convert`) and return only the converted model."""
-    return convert(model, order=order, recipe=recipe, subsample=subsample, r=r, calibration_data=calibration_data,
+    return convert(model, order=order, recipe=recipe, subsample=subsample, r=r, budget=budget,
+                   calibration_data=calibration_data,
                    example_inputs=example_inputs, inplace=inplace, passes=passes)[0]
 
 
