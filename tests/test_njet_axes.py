@@ -199,3 +199,18 @@ def test_timm_inception_v3_converts_per_axis():
     assert all(r.action == "converted" for r in rows)
     with torch.no_grad():
         assert net(x).shape == model(x).shape
+
+
+def test_sigma_search_keeps_the_axes_ratio():
+    """σ₀ by fit moves the mean σ of a 3×5 kernel's axes; the recorded σ₀ rebuilds the same layer."""
+    from njetify.calibration.units import AxesUnit
+
+    conv = nn.Conv2d(2, 3, (3, 5), padding=(1, 2))
+    layer = NJetAxesConv2d.from_conv(conv)
+    unit = AxesUnit(["c"], layer, [conv])
+    assert unit.sigmas() == pytest.approx([0.75])
+    unit.set_sigma(1.5)
+    assert layer.sigma_axes == pytest.approx((1.0, 2.0))
+    again = NJetAxesConv2d.from_conv(conv, sigma=1.5)
+    assert again.sigma_axes == pytest.approx((1.0, 2.0))
+    assert unit.weight_space_fit() == pytest.approx(again.fit_error, rel=1e-5)

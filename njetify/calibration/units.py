@@ -184,7 +184,13 @@ class AxesUnit(Unit):
         return True  # one basis serves every output whatever the two σ are
 
     def sigmas(self) -> list[float]:
+        """The mean σ of the axes with extent (what ``set_sigma`` and ``from_conv(sigma=…)`` set)."""
         return [float(self.module.sigma.detach().double().mean())]
+
+    def set_sigma(self, sigma: float) -> None:
+        """Scale every axis's σ so that their mean is ``sigma`` (their ratio kept)."""
+        with torch.no_grad():
+            self.module.log_sigma.add_(float(torch.tensor(sigma / self.sigmas()[0], dtype=torch.float64).log()))
 
     def bases(self) -> list[tuple[torch.Tensor, Geometry, int]]:
         m = self.module

@@ -221,17 +221,18 @@ class NJetAxesConv2d(HostSizes, SigmaModule):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, order: int = 3, sigma: float | None = None, extent: float = 2.0,
                   per_axis="auto", **kwargs) -> "NJetAxesConv2d":
-        """The per-axis N-Jet form of ``conv``: σ₀ per axis ``(k−1)/(2·extent)`` (``sigma``: that value on
-        every axis with extent), α its weight-space fit (``.fit_error``), its bias. Raises ValueError
+        """The per-axis N-Jet form of ``conv``: σ₀ per axis ``(k−1)/(2·extent)`` (``sigma``: the mean σ of
+        the axes with extent, their ratio kept), α its weight-space fit (``.fit_error``), its bias. Raises ValueError
         when :func:`axes_kind` says it cannot (``per_axis=True`` to convert a square kernel)."""
         kind = axes_kind(conv, True if per_axis is True else "auto")
         if kind != "ok":
             raise ValueError(f"NJetAxesConv2d.from_conv: cannot convert {conv!r}: {kind or 'a square kernel'}")
         ks = conv.kernel_size
         sig = [(k - 1) / (2.0 * extent) for k in ks]
-        if sigma is not None:
+        if sigma is not None:  # the mean σ of the axes with extent (their ratio kept: a 3×5 kernel stays wider in x)
             check_positive("sigma", sigma)
-            sig = [float(sigma) if s > 0 else 0.0 for s in sig]
+            active = [s for s in sig if s > 0]
+            sig = [s * float(sigma) * len(active) / sum(active) for s in sig]
         if conv.padding == "same":
             trim = (0, 0)
         elif conv.padding == "valid":
