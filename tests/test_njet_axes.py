@@ -214,3 +214,41 @@ def test_sigma_search_keeps_the_axes_ratio():
     again = NJetAxesConv2d.from_conv(conv, sigma=1.5)
     assert again.sigma_axes == pytest.approx((1.0, 2.0))
     assert unit.weight_space_fit() == pytest.approx(again.fit_error, rel=1e-5)
+
+
+def test_rescale_grows_only_the_axes_with_extent():
+    torch.manual_seed(0)
+    x = _images(2)
+    net, _ = njetify.convert(InceptionLike().eval(), example_inputs=x)
+    big, _ = njetify.rescale(net, 2)
+    assert big.b1x7.sigma_axes == pytest.approx((0.0, 3.0)) and big.b1x7.kernel_size == (1, 13)
+    assert big.b7x1.kernel_size == (13, 1)
+    with torch.no_grad():
+        assert big.eval()(F.interpolate(x, scale_factor=2)).shape[-2:] == net.eval()(x).shape[-2:]
+
+
+class StridedFactorised(nn.Module):
+    """A strided 3×1 conv then a 1×3 one: ``(N, 3, H, W)`` → ``(N, 4, ⌈H/2⌉, ⌈W/2⌉)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, (3, 1), stride=2, padding=(1, 0))
+        self.b = nn.Conv2d(4, 4, (1, 3), padding=(0, 1))
+
+    def forward(self, x):
+        return self.b(F.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("mode", ["safe", "keep"])
+def test_strided_non_square_conv_keeps_its_stride(mode):
+    torch.manual_seed(0)
+    model = StridedFactorised().eval()
+    x = torch.randn(2, 3, 15, 16)
+    net, report = njetify.convert(model, subsample=mode, recipe=load_recipe({"max_fit_error": None}),
+                                  example_inputs=x)
+    assert isinstance(net.a, NJetAxesConv2d) and net.a.stride == 2
+    if mode == "safe":
+        (row,) = report.select("subsample")
+        assert row.action == "kept" and row.reason
+    with torch.no_grad():
+        assert net(x).shape == model(x).shape == (2, 4, 8, 8)
