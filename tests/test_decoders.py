@@ -188,3 +188,15 @@ def test_resize_to_a_size_computed_from_a_shape_follows_its_partner():
         assert net(x).shape == model(x).shape
         assert net.down2(net.down1(net.stem(x))).shape[-1] < 8  # the pyramid follows σ
     assert _train_step(net, x).shape == model(x).shape
+
+
+def test_decoders_script_rows_and_table(capsys):
+    mod = _load_example("decoders_safe")
+    threads = torch.get_num_threads()
+    try:
+        (row,) = mod.main(["--models", "HRNetFusion"])
+    finally:
+        torch.set_num_threads(threads)
+    assert (row["safe"], row["kept"], row["follows"], row["up_kept"]) == (6, 0, 5, 0)
+    assert row["shape_ok"] and row["grads"]
+    assert "| HRNetFusion (64×64) | 6 | 0 | 5 | 0 | ok | — |" in mod.table([row])
