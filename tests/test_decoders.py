@@ -73,6 +73,9 @@ def test_smp_decoder_encoder_strides_follow_sigma(arch, mode):
         assert len(sub) >= 6 and all(r.action == "subsampled" for r in sub), [(r.path, r.reason) for r in sub]
         ups = report.select("upsample")
         assert ups and all(r.action == "follows" for r in ups), [(r.path, r.reason) for r in ups]
+        kept, _ = _convert(model, "keep", x)  # the same layers with their strides and fixed upsamplings
+        with torch.no_grad():  # at σ₀ safe-subsampling and safe-upsampling give the very same pixels
+            torch.testing.assert_close(net(x), kept(x), atol=0, rtol=0)
     else:
         assert all(r.action != "subsampled" for r in sub)
     _grow(net)
