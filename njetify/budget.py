@@ -36,6 +36,7 @@ from torch import nn
 
 from .inputs import call_model
 from .layers import SafeSubsample, sigma_layers
+from .layers.safe_subsample import full_resolution
 from .modes import evaluating
 from .summary.trace import MacCounter
 
@@ -190,7 +191,7 @@ def count_per_sample(model: nn.Module, example) -> tuple[float, dict[str, float]
         handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
     batch = _batch_size(example)
     try:
-        with torch.no_grad(), evaluating(model), _dense_paths(model), counter:
+        with torch.no_grad(), evaluating(model), _dense_paths(model), full_resolution(), counter:
             call_model(model, example)
     finally:
         for h in handles:
