@@ -234,7 +234,7 @@ class NJetConv2d(HostSizes, SigmaModule):
             x = x.unsqueeze(0)
         k = self._picked_stride(x)
         if k is not None:  # the subsampling picks every k-th pixel: the same output at stride k
-            out = self.convolve(x, stride=k)
+            out = self.subsample.already_picked(self.convolve(x, stride=k))
         else:
             out = self.convolve(x)
             if self.subsample is not None:

@@ -120,7 +120,21 @@ class SafeSubsample(_Resize):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leaf = as_traced_leaf(self, x)
-        return leaf if leaf is not None else _resize_eagerly(self, x)
+        if leaf is not None:
+            return leaf
+        if getattr(self, "_picked", False):  # the conv before ran at the stride this subsampling picks
+            self._picked = False             # (strided_pick): x is already the output; hooks still see it
+            return x
+        return _resize_eagerly(self, x)
+
+    def already_picked(self, x: torch.Tensor) -> torch.Tensor:
+        """Run this module on ``x``, the output of a conv that ran at the stride :func:`strided_pick`
+        found (so forward hooks see the subsampled map), without subsampling it again."""
+        self._picked = True
+        try:
+            return self(x)
+        finally:
+            self._picked = False
 
     @property
     def factor(self) -> float:
@@ -232,14 +246,13 @@ def full_resolution():
 
 
 def strided_pick(module: nn.Module, height: int, width: int) -> int | None:
-    """``k`` when ``module`` (a nearest safe or fixed subsampling, no align) picks exactly the pixels
+    """``k`` when ``module`` (a nearest safe-subsampling, no align) picks exactly the pixels
     ``0, k, 2k, …`` of an ``height × width`` map on both axes — then "conv at stride 1, subsample" is
     "conv at stride k" with the same output, at 1/k² of the work; else None.
 
     True at σ₀ (factor 1/stride) and while σ stays close to it: the picks ``⌊j/f⌋`` drift from
     ``j·k`` by less than a pixel over the map. Host-side; never while compiling or scripting."""
-    if not _PICKS["on"] or not isinstance(module, (SafeSubsample, FixedSubsample)) or module.interpolation != "nearest" \
-            or module.align:
+    if not _PICKS["on"] or not isinstance(module, SafeSubsample) or module.interpolation != "nearest" or module.align:
         return None
     f = float(module.factor)
     k = int(round(1.0 / f))

@@ -50,7 +50,8 @@ class SubsampledConv2d(nn.Conv2d):
                 and x.dim() == 4 and not isinstance(self.padding, str):
             k = strided_pick(self.subsample, *_full_size(self, x))
             if k is not None:  # the subsampling keeps every k-th pixel: the same output at stride k
-                return F.conv2d(x, self.weight, self.bias, k, self.padding, self.dilation, self.groups)
+                return self.subsample.already_picked(F.conv2d(x, self.weight, self.bias, k, self.padding,
+                                                              self.dilation, self.groups))
         return self.subsample(self._conv_forward(x, self.weight, self.bias))
 
 
