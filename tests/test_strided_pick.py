@@ -77,3 +77,27 @@ def test_hooks_on_the_subsampling_still_see_its_output():
     conv.subsample.register_forward_hook(lambda m, a, out: seen.append(tuple(out.shape[-2:])))
     conv(torch.randn(1, 3, 16, 16))
     assert seen == [(8, 8)]
+
+
+@pytest.mark.parametrize("kernel,padding", [(1, 0), (3, 1), (2, 0)])
+def test_safe_max_pool_runs_strided(kernel, padding):
+    import njetify
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.pool = nn.MaxPool2d(kernel, 2, padding)
+
+        def forward(self, x):
+            return self.pool(self.conv(x))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(2, 3, 12, 12)
+    converted, _ = njetify.convert(net, subsample="safe", example_inputs=x)
+    with full_resolution():
+        slow = converted(x)
+    fast = converted(x)
+    assert fast.shape == net(x).shape
+    torch.testing.assert_close(fast, slow)

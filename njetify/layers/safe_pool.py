@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._fx import as_traced_leaf
-from .safe_subsample import SafeSubsample
+from .safe_subsample import SafeSubsample, strided_pick
 
 __all__ = ["PoolSpec", "SafePool2d", "StridelessPool2d"]
 
@@ -127,7 +127,25 @@ class SafePool2d(StridelessPool2d):
             leaf = as_traced_leaf(self, x)
             if leaf is not None:
                 return leaf
+            picked = self._picked_pool(x)
+            if picked is not None:
+                return picked
         return self.subsample(self.pool(x))
+
+    def _picked_pool(self, x: torch.Tensor) -> torch.Tensor | None:
+        """A max pool whose subsampling keeps exactly every k-th pixel (:func:`strided_pick`) runs at
+        stride k: the same output, without the stride-1 map (eager only; None otherwise)."""
+        if not self._max or torch.compiler.is_compiling() or x.dim() != 4:
+            return None
+        k, p, d = self._kernel, self._padding, self._dilation
+        dk = d * (k - 1) + 1
+        h, w = x.shape[-2] + 2 * p - dk + 1, x.shape[-1] + 2 * p - dk + 1
+        if self._extra or h < 1 or w < 1:
+            return None
+        stride = strided_pick(self.subsample, h, w)
+        if stride is None:
+            return None
+        return self.subsample.already_picked(F.max_pool2d(x, k, stride, p, d))
 
     def extra_repr(self) -> str:
         return f"{self.spec.describe()}, safe-subsampled"
