@@ -102,6 +102,7 @@ class Recipe:
     sigma_per: str = "layer"  # "layer" | "channel"
     max_size: int | None = 63  # filter size cap in pixels (None: no cap)
     max_fit_error: float | None = 0.5  # fidelity gate: a layer fitted worse than this stays the original conv (None: off)
+    search_max_dim: int | None = 4096  # sigma_init fit: layers with more coefficients keep σ₀ (None: search every layer)
     convs: bool = True  # convert the k×k convolutions (False: only what aspp/subsample ask for)
     subsample: SubsampleConfig = field(default_factory=SubsampleConfig)
     aspp: AsppConfig = field(default_factory=AsppConfig)

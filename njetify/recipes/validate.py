@@ -95,6 +95,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "sigma_per": _choice(*SIGMA_PER),
     "max_size": _at_least(1),
     "max_fit_error": _max_fit_error,
+    "search_max_dim": _at_least(1),
     "subsample.mode": _choice(*SUBSAMPLE_MODES),
     "subsample.r": _r,
     "subsample.where": _choice(*SUBSAMPLE_WHERE),
