@@ -66,8 +66,10 @@ def bake(
     if onnx is not None:
         onnx = writable_file(onnx, "--onnx", force)
     shape = input_size(size) or default_input_size(model)
+    from ..bake import FactorisedNote
+
     with warnings.catch_warnings():  # a factorised layer is a choice, not a problem: said as a note below
-        warnings.filterwarnings("ignore", message=r".*baked as FactorisedConv2d")
+        warnings.filterwarnings("ignore", category=FactorisedNote)
         baked = bake_model(model)
     _note_factorised(baked)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
@@ -101,7 +103,7 @@ def _note_factorised(baked) -> None:
 
     kept = factorised_layers(baked)
     if kept:
-        names = ", ".join(f"{p} ({m.size}x{m.size})" for p, m in kept[:5]) + (", …" if len(kept) > 5 else "")
+        names = ", ".join(f"{p} ({m.size}x{m.size})" for p, m in kept)  # all of them: a note, read once
         stderr_console().print(f"note: {len(kept)} layer(s) baked as 1-D convs + a 1x1 conv (FactorisedConv2d, same "
                                f"outputs), cheaper than a dense filter (over {FACTORISED_RATIO:g}x the "
                                f"multiply-adds): {names}", markup=False)

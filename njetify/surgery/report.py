@@ -181,6 +181,13 @@ class ConversionReport:
             cells = [[r.path, r.op, action(r), _fmt(r.order), _fmt(r.sigma0, ".3g"), _fmt(r.size),
                       _fmt(r.fit_error if r.error_after is None else r.error_after, ".2f"), _params(r)] for r in rows]
             return PathTable(cols, cells, title="convolutions")
+        if kind == "aspp":
+            cols = [Column("module"), Column("action"), Column("merge"), Column("rates→σ₀"),
+                    Column("params", "right"), Column("err", "right", optional=True), Column("s", optional=True)]
+            cells = [[r.path, action(r), str(r.extra.get("merge") or ""), _rates(r), _params(r),
+                      _fmt(r.fit_error if r.error_after is None else r.error_after, ".2f"),
+                      _slashed(r.extra.get("sizes"))] for r in rows]
+            return PathTable(cols, cells, title="ASPP heads (err: joint fit of the shared α over every branch)")
         cols = [Column("module"), Column("kind"), Column("action"), Column("σ₀", "right"),
                 Column("op", optional=True)]
         cells = [[r.path or "(model)", r.kind, action(r), _fmt(r.sigma0, ".3g"), r.op] for r in rows]
@@ -205,7 +212,9 @@ class ConversionReport:
         kinds = list(dict.fromkeys(r.kind for r in self.rows))
         for kind in [k for k in ("conv", "subsample") if k in kinds]:
             parts += [self.table(kind), Text("")]
-        others = [k for k in kinds if k not in ("conv", "subsample")]
+        if "aspp" in kinds:
+            parts += [self.table("aspp"), Text("")]
+        others = [k for k in kinds if k not in ("conv", "subsample", "aspp")]
         if others:
             from copy import copy
 
@@ -254,11 +263,26 @@ def _fmt(v, spec: str = "") -> str:
 
 
 def _params(r: ReportRow) -> str:
+    if r.kind == "conv" and r.action == "converted" and r.extra.get("head") and not r.params_after:
+        return f"{_short(r.params_before)}→shared"  # a tied branch: its head holds the shared α (ASPP table)
     if not r.params_before and not r.params_after:
         return ""
     if r.params_before == r.params_after:
         return _short(r.params_before)
     return f"{_short(r.params_before)}→{_short(r.params_after)}"
+
+
+def _slashed(values) -> str:
+    """``[6.0, 12.0, 18.0]`` → ``"6/12/18"`` (empty for None)."""
+    return "/".join(format(v, ".3g") for v in values) if values else ""
+
+
+def _rates(r: ReportRow) -> str:
+    """An ASPP head's dilation rates and the σ₀ each branch got: ``"12/24/36→6/12/18"``."""
+    rates, sigma0 = r.extra.get("rates"), r.extra.get("sigma0")
+    if not rates:
+        return ""
+    return f"{_slashed(rates)}→{_slashed(sigma0)}" if sigma0 else _slashed(rates)
 
 
 def _short(n: int) -> str:

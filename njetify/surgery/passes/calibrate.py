@@ -172,4 +172,6 @@ def _literal(path: str) -> str:
 
 
 def _some(paths: list[str]) -> str:
-    return ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+    """The first five paths, and how many more there are and where they are listed."""
+    more = f" and {len(paths) - 5} more (each has its own row in the convolutions table)" if len(paths) > 5 else ""
+    return ", ".join(paths[:5]) + more
