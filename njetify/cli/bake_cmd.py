@@ -103,7 +103,7 @@ def _note_factorised(baked) -> None:
 
     kept = factorised_layers(baked)
     if kept:
-        names = ", ".join(f"{p} ({m.size}x{m.size})" for p, m in kept)  # all of them: a note, read once
+        names = ", ".join(f"{p} ({m.size}x{m.size})" for p, m in kept[:5]) + (", …" if len(kept) > 5 else "")
         stderr_console().print(f"note: {len(kept)} layer(s) baked as 1-D convs + a 1x1 conv (FactorisedConv2d, same "
                                f"outputs), cheaper than a dense filter (over {FACTORISED_RATIO:g}x the "
                                f"multiply-adds): {names}", markup=False)
