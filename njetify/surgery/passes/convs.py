@@ -1,5 +1,6 @@
 """The conv pass: every square k×k 2-D convolution (k > 1) becomes an NJetConv2d, every square
-``nn.ConvTranspose2d`` an NJetConvTranspose2d."""
+``nn.ConvTranspose2d`` an NJetConvTranspose2d, every odd non-square one (1×k, k×1; square ones too
+with the recipe's ``sigma_per_axis: true``) an NJetAxesConv2d with one σ per axis."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from torch import nn
 
 from ...layers import NJetConv2d, NJetConvTranspose2d
 from ...layers._checks import conv_kind
+from ...layers.njet_axes import NJetAxesConv2d, axes_kind
 from ..context import ConvertedLayer, SurgeryContext
 from ..report import ReportRow
 from ..robust import attempt
@@ -39,7 +41,9 @@ def conv_pass(ctx: SurgeryContext) -> None:
             continue
         row = ctx.report.add(_row(m, path))
         settings = ctx.recipe.settings_for(path)
-        if kind not in ("ok", "transposed"):
+        axes = axes_kind(m, settings.sigma_per_axis)  # one σ per axis: "ok", a reason, or None (not its job)
+        kind = "axes" if axes == "ok" else (axes or kind)
+        if kind not in ("ok", "transposed", "axes"):
             row.action, row.reason = "kept", kind
             continue
         if settings.skip:
@@ -57,21 +61,34 @@ def conv_pass(ctx: SurgeryContext) -> None:
             continue
         if kind == "transposed" and settings.sigma_per == "channel":
             row.reason = "one σ per layer (a transposed N-Jet layer has no per-channel σ)"
+        if kind == "axes":
+            row.extra["per_axis"] = True
+            sy, sx = new.sigma_axes
+            row.reason = (f"one σ per axis: σy {sy:.3g}, σx {sx:.3g} px" + (" (0: 1 px along that axis)" if 0 in (sy, sx)
+                          else "") + ("; one σ per axis, not per channel" if settings.sigma_per == "channel" else ""))
         new.train(m.training)
         ctx.rewriter.replace(path, new)
         ctx.converted[path] = ConvertedLayer(path, new, m)
         row.action = "converted"
         row.order = order
         row.sigma0 = round(float(new.sigma.detach().mean()), 6)
-        row.size = new.kernel_size[0]
+        row.size = max(new.kernel_size)
         row.fit_error = new.fit_error
         row.params_after = own_params(new)
         if new.size_capped:
             row.reason = f"filter capped at max_size={settings.max_size}"
+    per_axis = [r.path for r in ctx.report.select("conv", "converted") if r.extra.get("per_axis")]
+    if per_axis:
+        names = ", ".join(per_axis[:5]) + (" ..." if len(per_axis) > 5 else "")
+        ctx.report.note(f"{len(per_axis)} conv(s) converted with one σ per axis (NJetAxesConv2d; recipe "
+                        f"sigma_per_axis): {names}")
 
 
 def _njet(m: nn.Module, kind: str, order: int, sigma: float | None, settings) -> nn.Module:
     """The N-Jet layer replacing conv ``m`` (``kind`` "transposed": a transposed N-Jet layer)."""
+    if kind == "axes":
+        return NJetAxesConv2d.from_conv(m, order=order, sigma=sigma, extent=settings.extent, per_axis=True,
+                                        learn_sigma=settings.learn_sigma, max_size=settings.max_size)
     cls = NJetConvTranspose2d if kind == "transposed" else NJetConv2d
     new = cls.from_conv(m, order=order, sigma=sigma, extent=settings.extent,
                         learn_sigma=settings.learn_sigma, max_size=settings.max_size)
