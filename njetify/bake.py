@@ -13,7 +13,8 @@ Where the dense filter is not reasonable — its multiply-adds per output pixel 
 :data:`FACTORISED_RATIO` times those of the factorised form (a 2048→256 layer at σ = 18
 with a 63×63 filter: ~300×) — the layer is baked as a
 :class:`~njetify.layers.factorised_conv.FactorisedConv2d` instead (1-D convs + a 1×1
-conv, same outputs, also exportable); :func:`bake` warns once, naming those layers, and
+conv, same outputs, also exportable); :func:`bake` says so once — a :class:`FactorisedNote`, a
+``UserWarning`` that is a note on a deliberate choice, not a problem — naming those layers, and
 :func:`factorised_layers` lists them with the reason.
 """
 
@@ -36,6 +37,7 @@ __all__ = [
     "Conv2dDynamicSame",
     "FACTORISED_RATIO",
     "FactorisedConv2d",
+    "FactorisedNote",
     "FixedSubsample",
     "bake",
     "factorised_layers",
@@ -44,6 +46,11 @@ __all__ = [
     "freeze_subsampling",
     "save_baked",
 ]
+
+
+class FactorisedNote(UserWarning):
+    """A note from :func:`bake`: some layers were baked as :class:`FactorisedConv2d` on purpose (same outputs,
+    fewer multiply-adds). Silence it with ``warnings.filterwarnings("ignore", category=FactorisedNote)``."""
 
 
 def factorised_layers(model: nn.Module) -> list[tuple[str, FactorisedConv2d]]:
@@ -113,9 +120,11 @@ def bake(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     attach_record(model, replaced)  # what njetify.rescale needs to rebuild the σ layers
     kept = factorised_layers(model)
     if kept:
-        names = ", ".join(f"{p} ({m.size}x{m.size})" for p, m in kept[:5]) + (" ..." if len(kept) > 5 else "")
-        warnings.warn(f"bake: {len(kept)} layer(s) baked as FactorisedConv2d (1-D convs + 1x1 conv, same outputs) "
-                      f"because a dense filter would cost over {FACTORISED_RATIO:g}x the multiply-adds: {names}",
+        names = ", ".join(f"{p} ({m.size}x{m.size})" for p, m in kept[:5])
+        names += f" and {len(kept) - 5} more" if len(kept) > 5 else ""
+        warnings.warn(f"bake: note: {len(kept)} layer(s) baked as FactorisedConv2d (1-D convs + 1x1 conv, same "
+                      f"outputs) by design, since a dense filter would cost over {FACTORISED_RATIO:g}x the "
+                      f"multiply-adds: {names} (njetify.bake.factorised_layers lists them)", FactorisedNote,
                       stacklevel=2)
     return model
 

@@ -156,8 +156,9 @@ def fit_unit(
         return res
     sigmas = [] if unit.tied else list(lopts.sigmas or [])
     if len(sigmas) > 1 and unit.dim + unit.num_bias > opts.search_max_dim:
-        lock_sigma = (f"a regression of {unit.dim + unit.num_bias} unknowns is wider than search_max_dim "
-                      f"{opts.search_max_dim} (searching would cost a fit per candidate)")
+        lock_sigma = (f"not searched: the layer has {unit.dim + unit.num_bias} coefficients to fit, more than the "
+                      f"recipe's search_max_dim {opts.search_max_dim} (a full fit per candidate σ₀ would be slow; "
+                      "raise search_max_dim to search it)")
     if len(sigmas) > 1 and lock_sigma:
         sigmas, res.reason = [], f"σ₀ kept: {lock_sigma}"
     start = _State(unit)

@@ -45,7 +45,12 @@ class LayerResult:
 
 @dataclass
 class CalibrationResult:
-    """All layers (in the order they were fitted, unreached ones last) and totals."""
+    """All layers (in the order they were fitted, unreached ones last) and totals.
+
+    ``seconds``: the whole calibration, wall clock; ``target_seconds``: the part of it spent running the
+    *original* model on the batches to record every converted layer's target outputs (one forward per
+    batch; the rest is fitting the layers). ``batches`` / ``images``: the calibration data used.
+    """
 
     layers: list[LayerResult] = field(default_factory=list)
     batches: int = 0

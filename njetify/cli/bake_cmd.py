@@ -66,8 +66,10 @@ def bake(
     if onnx is not None:
         onnx = writable_file(onnx, "--onnx", force)
     shape = input_size(size) or default_input_size(model)
+    from ..bake import FactorisedNote
+
     with warnings.catch_warnings():  # a factorised layer is a choice, not a problem: said as a note below
-        warnings.filterwarnings("ignore", message=r".*baked as FactorisedConv2d")
+        warnings.filterwarnings("ignore", category=FactorisedNote)
         baked = bake_model(model)
     _note_factorised(baked)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))

@@ -175,7 +175,7 @@ def convert(
         converted, report = convert_model(net, order=order, recipe=rec, subsample=None if subsample is None
                                           else subsample.value, r=r_value, budget=budget, calibration_data=batches,
                                           example_inputs=example)
-    stats = compare_models(net, converted, example)
+    stats = compare_models(net, converted, example, unzero=True)
     changed = any(row.action in ("converted", "subsampled") for row in report.rows)
     if changed and path is not None:
         from ..io import save
@@ -209,6 +209,17 @@ def _watch(batches, net, con):
     return CalibrationWatch(count_convertible(net), con)
 
 
+def _why_zero(stats) -> str:
+    """Why a random-weight check shows no difference, with the check that does (empty when |Δ| > 0)."""
+    if stats.max_abs_diff_unzeroed is None:  # set when |Δ| is float rounding and some norm scales are 0
+        return ""
+    d, y = stats.max_abs_diff_unzeroed, stats.max_abs_output_unzeroed
+    again = (f"; with their scales set to 1 in both models: max |Δ| {d:.3g} (max |y| {y:.3g}, "
+             f"rel {d / y if y else float('nan'):.2g})")
+    return (f". It is ~0 because {stats.zero_norms} normalisation layer(s) have scale 0 (random weights: timm "
+            f"zero-initialises each residual block's last BatchNorm), so the converted blocks add nothing{again}")
+
+
 def _print(model, shape, report, stats, path, dry_run) -> None:
     from .errors import cli_words
     from .render import kv_table, pct
@@ -220,22 +231,24 @@ def _print(model, shape, report, stats, path, dry_run) -> None:
     con = console()
     shown = dataclasses.replace(report, notes=[cli_words(n) for n in report.notes])
     con.print(Group(*shown.rich_parts(summary=False)))
-    c = report.counts()
-    conv, sub = c.get("conv", {}), c.get("subsample", {})
+    conv, sub = report.counts().get("conv", {}), report.subsampling_counts()
+    advice = report.gate_advice(cli=True)
+    fixed = f" ({sub['fixed']} fixed at 1/stride: their σ source kept its conv)" if sub["fixed"] else ""
     size = "x".join(map(str, shape))
     rel = stats.max_abs_diff / stats.max_abs_output if stats.max_abs_output else float("nan")
     cal = report.calibration
     fit = f"{cal.get('fit')}" + (f" on {cal.get('batches')} batch(es)" if cal.get("batches") else "")
     rows = [
         ("model", f"{model} ({report.model_class}), tracing: {report.tracing.get('mode')}"),
-        ("convs", f"{conv.get('converted', 0)} converted, {conv.get('kept', 0) + conv.get('skipped', 0)} kept"),
-        ("subsampling", f"{sub.get('subsampled', 0)} made safe, {sub.get('kept', 0)} kept"),
+        ("convs", f"{conv.get('converted', 0)} converted, {conv.get('kept', 0) + conv.get('skipped', 0)} kept"
+                  + (f"; [yellow]{advice}[/]" if advice else "")),
+        ("subsampling", f"{sub['made_safe']} made safe, {sub['kept']} kept{fixed}"),
         ("fit", cli_words(fit)),
         ("params", pct(stats.params_before, stats.params_after)),
         (f"MACs @{size}", pct(stats.macs_before, stats.macs_after)),
         *_budget_row(report.macs),
         ("output", (f"max |Δ| {stats.max_abs_diff:.3g} (max |y| {stats.max_abs_output:.3g}, rel {rel:.2g}) "
-                    f"on a random {'x'.join(map(str, stats.input_shape))} batch")),
+                    f"on a random {'x'.join(map(str, stats.input_shape))} batch" + _why_zero(stats))),
     ]
     if tuple(stats.output_shape_before) != tuple(stats.output_shape_after):
         rows.append(("shape", (f"[red]output {stats.output_shape_after} differs from the original "

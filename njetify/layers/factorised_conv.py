@@ -18,12 +18,15 @@ Two orders, as in :mod:`njetify.layers.factorised`:
 
 from __future__ import annotations
 
+from typing import List
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..basis import basis_orders
-from .functional import pad_input, same_pads, separable_conv2d, separable_weights
-from .padding import tf_same_pads
+from .functional import separable_weights
+from .padding import crop, tf_same_pads
 
 
 class FactorisedConv2d(nn.Module):
@@ -56,23 +59,39 @@ class FactorisedConv2d(nn.Module):
         self.stride, self.padding, self.trim, self.padding_mode = stride, padding, trim, padding_mode
         self.order, self.reason, self.size = order, reason, g.shape[-1]
         weights = separable_weights(g.detach(), alpha.detach(), order, self.in_channels)
-        for name in ("wy", "pick", "wx"):
-            if name in weights:
-                self.register_buffer(name, weights[name].clone())
+        for name in ("wy", "wx"):
+            self.register_buffer(name, weights[name].clone())
+        # mix-first has no channel pick: an empty buffer, so that the forward scripts (not in the state_dict)
+        self.register_buffer("pick", weights.get("pick", torch.zeros(0, dtype=torch.long)).clone(),
+                             persistent=order == "basis_first")
         self.weight = nn.Parameter(weights["mix"].clone())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
 
+    def __setstate__(self, state):  # a mix-first module pickled before ``pick`` was always a buffer
+        super().__setstate__(state)
+        if "pick" not in self._buffers:
+            self.register_buffer("pick", torch.zeros(0, dtype=torch.long, device=self.wy.device), persistent=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Written out here (not through functional.separable_conv2d) so that it scripts (torch.jit.script).
         if self.padding == "same":
-            pads = same_pads((self.size - 1) // 2, self.trim)
+            p = (self.size - 1) // 2 - self.trim
+            pads = [p, p, p, p]
         else:
             pads = tf_same_pads(x.shape[-2], x.shape[-1], self.size, self.stride)
-        weights = {"wy": self.wy, "wx": self.wx, "mix": self.weight}
+        x = _pad(x, pads, self.padding_mode)
+        s = self.stride
         if self.order == "basis_first":
-            weights["pick"] = self.pick
-        out = separable_conv2d(pad_input(x, pads, self.padding_mode), weights, self.stride, self.groups,
-                               self.in_channels, self.out_channels, self.order)
-        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+            y = F.conv2d(x, self.wy, stride=(s, 1), groups=self.in_channels)
+            r = F.conv2d(y.index_select(1, self.pick), self.wx, stride=(1, s), groups=self.wx.shape[0])
+            out = F.conv2d(r, self.weight, groups=self.groups)
+        else:
+            m = F.conv2d(x, self.weight, groups=self.groups)
+            m = F.conv2d(m, self.wy, stride=(s, 1), groups=m.shape[1])
+            m = F.conv2d(m, self.wx, stride=(1, s), groups=m.shape[1])
+            out = m.unflatten(1, (self.out_channels, -1)).sum(2)
+        bias = self.bias
+        return out if bias is None else out + bias.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, size={self.size}, order={self.order!r}"
@@ -85,6 +104,16 @@ class FactorisedConv2d(nn.Module):
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
         return s
+
+
+def _pad(x: torch.Tensor, pads: List[int], padding_mode: str) -> torch.Tensor:
+    """``x`` padded by ``pads`` ``[left, right, top, bottom]`` in ``padding_mode`` (negative: crop); scripts."""
+    if min(pads) < 0:
+        x = crop(x, [max(-p, 0) for p in pads])
+        pads = [max(p, 0) for p in pads]
+    if max(pads) == 0:
+        return x
+    return F.pad(x, pads, mode="constant" if padding_mode == "zeros" else padding_mode)
 
 
 def factorised_macs_per_pixel(in_channels: int, out_channels: int, groups: int, size: int, order: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +13,8 @@ from torch import nn
 def tf_same_pads(height: int, width: int, size: int, stride: int) -> list[int]:
     """Pads ``[left, right, top, bottom]`` for a ``size``×``size`` kernel: per axis
     ``max((⌈L/stride⌉−1)·stride + size − L, 0)`` in total, the smaller half first."""
-    pads = []
-    for length in (width, height):
+    pads: List[int] = []  # annotated: torch.jit.script reads an empty list as List[Tensor]
+    for length in [width, height]:
         total = max((math.ceil(length / stride) - 1) * stride + size - length, 0)
         pads += [total // 2, total - total // 2]
     return pads
@@ -35,6 +36,6 @@ class Conv2dDynamicSame(nn.Conv2d):
 
 def crop(x: torch.Tensor, crops: list[int]) -> torch.Tensor:
     """Remove (left, right, top, bottom) pixels from the last two dims (a negative padding)."""
-    left, right, top, bottom = crops
-    h, w = x.shape[-2:]
+    left, right, top, bottom = crops[0], crops[1], crops[2], crops[3]
+    h, w = x.shape[-2], x.shape[-1]
     return x[..., top : h - bottom, left : w - right]

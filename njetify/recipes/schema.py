@@ -107,6 +107,7 @@ class Recipe:
     sigma_per_axis: bool | str = "auto"
     max_size: int | None = 63  # filter size cap in pixels (None: no cap)
     max_fit_error: float | None = 0.5  # fidelity gate: a layer fitted worse than this stays the original conv (None: off)
+    search_max_dim: int | None = 4096  # sigma_init fit: layers with more coefficients keep σ₀ (None: search every layer)
     budget: float | None = None  # cost budget: × the original's MACs at the input size (None: no budget)
     convs: bool = True  # convert the k×k convolutions (False: only what aspp/subsample ask for)
     subsample: SubsampleConfig = field(default_factory=SubsampleConfig)

@@ -102,6 +102,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "sigma_per_axis": _per_axis,
     "max_size": _at_least(1),
     "max_fit_error": _max_fit_error,
+    "search_max_dim": _at_least(1),
     "budget": _positive,
     "subsample.mode": _choice(*SUBSAMPLE_MODES),
     "subsample.r": _r,

@@ -115,20 +115,51 @@ class ConversionReport:
         kwargs.setdefault("indent", 2)
         return json.dumps(self.to_dict(), **kwargs)
 
+    def subsampling_counts(self) -> dict[str, int]:
+        """``{"made_safe", "kept", "fixed"}``: subsampling sites whose factor follows a σ; sites that keep their
+        stride, counting ``fixed`` ones — made stride-1 then resized by a fixed ``1/stride`` because their σ
+        source went back to its original conv (same output as the strided op, so kept in effect)."""
+        rows = self.select("subsample")
+        fixed = sum(_fixed(r) for r in rows)
+        safe = sum(r.action == "subsampled" for r in rows) - fixed
+        return {"made_safe": safe, "kept": len(rows) - safe, "fixed": fixed}
+
+    def gate_advice(self, cli: bool = False) -> str | None:
+        """A sentence when the fidelity gate kept most of the layers it was given as original convs (None
+        otherwise), with what to try: output-matching calibration (when the fit was in weight space) or a
+        higher basis order. ``cli``: in command-line words (``--calibrate DATASET``, ``--order N``)."""
+        convs = self.select("conv")
+        reverted = sum(bool(r.extra.get("reverted")) for r in convs)
+        tried = reverted + sum(r.action in ("converted", "tied") for r in convs)
+        if not reverted or 2 * reverted <= tried:
+            return None
+        orders = [int(o) for o in (self.recipe.get("order"), *(r.extra.get("order") for r in convs)) if o]
+        higher = max(orders, default=2) + 1
+        tries = []
+        if self.calibration.get("fit") != "output-matching":
+            tries.append("--calibrate DATASET" if cli else "calibration_data (output matching)")
+        tries.append(f"a higher --order ({higher})" if cli else f"a higher order (order={higher})")
+        limit = "--max-fit-error" if cli else "the recipe's max_fit_error"
+        return (f"the fidelity gate kept {reverted} of {tried} layers as their original conv (fit error above "
+                f"{limit}): try {' or '.join(tries)}")
+
     def summary(self) -> str:
-        """One paragraph: totals, tracing mode, fit and subsampling."""
+        """One paragraph: totals, tracing mode, fit and subsampling (and :meth:`gate_advice` when the fidelity
+        gate kept most layers). :meth:`__str__` wraps it at 100 columns."""
         c = self.counts()
         conv = c.get("conv", {})
-        sub = c.get("subsample", {})
+        sub = self.subsampling_counts()
+        fixed = f" ({sub['fixed']} fixed at 1/stride: σ source kept)" if sub["fixed"] else ""
         parts = [
             f"{self.model_class or 'model'}: {conv.get('converted', 0)} conv(s) converted, "
             f"{conv.get('kept', 0)} kept, {conv.get('skipped', 0)} skipped",
-            f"{sub.get('subsampled', 0)} subsampling site(s) made safe, {sub.get('kept', 0)} kept",
+            f"{sub['made_safe']} subsampling site(s) made safe, {sub['kept']} kept{fixed}",
             f"tracing: {self.tracing.get('mode')}",
             f"fit: {self.calibration.get('fit')}",
             f"params {self.params_before:,} -> {self.params_after:,}",
         ]
-        return "; ".join(parts)
+        advice = self.gate_advice()
+        return "; ".join(parts + ([advice] if advice else []))
 
     def table(self, kind: str | None = None):
         """The rows of ``kind`` (``"conv"``, ``"subsample"``, other kinds; None: every row) as a rich
@@ -153,6 +184,13 @@ class ConversionReport:
             cells = [[r.path, r.op, action(r), _fmt(r.order), _fmt(r.sigma0, ".3g"), _fmt(r.size),
                       _fmt(r.fit_error if r.error_after is None else r.error_after, ".2f"), _params(r)] for r in rows]
             return PathTable(cols, cells, title="convolutions")
+        if kind == "aspp":
+            cols = [Column("module"), Column("action"), Column("merge"), Column("rates→σ₀"),
+                    Column("params", "right"), Column("err", "right", optional=True), Column("s", optional=True)]
+            cells = [[r.path, action(r), str(r.extra.get("merge") or ""), _rates(r), _params(r),
+                      _fmt(r.fit_error if r.error_after is None else r.error_after, ".2f"),
+                      _slashed(r.extra.get("sizes"))] for r in rows]
+            return PathTable(cols, cells, title="ASPP heads (err: joint fit of the shared α over every branch)")
         cols = [Column("module"), Column("kind"), Column("action"), Column("σ₀", "right"),
                 Column("op", optional=True)]
         cells = [[r.path or "(model)", r.kind, action(r), _fmt(r.sigma0, ".3g"), r.op] for r in rows]
@@ -177,7 +215,9 @@ class ConversionReport:
         kinds = list(dict.fromkeys(r.kind for r in self.rows))
         for kind in [k for k in ("conv", "subsample") if k in kinds]:
             parts += [self.table(kind), Text("")]
-        others = [k for k in kinds if k not in ("conv", "subsample")]
+        if "aspp" in kinds:
+            parts += [self.table("aspp"), Text("")]
+        others = [k for k in kinds if k not in ("conv", "subsample", "aspp")]
         if others:
             from copy import copy
 
@@ -188,12 +228,32 @@ class ConversionReport:
         return parts + notes + [Text("note: " + n) for n in self.notes]
 
     def __str__(self) -> str:
-        lines = [self.summary()]
+        """Plain text: the summary, one line per row, the notes; every line at most :data:`TEXT_WIDTH`
+        columns (longer ones wrap, indented under their start)."""
+        lines = _wrap(self.summary(), "    ")
         for r in self.rows:
             extra = f" ({r.reason})" if r.reason else ""
-            lines.append(f"  {r.kind:9s} {r.path}: {r.op} -> {r.action}{extra}")
-        lines += [f"note: {n}" for n in self.notes]
+            lines += _wrap(f"  {r.kind:9s} {r.path}: {r.op} -> {r.action}{extra}", " " * 14)
+        for n in self.notes:
+            lines += _wrap(f"note: {n}", " " * 6)
         return "\n".join(lines)
+
+
+#: Widest line of ``str(report)`` (columns).
+TEXT_WIDTH = 100
+
+
+def _wrap(text: str, indent: str) -> list[str]:
+    """``text`` as lines of at most :data:`TEXT_WIDTH` columns, continuation lines after ``indent``."""
+    import textwrap
+
+    return textwrap.wrap(text, TEXT_WIDTH, subsequent_indent=indent, break_on_hyphens=False) or [""]
+
+
+def _fixed(r: ReportRow) -> bool:
+    """A subsampling made stride-1 and then resized by a fixed ``1/stride`` (its σ source was reverted)."""
+    return r.kind == "subsample" and r.action == "subsampled" and (bool(r.extra.get("fixed"))
+                                                                  or not r.extra.get("source"))
 
 
 def _sourced(r: ReportRow) -> bool:
@@ -206,11 +266,26 @@ def _fmt(v, spec: str = "") -> str:
 
 
 def _params(r: ReportRow) -> str:
+    if r.kind == "conv" and r.action == "converted" and r.extra.get("head") and not r.params_after:
+        return f"{_short(r.params_before)}→shared"  # a tied branch: its head holds the shared α (ASPP table)
     if not r.params_before and not r.params_after:
         return ""
     if r.params_before == r.params_after:
         return _short(r.params_before)
     return f"{_short(r.params_before)}→{_short(r.params_after)}"
+
+
+def _slashed(values) -> str:
+    """``[6.0, 12.0, 18.0]`` → ``"6/12/18"`` (empty for None)."""
+    return "/".join(format(v, ".3g") for v in values) if values else ""
+
+
+def _rates(r: ReportRow) -> str:
+    """An ASPP head's dilation rates and the σ₀ each branch got: ``"12/24/36→6/12/18"``."""
+    rates, sigma0 = r.extra.get("rates"), r.extra.get("sigma0")
+    if not rates:
+        return ""
+    return f"{_slashed(rates)}→{_slashed(sigma0)}" if sigma0 else _slashed(rates)
 
 
 def _short(n: int) -> str:

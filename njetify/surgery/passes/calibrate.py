@@ -17,6 +17,7 @@ import re
 from torch import nn
 
 from ...calibration import (
+    CalibrationOptions,
     LayerOptions,
     calibrate_model,
     calibrate_weights,
@@ -51,8 +52,10 @@ def calibrate_pass(ctx: SurgeryContext) -> None:
     convs = {p: c.conv for p, c in ctx.converted.items()}
     options, revert = _layer_options(ctx, convs, bool(ctx.calibration)), _revert(ctx, convs)
     if ctx.calibration:
-        result = calibrate_model(ctx.original, ctx.model, paths, ctx.calibration, layer_options=options,
-                                 revert=revert)
+        limit = getattr(ctx.recipe, "search_max_dim", 4096)
+        engine = CalibrationOptions(search_max_dim=limit if limit is not None else 2**62)
+        result = calibrate_model(ctx.original, ctx.model, paths, ctx.calibration, options=engine,
+                                 layer_options=options, revert=revert)
         fit = "output-matching"
         if all(r.error_after is None for r in result.layers):  # a report never claims a fit that did not run
             fit = "weight-space"
@@ -111,7 +114,7 @@ def _revert(ctx: SurgeryContext, convs: dict[str, nn.Module]):
         for r in ctx.report.select("subsample", "subsampled"):
             if r.extra.get("source") == path:
                 r.reason = f"σ source {path} reverted to its original conv: factor fixed at 1/{r.stride}"
-                r.extra["source"] = None
+                r.extra["source"], r.extra["fixed"] = None, True  # counted as kept (ConversionReport)
 
     return revert
 
@@ -177,4 +180,6 @@ def _tally(result) -> str:
 
 
 def _some(paths: list[str]) -> str:
-    return ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+    """The first five paths, and how many more there are and where they are listed."""
+    more = f" and {len(paths) - 5} more (each has its own row in the convolutions table)" if len(paths) > 5 else ""
+    return ", ".join(paths[:5]) + more
