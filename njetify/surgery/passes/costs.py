@@ -60,7 +60,8 @@ def cost_summary(ctx: SurgeryContext) -> None:
     elif table.original and after > (1 + GROWTH_WARNING) * table.original:
         growth = after / table.original - 1
         msg = (f"the conversion grows the MACs by {growth:.0%} ({table.original / 1e6:,.1f}M → {after / 1e6:,.1f}M per "
-               "sample): filters grew past the original kernels (σ₀ by fit, or σ near a size boundary); set a cost "
-               "budget to cap them (recipe `budget: 1.3`, `--budget 1.3`, or convert(..., budget=1.3))")
+               "sample, every N-Jet filter counted as a dense conv of its size): filters grew past the original "
+               "kernels (σ₀ by fit, dilated kernels, or σ near a size boundary); set a cost budget to cap them "
+               "(recipe `budget: 1.3`, `--budget 1.3`, or convert(..., budget=1.3))")
         ctx.report.note(msg)
         warnings.warn(f"njetify: {msg}", stacklevel=5)
