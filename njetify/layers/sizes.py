@@ -172,6 +172,18 @@ def _note_change(what: str, old: tuple[int, ...], new: tuple[int, ...]) -> None:
     _raised_limit = True
 
 
+def label_sizes(model: nn.Module) -> None:
+    """Name every σ layer of ``model`` by its path in its size messages (caps, changes, errors),
+    warnings still pending from its construction included: ``"layer1.0.conv1 (NJetConv2d(16→16))"``."""
+    for path, m in model.named_modules():
+        sizes = getattr(m, "_filter_sizes", None)
+        if not path or not isinstance(sizes, FilterSizes) or sizes.what.startswith(path + " ("):
+            continue
+        new = f"{path} ({sizes.what})"
+        sizes._pending = [msg.replace(sizes.what, new, 1) for msg in sizes._pending]
+        sizes.what = new
+
+
 def track(module: nn.Module) -> None:
     """Register a σ layer (with a ``refresh_sizes()`` method and ``log_sigma``) for the optimiser hook."""
     _LIVE.add(module)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 
 from ...budget import BUDGET_ATTR, GROWTH_WARNING, BudgetError, apply_budget, count_per_sample, measure_costs
+from ...layers.sizes import label_sizes
 from ..context import SurgeryContext
 
 
@@ -32,6 +33,7 @@ def macs_pass(ctx: SurgeryContext) -> None:
 
 def budget_pass(ctx: SurgeryContext) -> None:
     """The converted model's cost table (``ctx.costs``, ``model.njetify_costs``); caps for a budget."""
+    label_sizes(ctx.model)  # the first pass that runs the new layers: their messages name their paths
     if ctx.macs_before is None:
         return
     table = measure_costs(ctx.model, _example(ctx), ctx.macs_before)
