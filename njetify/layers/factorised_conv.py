@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..basis import basis_orders
+from ..basis import basis_orders, num_basis
 from .functional import pad_input, same_pads, separable_conv2d, separable_weights
 from .padding import tf_same_pads
 
@@ -90,7 +90,7 @@ class FactorisedConv2d(nn.Module):
 def factorised_macs_per_pixel(in_channels: int, out_channels: int, groups: int, size: int, order: int,
                               per_channel: bool = False) -> tuple[int, str]:
     """Multiply-adds per output pixel of the cheaper :class:`FactorisedConv2d` order (stride 1), and that order."""
-    nf, m = (order + 1) * (order + 2) // 2, order + 1
+    nf, m = num_basis(order), order + 1
     mix = out_channels * in_channels // groups * nf
     costs = {"mix_first": mix + 2 * out_channels * nf * size}
     if not per_channel:

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from .. import basis as B
+from ..fit import sigma_from_kernel
 from ._checks import check_channels, check_choice, check_order, check_positive
-from ._tied_checks import check_tieable, conv_trim
+from .tie_checks import check_tieable, conv_trim
 from ..options import PADDING_MODES
 from .factorised import _compute_dtype, mix
 from .factorised_conv import FactorisedConv2d
@@ -291,7 +292,7 @@ class TiedNJetConv2d(HostSizes, nn.Module):
         check_tieable(convs)
         c0 = convs[0]
         if sigmas is None:
-            sigmas = [c.dilation[0] * (c.kernel_size[0] - 1) / (2.0 * extent) for c in convs]
+            sigmas = [sigma_from_kernel(c.kernel_size[0], c.dilation[0], extent) for c in convs]
         layer = cls(
             c0.in_channels, c0.out_channels, sigmas, order=order, extent=extent, groups=c0.groups,
             bias=c0.bias is not None, trims=[conv_trim(c) for c in convs], padding_mode=c0.padding_mode,

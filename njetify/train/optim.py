@@ -8,11 +8,10 @@ import torch
 from torch import nn
 
 from ..layers import sigma_parameters as _sigma_parameters
+from ..options import OPTIMIZERS, SCHEDULES
 from ..recipes import FinetuneConfig
 
 GROUPS = ("alpha", "sigma", "decay", "no_decay")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
 
 
 def sigma_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.loaders import make_loader
 from ..modes import evaluating
+from ..options import TASKS
 from ..recipes import FinetuneConfig
 from . import distributed as D
-from .config import TASKS, amp_dtype, deterministic_mode, resolve_config, seed_everything
+from .config import amp_dtype, deterministic_mode, resolve_config, seed_everything
 from ..summary.core import original_sizes
 from .history import History, feature_sizes, layer_snapshot, njet_modules, sigma_values, subsample_modules
 from .interrupt import StopFlag

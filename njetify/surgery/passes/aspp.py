@@ -11,7 +11,6 @@ The report gets one ``aspp`` row per head and one ``conv`` row per tied branch.
 
 from __future__ import annotations
 
-import fnmatch
 import warnings
 
 from torch import nn
@@ -96,9 +95,6 @@ def tie_head(ctx: SurgeryContext, head: AsppHead) -> ReportRow:
 
 
 def _rule_skips(recipe, paths: list[str]) -> bool:
-    skip = None
-    for path in paths:
-        for rule in recipe.rules:
-            if rule.skip is not None and fnmatch.fnmatchcase(path, rule.match):
-                skip = rule.skip
-    return bool(skip)
+    """Whether the last rule with a ``skip`` that matches any of ``paths`` (the branches) says skip."""
+    skips = [rule.skip for path in paths for rule in recipe.rules_for(path) if rule.skip is not None]
+    return bool(skips and skips[-1])

@@ -11,7 +11,6 @@ rewriter, so a failed conversion still rolls back), followed by its subsampling 
 
 from __future__ import annotations
 
-import fnmatch
 import re
 
 from torch import nn
@@ -85,8 +84,7 @@ def _layer_options(ctx: SurgeryContext, convs: dict[str, nn.Module], with_data: 
             conv = convs[path]
             sigmas = sigma_candidates(conv.kernel_size[0], conv.dilation[0], st.extent)
         gate = st.max_fit_error
-        if path in tied and not any(r.max_fit_error is not None and fnmatch.fnmatchcase(path, r.match)
-                                    for r in ctx.recipe.rules):
+        if path in tied and not any(r.max_fit_error is not None for r in ctx.recipe.rules_for(path)):
             gate = None
         return LayerOptions(sigmas=sigmas, max_error=gate)
 

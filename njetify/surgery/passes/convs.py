@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ...layers import NJetConv2d, NJetConvTranspose2d
-from ...layers._checks import conv_kind
+from ...layers.convertible import conv_kind
 from ..context import ConvertedLayer, SurgeryContext
 from ..report import ReportRow
 from ..robust import attempt
