@@ -23,6 +23,19 @@ from ..robust import attempt
 from .convs import describe_conv
 
 
+def aspp_ready(ctx: SurgeryContext) -> str | None:
+    """The ``aspp`` pass's check of the state: None, unless an earlier pass already converted dilated
+    convs (the branches ASPP heads are made of), which this pass could then no longer find and tie."""
+    if ctx.recipe.aspp.tie is False:
+        return None
+    dilated = [p for p, c in ctx.converted.items() if max(getattr(c.conv, "dilation", (1,))) > 1]
+    if not dilated:
+        return None
+    return (f"it needs the dilated convs unconverted to find ASPP heads, but an earlier pass converted "
+            f"{len(dilated)} ({', '.join(dilated[:3])}{' ...' if len(dilated) > 3 else ''}); run 'aspp' "
+            f"(it provides 'tied') before the pass that converts convs ('convs' in the default pipeline)")
+
+
 def aspp_pass(ctx: SurgeryContext) -> None:
     """Tie every ASPP head of the model (recipe ``aspp.tie``); report rows per head and branch."""
     tie = ctx.recipe.aspp.tie

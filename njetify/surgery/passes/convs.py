@@ -32,10 +32,11 @@ def describe_conv(m: nn.Module) -> str:
 
 
 def conv_pass(ctx: SurgeryContext) -> None:
-    """Swap every convertible convolution for an N-Jet layer at the same path(s); one report row per conv."""
+    """Swap every convertible convolution not converted yet (tied ASPP branches: pass ``aspp``) for an
+    N-Jet layer at the same path(s); one report row per conv."""
     for path, m in list(ctx.model.named_modules()):
         kind = conv_kind(m)
-        if not path or kind is None:
+        if not path or kind is None or path in ctx.converted:
             continue
         row = ctx.report.add(_row(m, path))
         settings = ctx.recipe.settings_for(path)
