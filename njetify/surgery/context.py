@@ -28,11 +28,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class ConvertedLayer:
-    """A convolution that became a σ layer: the new ``layer`` and the original ``conv`` it replaced."""
+    """A convolution that became a σ layer: the new ``layer`` and the original ``conv`` it replaced;
+    ``calibrated``: the calibration engine refits (and gates) it (its converter says so)."""
 
     path: str
     layer: nn.Module
     conv: nn.Module
+    calibrated: bool = True
 
 
 @dataclass

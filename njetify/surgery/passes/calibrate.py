@@ -43,11 +43,11 @@ class _Originals:
 def calibrate_pass(ctx: SurgeryContext) -> None:
     """Calibrate every converted layer on ``ctx.calibration`` (list of input batches) or, without
     data, apply the gate in weight space; fill the report rows and ``report.calibration``."""
-    paths = list(ctx.converted)
+    paths = [p for p, c in ctx.converted.items() if c.calibrated]
     if not paths:
         ctx.report.calibration = {"fit": "weight-space", "batches": 0}
         return
-    convs = {p: c.conv for p, c in ctx.converted.items()}
+    convs = {p: ctx.converted[p].conv for p in paths}
     options, revert = _layer_options(ctx, convs, bool(ctx.calibration)), _revert(ctx, convs)
     if ctx.calibration:
         result = calibrate_model(ctx.original, ctx.model, paths, ctx.calibration, layer_options=options,

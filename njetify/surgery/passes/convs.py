@@ -1,13 +1,12 @@
-"""The conv pass: every square k×k 2-D convolution (k > 1) becomes an NJetConv2d, every square
-``nn.ConvTranspose2d`` an NJetConvTranspose2d."""
+"""The conv pass: every module the converter table converts (:mod:`njetify.layers.convertible`) becomes
+its σ layer — every square k×k 2-D convolution (k > 1) an NJetConv2d, every square
+``nn.ConvTranspose2d`` an NJetConvTranspose2d, a registered type of your own its layer."""
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from ...layers import NJetConv2d, NJetConvTranspose2d
-from ...layers.convertible import conv_kind
+from ...layers.convertible import Converter, conv_kind, converter_for
 from ..context import ConvertedLayer, SurgeryContext
 from ..report import ReportRow
 from ..robust import attempt
@@ -35,12 +34,13 @@ def conv_pass(ctx: SurgeryContext) -> None:
     """Swap every convertible convolution not converted yet (tied ASPP branches: pass ``aspp``) for an
     N-Jet layer at the same path(s); one report row per conv."""
     for path, m in list(ctx.model.named_modules()):
-        kind = conv_kind(m)
-        if not path or kind is None or path in ctx.converted:
+        converter = converter_for(m)
+        if not path or converter is None or path in ctx.converted:
             continue
+        kind = conv_kind(m)
         row = ctx.report.add(_row(m, path))
         settings = ctx.recipe.settings_for(path)
-        if kind not in ("ok", "transposed"):
+        if kind != converter.kind or converter.build is None:
             row.action, row.reason = "kept", kind
             continue
         if settings.skip:
@@ -49,9 +49,10 @@ def conv_pass(ctx: SurgeryContext) -> None:
             continue
         sigma = None if settings.sigma_init in ("kernel", "fit") else float(settings.sigma_init)  # "fit": calibrate pass
         order = settings.order
-        if settings.depthwise_order is not None and 1 < m.groups == m.in_channels:  # depthwise: recipe depthwise_order
+        groups = getattr(m, "groups", 1)
+        if settings.depthwise_order is not None and 1 < groups == getattr(m, "in_channels", 0):  # depthwise
             order = max(order, settings.depthwise_order)
-        new = attempt(f"the conversion of {path}", lambda: _njet(m, kind, order, sigma, settings),
+        new = attempt(f"the conversion of {path}", lambda: _njet(m, converter, order, sigma, settings),
                       lambda why: why, ctx.failures)
         if isinstance(new, str):
             row.reason = new
@@ -60,23 +61,20 @@ def conv_pass(ctx: SurgeryContext) -> None:
             row.reason = "one σ per layer (a transposed N-Jet layer has no per-channel σ)"
         new.train(m.training)
         ctx.rewriter.replace(path, new)
-        ctx.converted[path] = ConvertedLayer(path, new, m)
+        ctx.converted[path] = ConvertedLayer(path, new, m, converter.calibrated)
         row.action = "converted"
         row.order = order
         row.sigma0 = round(float(new.sigma.detach().mean()), 6)
         row.size = new.kernel_size[0]
-        row.fit_error = new.fit_error
+        row.fit_error = getattr(new, "fit_error", None)
         row.params_after = own_params(new)
-        if new.size_capped:
+        if getattr(new, "size_capped", False):
             row.reason = f"filter capped at max_size={settings.max_size}"
 
 
-def _njet(m: nn.Module, kind: str, order: int, sigma: float | None, settings) -> nn.Module:
-    """The N-Jet layer replacing conv ``m`` (``kind`` "transposed": a transposed N-Jet layer)."""
-    cls = NJetConvTranspose2d if kind == "transposed" else NJetConv2d
-    new = cls.from_conv(m, order=order, sigma=sigma, extent=settings.extent,
-                        learn_sigma=settings.learn_sigma, max_size=settings.max_size)
-    return per_channel(new) if settings.sigma_per == "channel" and kind == "ok" else new
+def _njet(m: nn.Module, converter: Converter, order: int, sigma: float | None, settings) -> nn.Module:
+    """The σ layer replacing conv ``m``, built by its entry of the converter table."""
+    return converter.build(m, settings, order, sigma)
 
 
 def _row(m: nn.Module, path: str) -> ReportRow:
@@ -90,20 +88,3 @@ def _row(m: nn.Module, path: str) -> ReportRow:
         params_before=own_params(m), params_after=own_params(m),
         extra={"class": type(m).__name__},
     )
-
-
-def per_channel(layer: NJetConv2d) -> NJetConv2d:
-    """The same layer with one σ per output channel (all at the layer's σ)."""
-    new = NJetConv2d(
-        layer.in_channels, layer.out_channels, order=layer.order, sigma=float(layer.sigma.detach().mean()),
-        extent=layer.extent, stride=layer.stride, groups=layer.groups, bias=layer.bias is not None,
-        learn_sigma=layer.learn_sigma, sigma_per="channel", max_size=layer.max_size,
-        padding_mode=layer.padding_mode, padding=layer.padding, trim=layer.trim,
-        device=layer.alpha.device, dtype=layer.alpha.dtype,
-    )
-    with torch.no_grad():
-        new.alpha.copy_(layer.alpha)
-        if layer.bias is not None:
-            new.bias.copy_(layer.bias)
-    new.fit_error = layer.fit_error
-    return new
