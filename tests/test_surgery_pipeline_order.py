@@ -84,3 +84,18 @@ def test_an_undeclared_pass_that_converts_no_dilated_conv_is_fine():
     passes = insert_pass(DEFAULT_PASSES, Pass("stem", convert_stem, requires=("analysis",)), before="aspp")
     _, report = njetify.convert(AsppNet(), passes=passes, max_fit_error=float("inf"))
     assert len(_tied(report)) == 1
+
+
+def test_the_docs_example_pass_runs():
+    """docs/surgery.md, "The pipeline is a value": a pass inserted after ``convs`` that freezes the first σ."""
+
+    def freeze_first_sigma(ctx):
+        first = next(iter(ctx.converted.values()))
+        first.layer.scale_parameter().requires_grad_(False)
+
+    passes = insert_pass(DEFAULT_PASSES, Pass("freeze", freeze_first_sigma, requires=("converted",)), after="convs")
+    assert [p.name for p in passes].index("freeze") == [p.name for p in passes].index("convs") + 1
+    torch.manual_seed(0)
+    net, _ = njetify.convert(AsppNet(), passes=passes, max_fit_error=float("inf"))
+    assert not net.head[0].scale_parameter().requires_grad  # the first converted layer: a tied branch (aspp first)
+    assert net.stem.log_sigma.requires_grad
