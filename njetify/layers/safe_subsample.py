@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..options import INTERPOLATIONS, check_choice, check_positive, check_r
+from ..options import INTERPOLATIONS, check_choice, check_positive
 from ._fx import as_traced_leaf
 
 #: Tolerance on sizes and sample positions, so that an exact factor 1/2 computed
@@ -76,9 +76,11 @@ class SafeSubsample(_Resize):
         check_choice("interpolation", interpolation, INTERPOLATIONS)
         if not isinstance(stride, int) or stride < 1:
             raise ValueError(f"SafeSubsample: stride must be a positive int, got {stride!r}")
-        check_r(r)
-        if r == "auto" and source is not None and stride == 1:
-            raise ValueError("SafeSubsample: r='auto' needs stride > 1 (it matches the original stride); give r a number")
+        if r == "auto":
+            if source is not None and stride == 1:
+                raise ValueError("SafeSubsample: r='auto' needs stride > 1 (it matches the original stride); give r a number")
+        else:
+            check_positive("r", r)
         if not isinstance(align, int) or isinstance(align, bool) or align < 0:
             raise ValueError(f"SafeSubsample: align must be an int ≥ 0 (pixels), got {align!r}")
         self.stride = stride
