@@ -11,6 +11,7 @@ files (``save``, ``load``), ``summarize`` and ``rescale`` (another input resolut
 data in ``njetify.data``, plots in ``njetify.plots``, deployment in ``njetify.bake``.
 """
 
+from .budget import set_budget
 from .io import load, save
 from .layers import NJetConv2d, SafeSubsample, TiedNJetConv2d
 from .models import create_model, list_models
@@ -24,6 +25,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConversionReport", "NJetConv2d", "SafeSubsample", "TiedNJetConv2d", "__version__", "convert",
-    "create_model", "list_models", "list_recipes", "load", "load_recipe", "njetify", "rescale", "save",
+    "create_model", "list_models", "list_recipes", "load", "load_recipe", "njetify", "rescale", "save", "set_budget",
     "summarize", "tie_aspp",
 ]

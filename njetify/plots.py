@@ -326,14 +326,39 @@ def plot_filters(layer, path, *, name: str = "", max_filters: int = 8, in_channe
     return _save(fig, path)
 
 
+def plot_macs(history, path) -> Path:
+    """MACs per sample over the training steps, as × the original's (the budget as a line when there
+    is one). Raises ``ValueError`` for a history without MAC counts."""
+    h = _history(history)
+    original = h.meta.get("macs_original")
+    pts = [(p["step"], p["macs"]) for p in h.steps if p.get("macs") is not None]
+    if not original or not pts:
+        raise ValueError("plot_macs: the history has no MAC counts (a model converted without example inputs)")
+    fig = Figure(figsize=(6, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    steps, macs = zip(*pts)
+    ax.step(steps, [m / original for m in macs], where="post", color="C0", label="converted (largest per point)")
+    ax.axhline(1.0, color="0.5", lw=0.8, ls=":", label="original")
+    if h.meta.get("budget") is not None:
+        ax.axhline(h.meta["budget"], color="C3", lw=1.0, ls="--", label=f"budget {h.meta['budget']:g}×")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("MACs per sample (× original)")
+    ax.set_title(f"Cost while σ learns (original {original / 1e6:,.1f}M MACs per sample)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_history(history, out_dir, prefix: str = "") -> list[Path]:
     """A run's figures into ``out_dir``: ``{prefix}sigma.png`` (σ over steps), ``{prefix}sigma_layers.png``
-    (σ per layer at the end), ``{prefix}sizes.png``, ``{prefix}curves.png``; figures without data
+    (σ per layer at the end), ``{prefix}sizes.png``, ``{prefix}curves.png``, ``{prefix}macs.png`` (MACs
+    per step, :func:`plot_macs`); figures without data
     (e.g. no N-Jet layer) are skipped."""
     h = _history(history)
     out, written = Path(out_dir), []
     for name, fn in (("sigma", plot_sigma), ("sigma_layers", plot_sigma_layers), ("sizes", plot_sizes),
-                     ("curves", plot_curves)):
+                     ("curves", plot_curves), ("macs", plot_macs)):
         try:
             written.append(fn(h, out / f"{prefix}{name}.png"))
         except ValueError:

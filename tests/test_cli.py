@@ -430,7 +430,7 @@ def test_run_folder_resume_and_force(run, two_class, tmp_path):
     assert json.loads((tmp_path / "run" / "history.json").read_text())["epochs"][-1]["step"] == 2
     res = run("plot", "run", "--out", "figs")
     assert res.exit_code == 0 and sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
-        "curves.png", "sigma.png", "sigma_layers.png", "sizes.png"]
+        "curves.png", "macs.png", "sigma.png", "sigma_layers.png", "sizes.png"]
     assert_user_error(run("plot", "figs"), "no history.json")
 
 

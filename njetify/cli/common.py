@@ -215,3 +215,12 @@ def plain_weights(path: Path | str) -> Path:
             f"of the unconverted architecture; use it as it is: njetify finetune/inspect/bake {path}"
         )
     return p
+
+
+def check_budget(budget: float | None) -> None:
+    """``--budget`` must be a positive finite number (× the original's MACs), else a :class:`UserError`."""
+    import math
+
+    if budget is not None and not 0 < budget < math.inf:
+        raise UserError(f"--budget: {budget:g} is not a cost budget; give a positive number, the most the converted "
+                        "model may cost × the original's MACs (e.g. 1.3)")

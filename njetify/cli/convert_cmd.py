@@ -15,6 +15,7 @@ from ..options import MAX_ORDER, SUBSAMPLE_MODES, r_problem
 from .app import app
 from .common import (
     DataDirOption,
+    check_budget,
     DebugOption,
     ForceOption,
     InputSizeOption,
@@ -101,6 +102,10 @@ def convert(
     max_fit_error: str | None = typer.Option(None, "--max-fit-error", metavar="E|none",
                                              help="Fidelity gate: a layer whose relative error after the fit is "
                                                   "above E stays the original conv (default: the recipe's, 0.5)."),
+    budget: float | None = typer.Option(None, "--budget", metavar="B",
+                                        help="Cost budget: the converted model may cost at most B × the original's "
+                                             "MACs at the input size (e.g. 1.3); filter sizes are capped per layer "
+                                             "so it holds while σ learns."),
     calibrate_batches: int = typer.Option(4, "--calibrate-batches", min=1, metavar="N",
                                           help="Batches for --calibrate."),
     calibrate_batch_size: int = typer.Option(16, "--calibrate-batch-size", min=1, metavar="N",
@@ -130,6 +135,7 @@ def convert(
     from ..surgery import convert as convert_model
 
     r_value, gate = _parse_r(r), _parse_gate(max_fit_error)
+    check_budget(budget)
     shape = input_size(size)
     if shape is not None and in_chans is not None and shape[0] != in_chans:
         raise UserError(f"--input-size has {shape[0]} channel(s) but --in-chans is {in_chans}; give one of them")
@@ -164,7 +170,7 @@ def convert(
             _watch(batches, net, con), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*has no convertible convolution")  # said below, as an error
         overrides = {"order": order, "subsample": None if subsample is None else subsample.value, "r": r_value,
-                     "max_fit_error": gate}  # one recipe key per option
+                     "max_fit_error": gate, "budget": budget}  # one recipe key per option
         converted, report = convert_model(net, recipe=rec, calibration_data=batches, example_inputs=example,
                                           **overrides)
     stats = compare_models(net, converted, example)
@@ -225,6 +231,7 @@ def _print(model, shape, report, stats, path, dry_run) -> None:
         ("fit", cli_words(fit)),
         ("params", pct(stats.params_before, stats.params_after)),
         (f"MACs @{size}", pct(stats.macs_before, stats.macs_after)),
+        *_budget_row(report.macs),
         ("output", (f"max |Δ| {stats.max_abs_diff:.3g} (max |y| {stats.max_abs_output:.3g}, rel {rel:.2g}) "
                     f"on a random {'x'.join(map(str, stats.input_shape))} batch")),
     ]
@@ -236,3 +243,12 @@ def _print(model, shape, report, stats, path, dry_run) -> None:
     elif path is not None:
         rows.append(("saved", f"{path} ({Path(path).stat().st_size / 1e6:.2f} MB)"))
     con.print(kv_table(rows, title=f"{model} → N-Jet"))
+
+
+def _budget_row(macs: dict) -> list[tuple[str, str]]:
+    """The ``budget`` row of the summary (none without a budget)."""
+    if macs.get("budget") is None:
+        return []
+    caps = list(macs.get("caps", {}).values()) or [0]
+    return [("budget", f"{macs['budget']:g}× the original's MACs: filters capped at {min(caps)}–{max(caps)} px, "
+                       f"at most {macs['ceiling']:.2f}× while σ learns")]

@@ -9,11 +9,12 @@ import typer
 
 from . import run_folder
 from .app import app
-from .common import (DataDirOption, DebugOption, check_device, command, console, load_converted, peek_converted,
+from .common import (DataDirOption, DebugOption, check_budget, check_device, command, console, load_converted, peek_converted,
                      stored_input_size)
 from .errors import UserError, stderr_console, user_errors
 from .finetune_data import check_fit, datasets, settings_error
 from .run_lock import RunLock
+from ..budget import set_budget
 
 _EPILOG = (
     "Examples:\n"
@@ -49,6 +50,9 @@ def finetune(
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", min=1, metavar="N", help="Global batch size."),
     lr: float | None = typer.Option(None, "--lr", metavar="LR", help="Learning rate of the weights."),
     sigma_lr: float | None = typer.Option(None, "--sigma-lr", metavar="LR", help="Learning rate of the σ's."),
+    budget: float | None = typer.Option(None, "--budget", metavar="B",
+                                        help="Cost budget: at most B × the original's MACs at the input size (e.g. "
+                                             "1.3) at every step; filter sizes are capped per layer."),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, metavar="N",
                                          help="Stop after N optimizer steps in total (checkpoint and summary)."),
     checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", min=0, metavar="STEPS",
@@ -72,6 +76,7 @@ def finetune(
 
     # Every check that needs no model first (the model load can take a minute); nothing is written.
     check_device(device)
+    check_budget(budget)
     meta = peek_converted(converted)
     out = out or Path(converted.name.removesuffix(".safetensors").removesuffix("-njet") + "-finetune")
     run_folder.check(out, resume, force)
@@ -86,7 +91,7 @@ def finetune(
              "limit_train": limit_train, "limit_val": limit_val, "seed": seed, "batch_size": batch_size,
              "image_size": shape[-1] if data.startswith("folder:") else None, "epochs": epochs, "lr": lr,
              "sigma_lr": sigma_lr, "max_steps": max_steps, "checkpoint_every": checkpoint_every,
-             "plot": plot or None}
+             "plot": plot or None, "budget": budget}
     s = run_folder.settings(out, given, resume)
     try:
         config = load_recipe(meta["recipe"]).finetune if meta.get("recipe") else FinetuneConfig()
@@ -97,6 +102,9 @@ def finetune(
     train, val, info = datasets({**s, "seed": cfg.seed}, download, shape[0])
     model = model or load_converted(converted)
     check_fit(model, info, train[0][0])
+    if s.get("budget") is not None:
+        with user_errors(ValueError, what="--budget"):
+            set_budget(model, s["budget"])
     if len(train) < cfg.batch_size:
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(train)} training samples; "
                         f"use --batch-size {len(train)} or less")

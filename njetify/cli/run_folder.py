@@ -26,7 +26,7 @@ SETTINGS_FILE = "run.json"
 #: Settings that decide which samples a run sees: a resumed run must use the same.
 DATA_KEYS = ("data", "data_dir", "val_split", "limit_train", "limit_val", "seed", "batch_size", "image_size")
 #: Settings a resumed run takes from run.json unless given again (then the new value wins).
-RUN_KEYS = ("epochs", "lr", "sigma_lr", "max_steps", "checkpoint_every", "plot")
+RUN_KEYS = ("epochs", "lr", "sigma_lr", "max_steps", "checkpoint_every", "plot", "budget")
 
 
 def run_step(out: Path) -> int | None:

@@ -89,6 +89,8 @@ class SafeSubsample(_Resize):
         self.auto = r == "auto"
         self.r: float | None = None if self.auto else float(r)
         self.scale = self.sigma_scale = 1.0
+        #: Never subsample less than ``1/(stride·scale)`` (set by a cost budget: no map grows past the original's).
+        self.at_least_stride = False
         self.set_source(source, source_name, sigma0)
 
     def set_source(self, source: nn.Module | None, name: str | None = None, sigma0: float | None = None) -> None:
@@ -132,7 +134,10 @@ class SafeSubsample(_Resize):
         key = (p._version, p.data_ptr(), self.r, self.scale, self.sigma_scale)
         if key != self._key:  # one host read per σ update
             sigma = float(src.sigma.detach().mean())
-            self._factor, self._key = 0.5 ** (sigma / (self.sigma_scale * self.r)) / self.scale, key
+            factor = 0.5 ** (sigma / (self.sigma_scale * self.r)) / self.scale
+            if self.at_least_stride:
+                factor = min(factor, 1.0 / (self.stride * self.scale))
+            self._factor, self._key = factor, key
         return self._factor
 
     def extra_repr(self) -> str:
@@ -140,7 +145,9 @@ class SafeSubsample(_Resize):
         align = f", align={self.align}" if self.align else ""
         scale = f", scale={self.scale:.6g}" if self.scale != 1.0 else ""
         scale += f", sigma_scale={self.sigma_scale:.6g}" if self.sigma_scale != self.scale else ""
-        return f"stride={self.stride}, factor={self.factor:.4g}, {src}, interpolation={self.interpolation!r}{align}{scale}"
+        floor = ", at_least_stride=True" if self.at_least_stride else ""
+        return (f"stride={self.stride}, factor={self.factor:.4g}, {src}, interpolation={self.interpolation!r}"
+                f"{align}{scale}{floor}")
 
     def frozen(self, at: str = "learned") -> FixedSubsample:
         """A :class:`FixedSubsample` at the current factor (``at="learned"``) or at ``1/stride``

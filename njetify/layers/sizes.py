@@ -57,6 +57,9 @@ class FilterSizes:
         self._fresh = True  # never read yet: the first read is not a change
         self._warned: set[int] = set()
         self._pending: list[str] = []
+        #: Who set the cap when it is not the user's ``max_size`` (e.g. the cost budget): hitting it is
+        #: then expected and only logged on ``njetify.sizes``.
+        self.cap_note: str | None = None
 
     def current(self, log_sigma: torch.Tensor, extent: float, max_size: int | None) -> tuple[int, ...]:
         """The half-widths now; refreshed from ``log_sigma`` when it changed (never while compiling)."""
@@ -83,7 +86,11 @@ class FilterSizes:
                                  "by hand: lower the σ learning rate, or set max_size and a sane σ")
             half = B.half_width(sigma, extent)
             hit = cap is not None and half > cap
-            if hit and k not in self._warned:
+            if hit and k not in self._warned and self.cap_note:
+                log.info("%s: filter of σ=%.3g needs %d px; capped at %d px by %s", self.what, sigma, 2 * half + 1,
+                         2 * cap + 1, self.cap_note)
+                self._warned.add(k)
+            elif hit and k not in self._warned:
                 msg = (f"{self.what}: filter of σ={sigma:.3g} needs {2 * half + 1} px; capped at "
                        f"max_size={max_size} (set a larger max_size to lift the cap)")
                 if quiet:

@@ -109,6 +109,7 @@ class Recipe:
     sigma_per: str = "layer"  # "layer" | "channel"
     max_size: int | None = 63  # filter size cap in pixels (None: no cap)
     max_fit_error: float | None = MAX_FIT_ERROR  # fidelity gate: a layer fitted worse than this stays the original conv (None: off)
+    budget: float | None = None  # cost budget: × the original's MACs at the input size (None: no budget)
     convs: bool = True  # convert the k×k convolutions (False: only what aspp/subsample ask for)
     subsample: SubsampleConfig = field(default_factory=SubsampleConfig)
     aspp: AsppConfig = field(default_factory=AsppConfig)

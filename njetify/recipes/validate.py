@@ -97,6 +97,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "sigma_per": _choice(*SIGMA_PER),
     "max_size": _at_least(1),
     "max_fit_error": _max_fit_error,
+    "budget": _positive,
     "subsample.mode": _choice(*SUBSAMPLE_MODES),
     "subsample.r": r_problem,
     "subsample.where": _choice(*SUBSAMPLE_WHERE),

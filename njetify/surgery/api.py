@@ -37,13 +37,15 @@ def resolve_recipe(recipe=None, **overrides) -> Recipe:
     if recipe is not None and not isinstance(recipe, (Recipe, str, os.PathLike)):
         raise TypeError(f"recipe must be None, a njetify.recipes.Recipe or a str (built-in name or YAML path), "
                         f"got {type(recipe).__name__}")
-    order, subsample, r = (overrides.get(k) for k in ("order", "subsample", "r"))
+    order, subsample, r, budget = (overrides.get(k) for k in ("order", "subsample", "r", "budget"))
     if order is not None:
         check_order(order)
     if isinstance(subsample, str) and subsample not in SUBSAMPLE_MODES:
         raise ValueError(f"subsample must be one of {SUBSAMPLE_MODES}, got {subsample!r}")
     if r is not None:
         check_r(r)
+    if budget is not None:
+        check_positive("budget", budget)
     from ..recipes import resolve_recipe as _resolve
 
     rec = _resolve(recipe, **overrides)
@@ -89,7 +91,10 @@ def convert(
             (:func:`resolve_recipe`; None: not given), e.g. ``order=2`` (derivative order N,
             default 3), ``subsample="keep"`` (``"safe"``, the default: strided convs/pools → stride 1
             + SafeSubsample; ``"keep"``: strides and pooling stay), ``r=4`` (``"auto"``, the default:
-            factor at σ₀ = original stride; the paper uses 4), ``max_fit_error=0.3``,
+            factor at σ₀ = original stride; the paper uses 4), ``budget=1.5`` (the most the converted
+            model may cost, × the original's MACs at the example input's size; needs ``example_inputs``
+            or tensor calibration batches; filter sizes are capped per layer so that it holds while σ
+            learns, :mod:`njetify.budget`), ``max_fit_error=0.3``,
             ``sigma_init="kernel"``, ``rules=[...]`` (appended). An unknown key is a RecipeError
             with the closest key.
         calibration_data: iterable of input batches (tensors, or ``(x, y, ...)`` tuples); when

@@ -68,6 +68,8 @@ class SurgeryContext:
     converted: dict[str, ConvertedLayer] = field(default_factory=dict)
     tied: list[ReportRow] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    macs_before: float | None = None
+    costs: Any = None
 
     def module(self, path: str) -> nn.Module:
         """The module at ``path`` in the model as it is now ("" is the model)."""

@@ -53,6 +53,8 @@ class ConversionReport:
     ``tracing``: ``{"mode": "fx" | "fx-partial" | "swap", "regions": [...], "failures": [...]}``.
     ``recipe``: the resolved recipe as a dict (keyword overrides applied).
     ``params_before`` / ``params_after``: parameter totals of the whole model.
+    ``macs``: MACs per sample at the example input (``before``, ``after``; with a budget also
+    ``budget``, ``ceiling`` — the cost with every filter at its cap — and ``caps``), see :mod:`njetify.budget`.
     """
 
     rows: list[ReportRow] = field(default_factory=list)
@@ -65,6 +67,7 @@ class ConversionReport:
     params_before: int = 0
     params_after: int = 0
     model_class: str = ""
+    macs: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ rows
     def add(self, row: ReportRow) -> ReportRow:

@@ -7,8 +7,12 @@ History layout (``history.json``)::
      "epochs": [{"epoch", "step", "time_s", "throughput", "train": {...}, "val": {...},
                  "lr": {group: lr}, "layers": {layer: {"sigma", "sigma_min", "sigma_max", "size"}},
                  "feature_sizes": {subsample: [H, W]}}, ...],
-     "steps": [{"step", "epoch", "loss", "sigma": {layer: σ}}, ...],
-     "step_log": {"every", "loss_sum", "n"}}
+     "steps": [{"step", "epoch", "loss", "sigma": {layer: σ}, "macs"}, ...],
+     "step_log": {"every", "loss_sum", "n", "macs_max"}}
+
+``macs`` (steps and epoch rows; meta ``macs_original`` and ``budget``): MACs per sample at the
+input size of conversion (:mod:`njetify.budget`), the largest over the steps a point stands for;
+absent for a model converted without example inputs.
 
 Epoch 0 is the model before fine-tuning (no ``train`` entry). A run stopped inside an
 epoch (``max_steps``) ends with a row ``"partial": true`` whose ``epoch`` is fractional
@@ -114,16 +118,23 @@ class History:
     def append(self, row: dict) -> None:
         self.epochs.append(row)
 
-    def log_step(self, step: int, epoch: float, loss: float, sigma: dict[str, float]) -> None:
+    def log_step(self, step: int, epoch: float, loss: float, sigma: dict[str, float],
+                 macs: float | None = None) -> None:
         """Add training step ``step`` (1-based) to the step log: a point every ``every`` steps
-        with the mean loss since the last point; thinned when it exceeds MAX_STEP_POINTS."""
+        with the mean loss and the largest ``macs`` since the last point; thinned when it exceeds
+        MAX_STEP_POINTS."""
         log = self.step_log
         log["loss_sum"] += loss
         log["n"] += 1
+        if macs is not None:
+            log["macs_max"] = max(log.get("macs_max") or 0.0, float(macs))
         if step % log["every"]:
             return
-        self.steps.append({"step": step, "epoch": epoch, "loss": log["loss_sum"] / log["n"], "sigma": sigma})
-        log["loss_sum"], log["n"] = 0.0, 0
+        point = {"step": step, "epoch": epoch, "loss": log["loss_sum"] / log["n"], "sigma": sigma}
+        if log.get("macs_max"):
+            point["macs"] = log["macs_max"]
+        self.steps.append(point)
+        log["loss_sum"], log["n"], log["macs_max"] = 0.0, 0, None
         if len(self.steps) > MAX_STEP_POINTS:
             log["every"] *= 2
             self.steps = [p for p in self.steps if p["step"] % log["every"] == 0]

@@ -24,6 +24,7 @@ from ..recipes import FinetuneConfig
 from . import distributed as D
 from .config import amp_dtype, deterministic_mode, resolve_config, seed_everything
 from ..summary.core import original_sizes
+from ..budget import BUDGET_ATTR, macs_now
 from .history import History, feature_sizes, layer_snapshot, sigma_values, subsample_modules
 from .interrupt import StopFlag
 from .metrics import ClassificationMeter, SegmentationMeter, inverse_frequency_weights
@@ -223,6 +224,7 @@ class _Trainer(CheckpointMixin, StoppingMixin):
             "subsample_sources": {n: by_id.get(id(m.source), m.source_name) for n, m in subs.items()},
             "feature_sizes_original": feature_sizes(self.model, self.sample, original=True),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **_cost_meta(self.model),
         }
 
     # ------------------------------------------------------------------ run
@@ -265,7 +267,8 @@ class _Trainer(CheckpointMixin, StoppingMixin):
             loss = self._step(self._prepare(x), y.to(self.device, non_blocking=True))
             st.batch += 1
             st.step += 1
-            self.history.log_step(st.step, st.epoch + st.batch / self.steps_per_epoch, loss, sigma_values(self.njets))
+            self.history.log_step(st.step, st.epoch + st.batch / self.steps_per_epoch, loss, sigma_values(self.njets),
+                                  macs_now(self.model))
             self._show(loss, t0)
             self._estimate(max_steps)
             if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0 and st.batch < self.steps_per_epoch:
@@ -367,6 +370,9 @@ class _Trainer(CheckpointMixin, StoppingMixin):
         row["lr"] = current_lrs(self.optimizer)
         row["layers"] = layer_snapshot(self.model)
         row["feature_sizes"] = feature_sizes(self.model, self.sample)
+        macs = macs_now(self.model)
+        if macs is not None:
+            row["macs"] = macs
         return row
 
     def _record(self, epoch: int, train: dict | None, throughput: float, train_time: float) -> None:
@@ -402,3 +408,9 @@ def _logits(out) -> torch.Tensor:
     if isinstance(out, (tuple, list)):
         return out[0]
     raise TypeError(f"model output must be a tensor, a dict with 'out' or a tuple, got {type(out).__name__}")
+
+
+def _cost_meta(model: nn.Module) -> dict:
+    """``macs_original`` (per sample, at the conversion's input size) and ``budget`` of ``model``'s cost table."""
+    table = getattr(model, BUDGET_ATTR, None)
+    return {} if table is None else {"macs_original": table.original, "budget": table.budget}

@@ -14,12 +14,14 @@ from ...inputs import call_model
 from ..robust import failure_note
 from ..util import count_params
 from .analyse import out_shapes
+from .costs import cost_summary
 
 
 def finish_pass(ctx: SurgeryContext) -> None:
     """Parameter totals; the output shapes on the example inputs must be the original's (else a
     warning and a note); a note when nothing was converted."""
     ctx.report.params_after = count_params(ctx.model)
+    cost_summary(ctx)
     note = failure_note(ctx.failures)
     if note:
         ctx.report.note(note)
