@@ -110,7 +110,7 @@ def test_the_registered_type_converts():
 def test_calibration_runs_and_leaves_the_layer_to_its_own_rule():
     batches = [torch.randn(4, 3, 16, 16) for _ in range(2)]
     torch.manual_seed(0)
-    net, report = njetify.convert(Net(), calibration_data=batches, max_fit_error=float("inf"))
+    net, report = njetify.convert(Net(), calibration_data=batches, max_fit_error=float("inf"), sigma_init="kernel")
     assert isinstance(net.blur, GaussBlur) and float(net.blur.sigma.detach()) == pytest.approx(1.0)
     assert report.calibration["fit"] == "output-matching" and report.rows[0].extra["fit"] == "output-matching"
 
