@@ -1,11 +1,15 @@
 """Model inputs as the surgery and the calibration take them: a tensor, a tuple of positional
-inputs, or a dict of keyword inputs — moved to the model's device and dtype, and fed to it;
-and the first tensor of what a model returns."""
+inputs, or a dict (keyword inputs, or one positional dict) — moved to the model's device and dtype,
+and fed to it the way its ``forward`` takes them; and the first tensor of what a model returns."""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 def to_model(x, device, dtype):
@@ -19,11 +23,45 @@ def to_model(x, device, dtype):
     return x
 
 
+def _parameters(model: nn.Module):
+    """The parameters of ``model.forward`` (None when its signature cannot be read)."""
+    try:
+        return list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+
+
+def takes_keywords(model: nn.Module, keys) -> bool:
+    """Whether ``model.forward`` accepts every one of ``keys`` as a keyword (True when unknown)."""
+    params = _parameters(model)
+    if params is None or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return True
+    names = {p.name for p in params if p.kind in (*_POSITIONAL, inspect.Parameter.KEYWORD_ONLY)}
+    return set(keys) <= names
+
+
+def positional_slots(model: nn.Module) -> float:
+    """How many positional arguments ``model.forward`` takes (inf with ``*args`` or when unknown)."""
+    params = _parameters(model)
+    if params is None or any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return float("inf")
+    return sum(p.kind in _POSITIONAL for p in params)
+
+
 def call_model(model: nn.Module, batch):
-    """``model(batch)``; a tuple/list batch is unpacked as positional, a dict as keyword arguments."""
+    """Feed ``batch`` to ``model`` as its ``forward`` takes it.
+
+    A dict is passed as keyword arguments when ``forward`` accepts all its keys, else as one
+    positional argument (``forward(self, batch)``); a tuple/list is unpacked as positional
+    arguments unless ``forward`` takes a single one (then it is passed whole); a tensor as is.
+    """
     if isinstance(batch, dict):
-        return model(**batch)
+        if takes_keywords(model, batch) or positional_slots(model) < 1:
+            return model(**batch)
+        return model(batch)
     if isinstance(batch, (tuple, list)):
+        if len(batch) > 1 and positional_slots(model) == 1:
+            return model(batch)
         return model(*batch)
     return model(batch)
 

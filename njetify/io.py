@@ -3,7 +3,9 @@
 ``save(model, path)`` writes every tensor of ``model.state_dict()`` and, as safetensors
 metadata, one JSON document: how the unconverted model was built (``create_model``
 name and arguments), the resolved recipe, the example input shapes, the njetify /
-torch versions, a SHA-256 of the tensors, and a fingerprint of the module tree.
+torch versions, a SHA-256 of the tensors, a fingerprint of the module tree, and the path
+choices its σ layers measured (:mod:`njetify.layers.path_plan`; ``load`` adopts those made on
+this kind of machine, so they are not timed again).
 ``load(path)`` rebuilds the model with :func:`njetify.create_model` and
 :func:`njetify.surgery.convert` (same recipe, same example input shapes), loads the
 tensors strictly and checks the fingerprint — so learned σ, and with it every filter
@@ -119,7 +121,11 @@ def save(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"save: model must be an nn.Module, got {type(model).__name__}")
+    model = _unwrapped(model)  # torch.compile / DataParallel / DDP: the file holds the inner model
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"save: {path!r} is a folder; give a file path, e.g. "
+                                f"{os.path.join(path, 'model.safetensors')!r}")
     meta_attr = getattr(model, META_ATTR, None) or {}
     found = _from_report(report) or _from_report(getattr(model, REPORT_ATTR, None)) or {
         "recipe": meta_attr.get("recipe"), "input_shapes": meta_attr.get("input_shapes")}
@@ -164,15 +170,32 @@ def save(
         "tensors_sha256": _tensor_digest(tensors),
         "fingerprint": _module_fingerprint(model),
         "resolution": record_of(model),
+        "path_plans": _model_plans(model),
         "extra": _jsonable(dict(extra or {}), "extra"),
     }
     from safetensors.torch import save_file
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)})
-    os.replace(tmp, path)  # never leave a half-written file under the real name
+    try:
+        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)})
+        os.replace(tmp, path)  # never leave a half-written file under the real name
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)  # nor a temporary one
+        raise
     return path
+
+
+def _model_plans(model: nn.Module) -> list[dict]:
+    """The measured path choices (:mod:`njetify.layers.path_plan`) of call signatures of ``model``'s σ
+    layers: a decision's key holds the layer's in/out channels, groups (indices 3–5) and order (7)."""
+    from .layers import path_plan
+
+    layers = {(m.in_channels, m.out_channels, m.groups, m.order) for m in sigma_layers(model).values()
+              if all(hasattr(m, a) for a in ("in_channels", "out_channels", "groups", "order"))}
+    return [e for e in path_plan.export_plans()
+            if len(e["key"]) > 7 and (e["key"][3], e["key"][4], e["key"][5], e["key"][7]) in layers]
 
 
 # ------------------------------------------------------------------------------ load
@@ -244,6 +267,8 @@ def _rebuild(meta: dict, path: str, model: nn.Module | None) -> nn.Module:
         )
     elif not isinstance(model, nn.Module):
         raise TypeError(f"load: model must be an nn.Module (the unconverted architecture) or None, got {type(model).__name__}")
+    else:
+        model = _copy_of(_unwrapped(model))  # the caller's model is never modified
     if meta.get("recipe") is None or _has_njet_layers(model):
         return model  # saved unconverted, or the caller passed an already converted model
     from .recipes import RecipeError, load_recipe
@@ -272,6 +297,21 @@ def _rebuild(meta: dict, path: str, model: nn.Module | None) -> nn.Module:
     return converted
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    from .surgery.entry import unwrap
+
+    return unwrap(model)[0]
+
+
+def _copy_of(model: nn.Module) -> nn.Module:
+    from .surgery.reparam import copy_model
+
+    try:
+        return copy_model(model)
+    except TypeError as exc:
+        raise TypeError(f"load: {exc}; load needs a copy of model= (it is never modified)") from None
+
+
 def load(
     path: str | os.PathLike,
     model: nn.Module | None = None,
@@ -282,7 +322,7 @@ def load(
 
     ``model``: None to rebuild with :func:`njetify.create_model` from the saved name; for a model
     of your own pass the *unconverted* architecture (``model=MyNet()``), or an already converted
-    one. The tensors are loaded strictly and the module tree is compared with the saved one;
+    one; it is deep-copied, never modified (the result is a new object). The tensors are loaded strictly and the module tree is compared with the saved one;
     any difference raises ``ValueError`` and nothing is returned half-loaded. The model is
     returned in training mode (call ``.eval()`` for inference), on ``device`` (default CPU).
     """
@@ -305,9 +345,12 @@ def load(
             f"version or a different model= argument?); nothing was loaded"
         )
     try:
-        built.load_state_dict(tensors, strict=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            built.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"load: the tensors of {path!r} do not fit the rebuilt model: {exc}") from None
+    _rewarn(caught, built)
     after = _module_fingerprint(built)["modules"]
     diff = [k for k in set(after) | set(meta["fingerprint"]["modules"]) if after.get(k) != meta["fingerprint"]["modules"].get(k)]
     if diff:
@@ -320,4 +363,20 @@ def load(
                                                           "resolution")})
     if meta.get("source") is not None:
         setattr(built, SOURCE_ATTR, meta["source"])
+    from .layers.path_plan import import_plans
+
+    import_plans(meta.get("path_plans"))  # decisions made on this kind of machine are not timed again
     return built.to(device) if device is not None else built
+
+
+def _rewarn(caught, model: nn.Module) -> None:
+    """Warnings of ``load_state_dict`` again; the σ-too-small ones as one warning naming the layers' paths."""
+    from .layers.sizes import MIN_USEFUL_SIGMA, SmallSigmaWarning, small_sigma_message
+
+    for w in caught:
+        if not issubclass(w.category, SmallSigmaWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    small = [(p, float(m.sigma.detach().min())) for p, m in sigma_layers(model).items()
+             if m.scale_parameter().requires_grad and float(m.sigma.detach().min()) < MIN_USEFUL_SIGMA]
+    if small:
+        warnings.warn(SmallSigmaWarning(small_sigma_message(small)), stacklevel=3)

@@ -12,32 +12,44 @@ ARG = "calibration_data"
 
 
 def _input_of(batch, i: int):
-    """The model input of batch ``i``: a tensor, a dict of keyword inputs, or the first item of ``(x, y, ...)``."""
+    """The model input of batch ``i``: a tensor, a dict, or the first item of ``(x, y, ...)`` — itself a
+    tensor, a dict, or a tuple/list of positional inputs."""
     if isinstance(batch, (tuple, list)):
         if not batch:
             raise ValueError(f"{ARG}: batch {i} is an empty {type(batch).__name__}; give (x, ...) tuples or tensors")
         batch = batch[0]
-    if isinstance(batch, dict) or isinstance(batch, torch.Tensor):
+    if isinstance(batch, (dict, torch.Tensor)) or (isinstance(batch, (tuple, list)) and batch):
         return batch
     raise TypeError(f"{ARG}: batch {i} is a {type(batch).__name__}; give tensors (N, C, H, W), (x, y, ...) "
-                    "tuples whose first item is the input, or dicts of keyword inputs")
+                    "tuples whose first item is the input (a tensor, a dict, or a tuple of positional inputs), "
+                    "or dicts of inputs")
+
+
+def _named(x, prefix: str = "") -> list[tuple[str, object]]:
+    """The leaves of an input (tensor / dict / tuple / list), named by where they are (``image``, ``[1]``)."""
+    if isinstance(x, dict):
+        return [leaf for k, v in x.items() for leaf in _named(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(x, (tuple, list)):
+        return [leaf for j, v in enumerate(x) for leaf in _named(v, f"{prefix}[{j}]")]
+    return [(prefix or "input", x)]
 
 
 def _tensors(x) -> list[torch.Tensor]:
-    return list(x.values()) if isinstance(x, dict) else [x]
+    return [t for _, t in _named(x) if isinstance(t, torch.Tensor)]
 
 
 def _signature(x) -> tuple:
     """What must agree between batches: per tensor its dtype, rank and every size but N and H, W."""
     return tuple((k, t.dtype, t.dim(), tuple(t.shape[1:-2]) if t.dim() >= 3 else tuple(t.shape[1:]))
-                 for k, t in (x.items() if isinstance(x, dict) else [("input", x)]) if isinstance(t, torch.Tensor))
+                 for k, t in _named(x) if isinstance(t, torch.Tensor))
 
 
 def prepare_batches(model: nn.Module, calibration_data, device=None, dtype=None) -> list:
     """The calibration batches as a list of model inputs on the model's device and dtype, checked.
 
     Accepts a tensor (one batch), or an iterable (a DataLoader, a list) of tensors, ``(x, y, ...)``
-    tuples or dicts of keyword inputs. Raises one TypeError/ValueError naming ``calibration_data``
+    tuples (``x`` a tensor, a dict or a tuple of positional inputs) or dicts (keyword inputs, or one
+    positional dict: :func:`njetify.inputs.call_model`). Raises one TypeError/ValueError naming ``calibration_data``
     for: a non-iterable, an empty iterable, non-floating inputs, batches that disagree in rank,
     channels or dtype, or a batch on which ``model`` (the original) fails — it is run once on every
     batch whose shape differs from all before it (once in all when they share one shape).
@@ -70,8 +82,7 @@ def prepare_batches(model: nn.Module, calibration_data, device=None, dtype=None)
 
 
 def _describe(x) -> str:
-    return ", ".join(f"{k}: {tuple(t.shape)} {t.dtype}" for k, t in
-                     (x.items() if isinstance(x, dict) else [("input", x)]) if isinstance(t, torch.Tensor))
+    return ", ".join(f"{k}: {tuple(t.shape)} {t.dtype}" for k, t in _named(x) if isinstance(t, torch.Tensor))
 
 
 def _run_original(model: nn.Module, batches: list) -> None:

@@ -81,6 +81,14 @@ def calibrate_model(
                 auto = [p for p, ss in subsamples_of(converted, u.module) if is_auto_r(ss)]
                 lock = fixed_r_reason(converted, u.module)
             before = u.sigmas()
+            if not _has_targets(targets[u.index], inputs):
+                res = _unfitted(u, "the original conv recorded no output on the calibration batches that reach it "
+                                   "(its forward hooks did not run: a compiled or scripted original model?): "
+                                   "weight-space fit kept")
+                apply_gate(u, res, lo, converted, original, revert, sweep)
+                done[key] = res
+                report_progress(len(done), len(units))
+                return
             res = fit_unit(u, inputs, targets[u.index], opts, lo, lock)
             if res.sigma0 != before and auto:
                 retarget_subsamples(converted, u.module, auto)
@@ -91,12 +99,21 @@ def calibrate_model(
         sweep.run(fit)
         for u in units:
             if u.index not in done:
-                res = LayerResult(path=u.path, paths=u.paths + u.extra_paths, kind="tied" if u.tied else "conv",
-                                  status="unreached", sigma0=u.sigmas(), weight_error=u.weight_error(),
-                                  size=[b.shape[-1] for b, _, _ in u.bases()],
-                                  reason="not reached by the calibration data: weight-space fit kept")
+                res = _unfitted(u, "not reached by the calibration data: weight-space fit kept")
                 apply_gate(u, res, per_layer(u.path), converted, original, revert, None)
                 done[u.index] = res
     result.layers = list(done.values())
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _has_targets(unit_targets: list, inputs: list) -> bool:
+    """Whether the original conv's outputs were recorded on any batch whose input reached the layer."""
+    return any(branch.get(b) is not None for branch in unit_targets for b, _ in inputs)
+
+
+def _unfitted(u, reason: str) -> LayerResult:
+    """The result of a unit that keeps its weight-space fit (status ``"unreached"``)."""
+    return LayerResult(path=u.path, paths=u.paths + u.extra_paths, kind="tied" if u.tied else "conv",
+                       status="unreached", sigma0=u.sigmas(), weight_error=u.weight_error(),
+                       size=[b.shape[-1] for b, _, _ in u.bases()], reason=reason)

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..fit import dense_kernel
 from ..layers import NJetConv2d, NJetConvTranspose2d, TiedNJetBranch, TiedNJetConv2d
+from ..layers.njet_axes import NJetAxesConv2d
 from .responses import Geometry, TransposedGeometry
 
 
@@ -161,6 +162,53 @@ class TransposedUnit(Unit):
         return float(err)
 
 
+@dataclass(frozen=True)
+class AxesGeometry(Geometry):
+    """"Same" padding with a trim per axis (``trim_y``, ``trim_x``) for a filter embedded, centred, in a
+    square ``size × size`` grid (zeros outside its ``s_y × s_x`` support)."""
+
+    trim_y: int = 0
+    trim_x: int = 0
+
+    def pads(self, height: int, width: int, size: int) -> list[int]:
+        px, py = (size - 1) // 2 - self.trim_x, (size - 1) // 2 - self.trim_y
+        return [px, px, py, py]
+
+
+class AxesUnit(Unit):
+    """An :class:`~njetify.layers.njet_axes.NJetAxesConv2d` (one σ per axis): its ``s_y × s_x`` basis
+    embedded in a square grid so that the engine's square patches serve it; ``set_sigma`` sets every
+    axis that has extent."""
+
+    def uniform_sigma(self) -> bool:
+        return True  # one basis serves every output whatever the two σ are
+
+    def sigmas(self) -> list[float]:
+        """The mean σ of the axes with extent (what ``set_sigma`` and ``from_conv(sigma=…)`` set)."""
+        return [float(self.module.sigma.detach().double().mean())]
+
+    def set_sigma(self, sigma: float) -> None:
+        """Scale every axis's σ so that their mean is ``sigma`` (their ratio kept)."""
+        with torch.no_grad():
+            self.module.log_sigma.add_(float(torch.tensor(sigma / self.sigmas()[0], dtype=torch.float64).log()))
+
+    def bases(self) -> list[tuple[torch.Tensor, Geometry, int]]:
+        m = self.module
+        b = m.basis().detach()
+        size = max(b.shape[-2:])
+        py, px = (size - b.shape[-2]) // 2, (size - b.shape[-1]) // 2
+        square = torch.nn.functional.pad(b, (px, px, py, py))
+        return [(square, AxesGeometry("same", 0, m.stride, m.padding_mode, m.trim[0], m.trim[1]), m.stride)]
+
+    def weight_space_fit(self) -> float:
+        m, conv = self.module, self.originals[0]
+        err = m.fit_(conv.weight.detach())
+        if m.bias is not None:
+            with torch.no_grad():
+                m.bias.copy_(conv.bias.detach())
+        return float(err)
+
+
 def build_units(original: nn.Module, converted: nn.Module, paths: list[str]) -> list[Unit]:
     """One unit per distinct converted layer / tied head named in ``paths``.
 
@@ -181,6 +229,12 @@ def build_units(original: nn.Module, converted: nn.Module, paths: list[str]) -> 
         if not isinstance(old, nn.Conv2d):
             raise ValueError(f"calibration: {path!r} in the original model is a {type(old).__name__}, "
                              "not an nn.Conv2d (give the paths of converted convolutions)")
+        if isinstance(new, NJetAxesConv2d):
+            if id(new) in units:
+                units[id(new)].extra_paths.append(path)
+            else:
+                units[id(new)] = AxesUnit([path], new, [old])
+            continue
         if isinstance(new, TiedNJetBranch):
             owner = new.owner
             tied_paths.setdefault(id(owner), {})[new.index] = path

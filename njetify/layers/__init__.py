@@ -2,6 +2,7 @@
 
 * :class:`NJetConv2d` — the N-Jet convolution (``njet_conv.py``);
 * :class:`NJetConvTranspose2d` — the transposed N-Jet convolution (``njet_transpose.py``);
+* :class:`NJetAxesConv2d` — an N-Jet convolution with one σ per axis (1×k, k×1 kernels; ``njet_axes.py``);
 * :class:`TiedNJetConv2d` — tied ASPP branches: one α, a σ per branch (``tied.py``), seen at each
   branch's path as a :class:`TiedNJetBranch` (``tied_branch.py``);
 * :class:`FactorisedConv2d` — a baked layer kept as 1-D filters + a 1×1 conv (``factorised_conv.py``;
@@ -19,6 +20,7 @@ which modules carry a learned σ.
 """
 
 from .flatten_guard import GuardedLinear
+from .njet_axes import NJetAxesConv2d
 from .njet_conv import NJetConv2d
 from .njet_transpose import NJetConvTranspose2d
 from .padding import Conv2dDynamicSame
@@ -30,7 +32,7 @@ from .subsampled_conv import SubsampledConv2d
 from .tied import TiedNJetBranch, TiedNJetConv2d
 
 __all__ = [
-    "Conv2dDynamicSame", "FixedSubsample", "GuardedLinear", "NJetConv2d", "NJetConvTranspose2d", "PoolSpec", "SafePool2d", "SafeSubsample",
+    "Conv2dDynamicSame", "FixedSubsample", "GuardedLinear", "NJetAxesConv2d", "NJetConv2d", "NJetConvTranspose2d", "PoolSpec", "SafePool2d", "SafeSubsample",
     "SafeUpsample", "SigmaModule", "StridelessPool2d", "SubsampledConv2d", "TiedNJetBranch", "TiedNJetConv2d", "carries_sigma",
     "sigma_layers", "sigma_parameters",
 ]

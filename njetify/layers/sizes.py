@@ -16,6 +16,9 @@ under ``torch.export``), so every σ layer keeps its half-widths as plain Python
   back to eager silently because its filters grew.
 
 After editing σ by hand and before compiling or exporting, call :func:`refresh_sizes`.
+
+A learned σ below :data:`MIN_USEFUL_SIGMA` cannot learn: its gradient vanishes (a
+:class:`SmallSigmaWarning`, once per layer, when such a σ is built, loaded or reached).
 """
 
 from __future__ import annotations
@@ -41,6 +44,26 @@ RECOMPILE_LIMIT = 64
 _LIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
+class SmallSigmaWarning(UserWarning):
+    """A learned σ so small that its gradient vanishes: it cannot grow back by training."""
+
+
+#: The smallest σ (pixels) that can learn: √(1 / (2·ln 2²³)) = 0.177 px. Below it a neighbouring pixel's
+#: Gaussian weight exp(−1/(2σ²)) is under float32's resolution (2⁻²³) of the centre's, the filter is
+#: numerically a delta, and σ's gradient is under 10⁻⁵ of α's in any dtype, about 10× less per 0.01 px
+#: (float32 and float64 alike; exactly 0 in float32 below 0.068 px): measured by
+#: benchmarks/small_sigma_gradient.py and tests/test_library_faults.py.
+MIN_USEFUL_SIGMA = math.sqrt(1.0 / (2.0 * 23 * math.log(2.0)))
+
+
+def small_sigma_message(layers: list[tuple[str, float]]) -> str:
+    """The warning for ``layers`` ``[(name, σ), ...]`` whose learned σ is below :data:`MIN_USEFUL_SIGMA`."""
+    names = ", ".join(f"{name} (σ={sigma:.3g})" for name, sigma in layers[:5]) + (" ..." if len(layers) > 5 else "")
+    return (f"{names}: σ below {MIN_USEFUL_SIGMA:.3g} px, where σ's gradient vanishes (under 1e-5 of α's; a "
+            f"neighbouring pixel's weight exp(-1/(2σ²)) is below float32 resolution): training cannot move σ. Start "
+            f"from σ ≥ {MIN_USEFUL_SIGMA:.3g} px (e.g. the kernel rule (k-1)/4) or freeze σ (learn_sigma=False)")
+
+
 class FilterSizes:
     """The half-widths ``h`` (filter size ``2h+1``) of one σ layer, one per σ group.
 
@@ -56,6 +79,7 @@ class FilterSizes:
         self._key: tuple | None = None
         self._fresh = True  # never read yet: the first read is not a change
         self._warned: set[int] = set()
+        self._warned_small = False
         self._pending: list[str] = []
         #: Who set the cap when it is not the user's ``max_size`` (e.g. the cost budget): hitting it is
         #: then expected and only logged on ``njetify.sizes``.
@@ -76,6 +100,7 @@ class FilterSizes:
         """Recompute the half-widths from σ (``values``: log σ already read on the host); True if one changed."""
         logs = log_sigma.detach().reshape(-1).tolist() if values is None else values
         sigmas = [max(logs)] if self.groups == "max" else logs
+        self._check_small(log_sigma, logs)
         cap = None if max_size is None else max(0, (max_size - 1) // 2)
         halves, capped = [], []
         for k, ls in enumerate(sigmas):
@@ -107,6 +132,16 @@ class FilterSizes:
         if changed and not first:
             _note_change(self.what, old, self.halves)
         return changed
+
+    def _check_small(self, log_sigma: torch.Tensor, logs: list[float]) -> None:
+        """Warn once when a learned σ is below :data:`MIN_USEFUL_SIGMA` (its gradient vanishes)."""
+        if self._warned_small or not log_sigma.requires_grad or not logs:
+            return
+        smallest = min(logs)
+        if smallest < math.log(MIN_USEFUL_SIGMA):  # False for NaN
+            self._warned_small = True
+            sigma = math.exp(max(smallest, -700.0))
+            warnings.warn(SmallSigmaWarning(small_sigma_message([(self.what, sigma)])), stacklevel=4)
 
     def invalidate(self) -> None:
         """Forget the last read (after σ was replaced, moved or loaded)."""

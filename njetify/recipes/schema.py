@@ -41,6 +41,7 @@ class Rule:
     extent: float | None = None
     learn_sigma: bool | None = None
     sigma_per: str | None = None
+    sigma_per_axis: bool | str | None = None
     max_size: int | None = None
     max_fit_error: float | None = None  # a rule disables the gate with .inf
     depthwise_order: int | None = None
@@ -93,6 +94,7 @@ class LayerSettings:
     max_size: int | None
     max_fit_error: float | None = None
     depthwise_order: int | None = None
+    sigma_per_axis: bool | str = "auto"
 
 
 @dataclass
@@ -107,6 +109,9 @@ class Recipe:
     sigma_init: float | str = "fit"  # "fit": the best of a few σ₀ (on the data); "kernel": σ₀ from k and dilation; or pixels
     learn_sigma: bool = True
     sigma_per: str = "layer"  # "layer" | "channel"
+    # "auto": one σ per axis for non-square kernels (1×k, k×1), one σ for square ones; true: per axis for
+    # square stride-1 kernels too; false: one σ only (non-square kernels stay convs) — njetify.layers.njet_axes
+    sigma_per_axis: bool | str = "auto"
     max_size: int | None = 63  # filter size cap in pixels (None: no cap)
     max_fit_error: float | None = MAX_FIT_ERROR  # fidelity gate: a layer fitted worse than this stays the original conv (None: off)
     budget: float | None = None  # cost budget: × the original's MACs at the input size (None: no budget)
@@ -132,6 +137,7 @@ class Recipe:
             max_size=self.max_size,
             max_fit_error=self.max_fit_error,
             depthwise_order=self.depthwise_order,
+            sigma_per_axis=self.sigma_per_axis,
         )
         for rule in self.rules_for(path):
             updates = {f.name: getattr(rule, f.name) for f in fields(rule) if f.name != "match"}

@@ -67,6 +67,12 @@ def _sigma_init(v):
     return _positive(v)
 
 
+def _per_axis(v):
+    ok = v is True or v is False or v == "auto"
+    return None if ok else ("'auto' (one σ per axis for non-square kernels), true (for every stride-1 kernel) "
+                            "or false (one σ; non-square kernels stay convs)")
+
+
 def _max_fit_error(v):
     return None if v >= 0 else "a relative error ≥ 0 (e.g. 0.5; .inf never reverts, 0 always does), or null for no gate"
 
@@ -95,6 +101,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "extent": _positive,
     "sigma_init": _sigma_init,
     "sigma_per": _choice(*SIGMA_PER),
+    "sigma_per_axis": _per_axis,
     "max_size": _at_least(1),
     "max_fit_error": _max_fit_error,
     "budget": _positive,

@@ -7,7 +7,6 @@ only modules are swapped (DESIGN §6). A conversion that fails part-way is rolle
 
 from __future__ import annotations
 
-import copy
 import os
 
 import torch
@@ -20,6 +19,8 @@ from ..recipes.schema import AsppConfig, Recipe, SubsampleConfig
 from .context import SurgeryContext, check_pipeline, run_pipeline
 from .pipeline import DEFAULT_PASSES
 from .report import REPORT_ATTR, ConversionReport
+from .entry import check_finite, check_quantized, unwrap
+from .reparam import copy_model, note_dropped, refresh_effective, reparametrisations
 from .rewrite import Rewriter
 from ..inputs import to_model
 from .util import count_params, model_device_dtype
@@ -66,10 +67,13 @@ def _as_tuple(example_inputs) -> tuple | None:
 
 def _copy(model: nn.Module, why: str) -> nn.Module:
     try:
-        return copy.deepcopy(model)
-    except Exception as e:  # noqa: BLE001 - any failure of the user's class to copy
-        raise TypeError(f"convert: {type(model).__name__} cannot be deep-copied ({type(e).__name__}: {e}); "
-                        f"{why}") from None
+        return copy_model(model)
+    except TypeError as e:
+        raise TypeError(f"convert: {e}; {why}") from None
+
+
+#: Model dtypes whose calibration runs on a float32 copy (their precision fails the geometry check).
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def convert(
@@ -85,7 +89,9 @@ def convert(
     """Convert ``model`` to an N-Jet network; returns ``(converted_model, report)``.
 
     Args:
-        model: any ``nn.Module`` (timm, torchvision, segmentation-models-pytorch, your own).
+        model: any ``nn.Module`` (timm, torchvision, segmentation-models-pytorch, your own). A
+            ``torch.compile`` / ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper is removed:
+            the inner model is converted and returned unwrapped (a report note says so).
         recipe: None, a :class:`njetify.recipes.Recipe`, or a built-in recipe name / YAML path.
         **overrides: recipe keys that override the recipe's values, all through one resolver
             (:func:`resolve_recipe`; None: not given), e.g. ``order=2`` (derivative order N,
@@ -99,7 +105,10 @@ def convert(
             with the closest key.
         calibration_data: iterable of input batches (tensors, or ``(x, y, ...)`` tuples); when
             given, every converted layer is refitted to reproduce the original conv's outputs,
-            layer by layer (output matching, DESIGN §3; docs/calibration.md).
+            layer by layer (output matching, DESIGN §3; docs/calibration.md). A batch's input may be a
+            tensor, a tuple of positional inputs or a dict (keyword inputs, or one positional dict when
+            ``forward`` does not take its keys). A float16 / bfloat16 model is calibrated on a float32
+            copy and the result cast back.
         example_inputs: a tensor or tuple of inputs, used to record shapes and check the result.
         inplace: convert ``model`` itself instead of a deep copy (always use the returned model).
         passes: the pipeline (default :data:`~njetify.surgery.DEFAULT_PASSES`).
@@ -112,15 +121,25 @@ def convert(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(inplace, bool):
         raise TypeError(f"inplace must be a bool, got {inplace!r}")
+    model, notes = unwrap(model)  # torch.compile / DataParallel / DDP: the inner model is converted
     rec = resolve_recipe(recipe, **overrides)
     validate_rules_against(rec, model)  # a rule glob that matches no module is a recipe error
     pipeline = check_pipeline(DEFAULT_PASSES if passes is None else passes)
+    notes += check_quantized(model)
+    check_finite(model, rec)
     examples = _as_tuple(example_inputs)
     device, dtype = model_device_dtype(model)
+    low = calibration_data is not None and dtype in LOW_PRECISION
+    source = model
+    if low:  # fits in float32: a float32 original, the model converted in float32 and cast back at the end
+        source = _copy(model, "calibrate a float32 model (model.float())").float()
+        notes.append(f"the model is {_name(dtype)}: calibrated in float32 (a float32 copy of the model and the "
+                     f"batches), the result cast back to {_name(dtype)}")
+    run_dtype = torch.float32 if low else dtype
     # checked, and run once through the original model, before any change
-    batches = None if calibration_data is None else prepare_batches(model, calibration_data, device, dtype)
+    batches = None if calibration_data is None else prepare_batches(source, calibration_data, device, run_dtype)
     if examples is not None:
-        examples = tuple(to_model(t, device, dtype) for t in examples)
+        examples = tuple(to_model(t, device, run_dtype) for t in examples)
     elif batches is not None and isinstance(batches[0], torch.Tensor):
         examples = (batches[0],)
     from ..recipes import recipe_to_dict
@@ -133,20 +152,51 @@ def convert(
         params_before=count_params(model),
         model_class=type(model).__name__,
     )
+    for text in notes:
+        report.note(text)
+    computed = reparametrisations(model)  # weight_norm, spectral_norm, prune: noted when dropped
     work = model if inplace else _copy(model, "convert it in place with inplace=True")
+    restore = _float_dtypes(work)
+    refresh_effective(work)  # an old spectral_norm holds the raw weight until its first forward
     original = None
     if batches is not None:
-        original = _copy(model, "calibrate without inplace=True, or give no calibration_data") if inplace else model
+        original = source if low or not inplace else _copy(model, "calibrate without inplace=True, or give no "
+                                                                  "calibration_data")
     rewriter = Rewriter(work)
     ctx = SurgeryContext(work, rec, report, rewriter, examples, batches, original)
     try:
+        if low:
+            work.float()
         run_pipeline(ctx, pipeline)
     except BaseException:
         rewriter.rollback()
+        if low:
+            _cast_back(work, dtype, restore)
         raise
     rewriter.commit()
+    if low:
+        _cast_back(work, dtype, restore)
+    note_dropped(report, computed)
     setattr(work, REPORT_ATTR, report)  # what njetify.save needs to rebuild the model
     return work, report
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _float_dtypes(model: nn.Module) -> dict[str, torch.dtype]:
+    """Floating parameters and buffers by name with their dtypes (to restore a mixed-precision model)."""
+    return {n: t.dtype for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_floating_point()}
+
+
+def _cast_back(model: nn.Module, dtype: torch.dtype, before: dict[str, torch.dtype]) -> None:
+    """``model.to(dtype)``, then every tensor that had another floating dtype before gets it back."""
+    model.to(dtype)
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        want = before.get(name, dtype)
+        if t.is_floating_point() and want != dtype:
+            t.data = t.data.to(want)
 
 
 def _shapes(example_inputs) -> list[list[int]] | None:

@@ -232,6 +232,8 @@ def _lineages(region: Region, by_node: dict, parent: dict, resolved: dict | None
             lin[node] = None
         elif _is_interp(node, region):
             lin[node] = sizes[0].lin if sizes else _fixed_resize(node, region, spatial[0])
+            if sizes and _ends_derived(lin[node]):  # to a size computed from another map's (h // 4): a fixed
+                lin[node] = lin[node] + (("up", "derived"),)  # factor of that map, offered to the resolver
             last[node] = node if isinstance(lin[node], tuple) and lin[node] and _is_up(lin[node][-1]) else None
         else:
             if len({_canon(lv, parent) for lv in spatial}) > 1:
@@ -283,6 +285,11 @@ def _fixed_resize(node: fx.Node, region: Region, lineage: tuple):
     if size is not None and not isinstance(size, fx.Node) and not _has_node(size):
         return None
     return lineage + (("up", "unknown"),)
+
+
+def _ends_derived(lineage) -> bool:
+    """True when ``lineage`` ends in a size computed by arithmetic from another map's size."""
+    return isinstance(lineage, tuple) and bool(lineage) and isinstance(lineage[-1], tuple) and lineage[-1][0] == "derived"
 
 
 def _has_node(value) -> bool:

@@ -1,7 +1,8 @@
 """Which fixed upsamplings can resize to the map they merge with, and where to rewrite them (DESIGN §9).
 
 An *upsampling site* is a node of a traced region that upsamples by a fixed factor
-(``F.interpolate(scale_factor=…)``, an ``nn.Upsample``, a strided transposed conv) and whose
+(``F.interpolate(scale_factor=…)``, ``F.interpolate(size=(h // 4, w // 4))`` with ``h, w`` another
+map's sides, an ``nn.Upsample``, a strided transposed conv) and whose
 output meets a map of another lineage (its *partner*, ``ref``) at a merge, or is the model's
 output (its partner is then the model's input). It is rewritten to resize to the partner's
 size, in the forward of its *scope*: the innermost module whose forward sees both the
@@ -184,8 +185,10 @@ def _interp_args_ok(node: fx.Node) -> str | None:
     kw = dict(node.kwargs)
     names = ("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias")
     kw.update({k: v for k, v in zip(names, node.args)})
-    factor = kw.get("scale_factor")
-    if factor is None or isinstance(factor, fx.Node) or _has_node(factor):
+    factor, size = kw.get("scale_factor"), kw.get("size")
+    if factor is None and size is None:
+        return "it has neither a size nor a scale factor"
+    if factor is not None and (isinstance(factor, fx.Node) or _has_node(factor)):
         return "its scale factor is computed at run time"
     if kw.get("recompute_scale_factor") or kw.get("antialias"):
         return "recompute_scale_factor / antialias are not supported"
@@ -195,10 +198,11 @@ def _interp_args_ok(node: fx.Node) -> str | None:
 
 
 def interp_settings(node: fx.Node) -> dict:
-    """``scale_factor``, ``mode``, ``align_corners`` of a functional interpolation node."""
+    """``scale_factor``, ``mode``, ``align_corners`` of a functional interpolation node (``scale_factor``
+None for one to a size computed from another map's, ``interpolate(x, size=(h // 4, w // 4))``)."""
     kw = dict(node.kwargs)
     kw.update({k: v for k, v in zip(("input", "size", "scale_factor", "mode", "align_corners"), node.args)})
-    return {"scale_factor": kw["scale_factor"], "mode": kw.get("mode", "nearest"),
+    return {"scale_factor": kw.get("scale_factor"), "mode": kw.get("mode", "nearest"),
             "align_corners": kw.get("align_corners")}
 
 

@@ -53,6 +53,10 @@ def calibrate_pass(ctx: SurgeryContext) -> None:
         result = calibrate_model(ctx.original, ctx.model, paths, ctx.calibration, layer_options=options,
                                  revert=revert)
         fit = "output-matching"
+        if all(r.error_after is None for r in result.layers):  # a report never claims a fit that did not run
+            fit = "weight-space"
+            ctx.report.note(f"calibration data was given but no layer was fitted on it ({_tally(result)}): every "
+                            "converted layer keeps its weight-space fit; the rows say why")
     else:
         result = calibrate_weights(_Originals(convs), ctx.model, paths, layer_options=options, revert=revert)
         fit = "weight-space"
@@ -164,6 +168,10 @@ def _record_decisions(ctx: SurgeryContext, result) -> None:
 def _literal(path: str) -> str:
     """A glob that matches ``path`` only."""
     return "".join(f"[{c}]" if c in "*?[]" else c for c in path)
+
+
+def _tally(result) -> str:
+    return ", ".join(f"{len(result.select(s))} {s}" for s in ("unreached", "skipped") if result.select(s))
 
 
 def _some(paths: list[str]) -> str:

@@ -1,12 +1,15 @@
 """The conv pass: every module the converter table converts (:mod:`njetify.layers.convertible`) becomes
 its σ layer — every square k×k 2-D convolution (k > 1) an NJetConv2d, every square
-``nn.ConvTranspose2d`` an NJetConvTranspose2d, a registered type of your own its layer."""
+``nn.ConvTranspose2d`` an NJetConvTranspose2d, a registered type of your own its layer; every odd
+non-square plain conv (1×k, k×1; square ones too with the recipe's ``sigma_per_axis: true``) becomes
+an NJetAxesConv2d with one σ per axis (a choice that depends on the recipe, made here)."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from ...layers.convertible import Converter, conv_kind, converter_for
+from ...layers.njet_axes import NJetAxesConv2d, axes_kind
 from ..context import ConvertedLayer, SurgeryContext
 from ..report import ReportRow
 from ..robust import attempt
@@ -40,7 +43,9 @@ def conv_pass(ctx: SurgeryContext) -> None:
         kind = conv_kind(m)
         row = ctx.report.add(_row(m, path))
         settings = ctx.recipe.settings_for(path)
-        if kind != converter.kind or converter.build is None:
+        axes = axes_kind(m, settings.sigma_per_axis)  # one σ per axis: "ok", a reason, or None (not its job)
+        kind = "axes" if axes == "ok" else (axes or kind)
+        if kind not in (converter.kind, "axes") or converter.build is None:
             row.action, row.reason = "kept", kind
             continue
         if settings.skip:
@@ -52,28 +57,42 @@ def conv_pass(ctx: SurgeryContext) -> None:
         groups = getattr(m, "groups", 1)
         if settings.depthwise_order is not None and 1 < groups == getattr(m, "in_channels", 0):  # depthwise
             order = max(order, settings.depthwise_order)
-        new = attempt(f"the conversion of {path}", lambda: _njet(m, converter, order, sigma, settings),
+        new = attempt(f"the conversion of {path}", lambda: _njet(m, converter, kind, order, sigma, settings),
                       lambda why: why, ctx.failures)
         if isinstance(new, str):
             row.reason = new
             continue
         if kind == "transposed" and settings.sigma_per == "channel":
             row.reason = "one σ per layer (a transposed N-Jet layer has no per-channel σ)"
+        if kind == "axes":
+            row.extra["per_axis"] = True
+            sy, sx = new.sigma_axes
+            row.reason = (f"one σ per axis: σy {sy:.3g}, σx {sx:.3g} px" + (" (0: 1 px along that axis)" if 0 in (sy, sx)
+                          else "") + ("; one σ per axis, not per channel" if settings.sigma_per == "channel" else ""))
         new.train(m.training)
         ctx.rewriter.replace(path, new)
         ctx.converted[path] = ConvertedLayer(path, new, m, converter.calibrated)
         row.action = "converted"
         row.order = order
         row.sigma0 = round(float(new.sigma.detach().mean()), 6)
-        row.size = new.kernel_size[0]
+        row.size = max(new.kernel_size)
         row.fit_error = getattr(new, "fit_error", None)
         row.params_after = own_params(new)
         if getattr(new, "size_capped", False):
             row.reason = f"filter capped at max_size={settings.max_size}"
+    per_axis = [r.path for r in ctx.report.select("conv", "converted") if r.extra.get("per_axis")]
+    if per_axis:
+        names = ", ".join(per_axis[:5]) + (" ..." if len(per_axis) > 5 else "")
+        ctx.report.note(f"{len(per_axis)} conv(s) converted with one σ per axis (NJetAxesConv2d; recipe "
+                        f"sigma_per_axis): {names}")
 
 
-def _njet(m: nn.Module, converter: Converter, order: int, sigma: float | None, settings) -> nn.Module:
-    """The σ layer replacing conv ``m``, built by its entry of the converter table."""
+def _njet(m: nn.Module, converter: Converter, kind: str, order: int, sigma: float | None, settings) -> nn.Module:
+    """The σ layer replacing conv ``m``: an NJetAxesConv2d (``kind`` "axes"), else built by its entry of
+    the converter table."""
+    if kind == "axes":
+        return NJetAxesConv2d.from_conv(m, order=order, sigma=sigma, extent=settings.extent, per_axis=True,
+                                        learn_sigma=settings.learn_sigma, max_size=settings.max_size)
     return converter.build(m, settings, order, sigma)
 
 

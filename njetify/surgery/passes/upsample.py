@@ -6,7 +6,8 @@ upsamplings and the forward (scope) each is rewritten in. Here every scope is tr
 :class:`~njetify.layers.SafeUpsample` that takes its partner as a second input, and the scope
 module gets the edited forward (its class, methods and module paths kept):
 
-* ``F.interpolate(x, scale_factor=…)`` → a new child ``njet_upsample_<i>`` of the module that made the call;
+* ``F.interpolate(x, scale_factor=…)`` (or ``size=`` computed from a map's shape by arithmetic,
+  ``(h // 4, w // 4)``) → a new child ``njet_upsample_<i>`` of the module that made the call;
 * an ``nn.Upsample`` → a SafeUpsample at the same path (without a partner it upsamples as before);
 * a strided transposed conv → followed by a SafeUpsample that matches the partner's size
   (bilinear; the identity while the sizes agree, so exact at σ₀).
@@ -42,16 +43,24 @@ def _rewrite(ctx: SurgeryContext, group: ScopeGroup) -> None:
     module = region.root.get_submodule(scope) if scope else region.root
     graph = trace_scope(region.root, scope, group.inline, region.prefix in ctx.analysis.jit_traced)
     names = []
+    # find every site before editing any: an edit removes a call, which would shift the occurrence
+    # index of the calls after it in the keys of the other sites
+    found = []
     for site in group.sites:
         u = find_node(graph, node_key(site.node, region.graph, scope))
         r = find_node(graph, node_key(site.ref, region.graph, scope))
         if u is None or r is None:  # the plan found them: the model changed under the passes
             raise RuntimeError(f"upsample pass: '{site.node.name}' or its partner is gone from the forward of "
                                f"{region.full_path(scope) or 'the model'}")
+        found.append((u, r))
+    replaced: dict[fx.Node, fx.Node] = {}  # an edited upsampling → the node that now gives its output
+    for site, (u, r) in zip(group.sites, found):
+        r = replaced.get(r, r)
         order = {n: i for i, n in enumerate(graph.nodes)}
         if order[r] > order[u]:
             hoist(graph, r, u)
-        path, what = _edit(ctx, region, scope, module, graph, u, r)
+        path, what, out = _edit(ctx, region, scope, module, graph, u, r)
+        replaced[u] = out
         names.append(path)
         ref = "the model's input" if site.ref.op == "placeholder" else f"'{site.ref.name}'"
         row = ctx.report.add(ReportRow(kind="upsample", path=path, op=what, action="follows",
@@ -67,21 +76,22 @@ def _rewrite(ctx: SurgeryContext, group: ScopeGroup) -> None:
                f"by a traced one (modules traced through: {through}), class and methods kept"))
 
 
-def _edit(ctx, region, scope: str, module: nn.Module, graph: fx.Graph, u: fx.Node, r: fx.Node) -> tuple[str, str]:
-    """Make ``u`` resize to ``r``'s size; returns (report path, op text)."""
+def _edit(ctx, region, scope: str, module: nn.Module, graph: fx.Graph, u: fx.Node, r: fx.Node) -> tuple[str, str, fx.Node]:
+    """Make ``u`` resize to ``r``'s size; returns (report path, op text, the node giving ``u``'s output now)."""
     kind = upsample_kind(u, module)
     if kind == "module":
         full = region.full_path(_join(scope, u.target))
         old = ctx.module(full)
         ctx.rewriter.replace(full, SafeUpsample.from_upsample(old))
         u.args = (u.args[0], r)
-        return full, f"{type(old).__name__} ×{_fmt(old.scale_factor)} {old.mode}"
+        return full, f"{type(old).__name__} ×{_fmt(old.scale_factor)} {old.mode}", u
     owner_rel = call_stack(u)[-1] if call_stack(u) else ""
     owner = module.get_submodule(owner_rel) if owner_rel else module
     if kind == "function":
         settings = interp_settings(u)
         new_mod, first = SafeUpsample(**settings, source="interpolate"), u.args[0] if u.args else u.kwargs["input"]
-        what = f"interpolate ×{_fmt(settings['scale_factor'])} {settings['mode']}"
+        factor = settings["scale_factor"]
+        what = f"interpolate {'to a size computed from a shape' if factor is None else '×' + _fmt(factor)} {settings['mode']}"
     else:
         new_mod, first = SafeUpsample(None, "bilinear", False, source=type(module.get_submodule(u.target)).__name__), u
         what = f"{type(module.get_submodule(u.target)).__name__} s{_fmt(module.get_submodule(u.target).stride)}"
@@ -96,7 +106,7 @@ def _edit(ctx, region, scope: str, module: nn.Module, graph: fx.Graph, u: fx.Nod
     else:
         u.replace_all_uses_with(new, delete_user_cb=lambda n: n is not new)
         path = region.full_path(_join(scope, u.target))
-    return path, what
+    return path, what, new
 
 
 def _join(a: str, b: str) -> str:
