@@ -13,7 +13,7 @@ from .basis import MAX_ORDER
 
 __all__ = [
     "AMP_MODES", "ASPP_TIE", "CLASS_WEIGHTS", "INTERPOLATIONS", "MAX_FIT_ERROR", "MAX_ORDER", "OPTIMIZERS",
-    "PADDING_MODES", "SCHEDULES", "SIGMA_PER", "SUBSAMPLE_MODES", "SUBSAMPLE_WHERE", "TASKS",
+    "PADDING_MODES", "SCHEDULES", "SIGMA_PER", "SIGMA_PER_AXIS", "SUBSAMPLE_MODES", "SUBSAMPLE_WHERE", "TASKS",
     "check_choice", "check_max_size", "check_order", "check_positive", "check_r", "order_problem", "r_problem",
 ]
 
@@ -29,6 +29,8 @@ SIGMA_PER = ("layer", "channel")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 #: ``aspp.tie``: tie detected DeepLab ASPP heads ("auto": when found, silently otherwise).
 ASPP_TIE = ("auto", True, False)
+#: ``sigma_per_axis``: one σ per axis for non-square kernels only ("auto"), for every stride-1 kernel, never.
+SIGMA_PER_AXIS = ("auto", True, False)
 #: ``max_fit_error`` default, the fidelity gate: a layer whose relative output error after the fit
 #: (weight-space error without data) is above this stays the original convolution
 #: (docs/calibration.md gives the measurements behind the value).

@@ -79,8 +79,13 @@ def conv_kind(conv) -> str | None:
     return converter.kind if why == "ok" else why
 
 
-def is_convertible(module: nn.Module) -> bool:
-    """Whether the conv pass turns ``module`` into a σ layer (its converter builds one and its check says "ok")."""
+def is_convertible(module: nn.Module, per_axis="auto") -> bool:
+    """Whether the conv pass turns ``module`` into a σ layer: its converter builds one and its check says
+    "ok", or it becomes an NJetAxesConv2d under the recipe's ``sigma_per_axis`` (``per_axis``)."""
+    from .njet_axes import axes_kind
+
+    if axes_kind(module, per_axis) == "ok":
+        return True
     converter = converter_for(module)
     return converter is not None and converter.build is not None and converter.check(module) == "ok"
 

@@ -25,6 +25,7 @@ from ..options import (
     OPTIMIZERS,
     SCHEDULES,
     SIGMA_PER,
+    SIGMA_PER_AXIS,
     SUBSAMPLE_MODES,
     SUBSAMPLE_WHERE,
     order_problem,
@@ -68,7 +69,7 @@ def _sigma_init(v):
 
 
 def _per_axis(v):
-    ok = v is True or v is False or v == "auto"
+    ok = any(v is a or (isinstance(v, str) and v == a) for a in SIGMA_PER_AXIS)
     return None if ok else ("'auto' (one σ per axis for non-square kernels), true (for every stride-1 kernel) "
                             "or false (one σ; non-square kernels stay convs)")
 
