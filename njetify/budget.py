@@ -36,6 +36,7 @@ from torch import nn
 
 from .inputs import call_model
 from .layers import SafeSubsample, sigma_layers
+from .layers.safe_subsample import full_resolution
 from .modes import evaluating
 from .summary.trace import MacCounter
 
@@ -56,25 +57,31 @@ class BudgetError(ValueError):
 class LayerCost:
     """One σ layer's cost at the conversion's input size (one sample).
 
-    ``taps``: MACs per filter tap (``output pixels · C_out · C_in/groups``; a tap of an ``s × s``
-    filter, so the layer costs ``taps · s²`` per branch); ``sides``: filter side per branch at
-    conversion (px); ``cap``: the largest side the budget allows (None: no budget cap); ``limit``:
-    the layer's own ``max_size`` before any budget (px, None: none)."""
+    ``taps``: MACs per filter tap (``output pixels · C_out · C_in/groups``, so a branch with an
+    ``s_y × s_x`` filter costs ``taps · s_y · s_x``); ``sides``: ``(s_y, s_x)`` per branch at
+    conversion (px; a tied head has several branches, a 1×k per-axis layer a side of 1 that never
+    grows); ``cap``: the largest side the budget allows (None: no budget cap); ``limit``: the
+    layer's own ``max_size`` before any budget (px, None: none)."""
 
     path: str
     taps: float
-    sides: tuple[int, ...]
+    sides: tuple[tuple[int, int], ...]
     cap: int | None = None
     limit: int | None = None
 
-    def macs(self, sides: tuple[int, ...] | None = None) -> float:
+    def macs(self, sides: tuple[tuple[int, int], ...] | None = None) -> float:
         """MACs at ``sides`` (default: at conversion), each cut at ``cap``."""
         sides = self.sides if sides is None else sides
-        return self.taps * sum(min(s, self.cap or s) ** 2 for s in sides)
+        return self.taps * sum(math.prod(min(s, self.cap or s) for s in branch) for branch in sides)
 
     def worst(self, cap: int) -> float:
-        """MACs with every branch at ``cap`` (what a budget must allow)."""
-        return self.taps * len(self.sides) * cap * cap
+        """MACs with every branch at ``cap`` along every axis that has an extent (what a budget must allow)."""
+        return self.taps * sum(math.prod(cap if s > 1 else 1 for s in branch) for branch in self.sides)
+
+    @property
+    def widest(self) -> int:
+        """The largest side at conversion (px): no cap goes below it."""
+        return max(max(branch) for branch in self.sides)
 
 
 @dataclass
@@ -100,14 +107,14 @@ class CostTable:
     def minimum(self) -> float:
         """The smallest budget this conversion can meet (× the original): every filter at its size at
         conversion (a tied head: every branch at its widest branch's size)."""
-        return self._ratio(self.fixed + sum(layer.worst(max(layer.sides)) for layer in self.layers))
+        return self._ratio(self.fixed + sum(layer.worst(layer.widest) for layer in self.layers))
 
     @property
     def ceiling(self) -> float | None:
         """The budget's worst case (every filter at its cap) ÷ the original (None without caps)."""
         if self.budget is None:
             return None
-        return self._ratio(self.fixed + sum(layer.worst(layer.cap or max(layer.sides)) for layer in self.layers))
+        return self._ratio(self.fixed + sum(layer.worst(layer.cap or layer.widest) for layer in self.layers))
 
     def macs(self, model: nn.Module) -> float:
         """MACs of ``model`` now (its current filter sizes, the conversion's feature-map sizes)."""
@@ -127,11 +134,13 @@ class CostTable:
         return macs / self.original if self.original else math.inf
 
 
-def _sides(module: nn.Module) -> tuple[int, ...]:
-    """Filter side per branch of a σ layer now (host ints; refreshed when σ moved)."""
+def _sides(module: nn.Module) -> tuple[tuple[int, int], ...]:
+    """``(s_y, s_x)`` per branch of a σ layer now (host ints; refreshed when σ moved)."""
     sizes = module._filter_sizes
     sizes.current(module.log_sigma, module.extent, module.max_size)
-    return tuple(2 * h + 1 for h in sizes.halves)
+    if hasattr(module, "axes"):  # one σ per axis: one filter of s_y × s_x
+        return (tuple(int(s) for s in module.kernel_size),)
+    return tuple((2 * h + 1, 2 * h + 1) for h in sizes.halves)
 
 
 @contextlib.contextmanager
@@ -182,7 +191,7 @@ def count_per_sample(model: nn.Module, example) -> tuple[float, dict[str, float]
         handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
     batch = _batch_size(example)
     try:
-        with torch.no_grad(), evaluating(model), _dense_paths(model), counter:
+        with torch.no_grad(), evaluating(model), _dense_paths(model), full_resolution(), counter:
             call_model(model, example)
     finally:
         for h in handles:
@@ -215,7 +224,7 @@ def measure_costs(model: nn.Module, example, original_macs: float) -> CostTable:
     for path, macs in convs.items():
         m = model.get_submodule(path)
         sides = _sides(m)
-        layers.append(LayerCost(path, macs / sum(s * s for s in sides), sides, limit=_limit(m)))
+        layers.append(LayerCost(path, macs / sum(math.prod(b) for b in sides), sides, limit=_limit(m)))
     fixed = total - sum(convs.values())
     shape = tuple(example.shape[1:]) if isinstance(example, torch.Tensor) else ()
     return CostTable(shape, float(original_macs), float(fixed), layers)
@@ -236,14 +245,14 @@ def plan_caps(table: CostTable, budget: float, limits: dict[str, int | None] | N
 
     def capped(layer: LayerCost, side: int) -> int:
         limit = limits.get(layer.path)
-        return max(max(layer.sides), side if limit is None else min(side, limit))
+        return max(layer.widest, side if limit is None else min(side, limit))
 
     def cost(caps: dict[str, int]) -> float:
         return table.fixed + sum(layer.worst(caps[layer.path]) for layer in table.layers)
 
     allowed = budget * table.original * (1 + 1e-12)
-    caps = {layer.path: max(layer.sides) for layer in table.layers}
-    top = max([max(layer.sides) for layer in table.layers] + [v for v in limits.values() if v] + [1])
+    caps = {layer.path: layer.widest for layer in table.layers}
+    top = max([layer.widest for layer in table.layers] + [v for v in limits.values() if v] + [1])
     for side in range(3, top + 1, 2):  # one size level for every layer, as large as fits
         level = {layer.path: capped(layer, side) for layer in table.layers}
         if cost(level) > allowed:

@@ -127,3 +127,23 @@ def test_tied_head_counts_every_branch_at_its_cap():
     assert report.macs["ceiling"] <= 40.0
     _scale_sigma(converted, 10.0)
     assert count_per_sample(converted, x)[0] <= 40.0 * report.macs["before"] + 1e-6
+
+
+def test_per_axis_layers_count_their_filter_area():
+    class Inception(nn.Module):  # 1×7 then 7×1 (per-axis σ: the flat axis stays 1 px)
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 6, (1, 7), padding=(0, 3))
+            self.b = nn.Conv2d(6, 6, (7, 1), padding=(3, 0))
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    x = torch.randn(1, 3, 20, 20)
+    net = Inception()
+    converted, report = njetify.convert(net, example_inputs=x, subsample="keep", budget=2.0)
+    table = converted.njetify_costs
+    assert sorted(layer.sides for layer in table.layers) == [((1, 7),), ((7, 1),)]
+    assert table.minimum == pytest.approx(1.0, rel=1e-6)
+    _scale_sigma(converted, 5.0)
+    assert count_per_sample(converted, x)[0] <= 2.0 * report.macs["before"] * (1 + 1e-9)

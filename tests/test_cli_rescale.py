@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
-from njetify.cli import app
-from njetify.models import registry
+from cli_support import cli_invoker, registered
 
 TINY = "tinynet_cli_rescale_test"
 
@@ -30,21 +28,13 @@ class TinyNet(nn.Module):
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_model():
-    registry.register_model(TINY, description="test-only tiny CNN", overwrite=True)(TinyNet)
-    yield TINY
-    registry._BUILTINS.pop(TINY, None)
+    with registered(TINY, TinyNet):
+        yield TINY
 
 
 @pytest.fixture
 def run(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def invoke(*args):
-        torch.manual_seed(0)
-        return runner.invoke(app, list(args), env={"COLUMNS": "100", "NO_COLOR": "1"})
-
-    return invoke
+    return cli_invoker(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from .padding import tf_same_pads
 from .path_choice import choose_path, compiled_path
 from .path_cost import PATHS, dense_fits
 from .protocol import SigmaModule
+from .safe_subsample import strided_pick
 from .sizes import FilterSizes, HostSizes, track
 from ._checks import check_channels, check_choice, check_order, check_positive
 
@@ -231,30 +232,45 @@ class NJetConv2d(HostSizes, SigmaModule):
         unbatched = x.dim() == 3
         if unbatched:
             x = x.unsqueeze(0)
-        out = self.convolve(x)
-        if self.subsample is not None:
-            out = self.subsample(out)
+        k = self._picked_stride(x)
+        if k is not None:  # the subsampling picks every k-th pixel: the same output at stride k
+            out = self.subsample.already_picked(self.convolve(x, stride=k))
+        else:
+            out = self.convolve(x)
+            if self.subsample is not None:
+                out = self.subsample(out)
         return out.squeeze(0) if unbatched else out
 
-    def convolve(self, x: torch.Tensor) -> torch.Tensor:
+    def _picked_stride(self, x: torch.Tensor) -> int | None:
+        """``k`` when the carried subsampling keeps exactly every k-th pixel of this layer's output
+        (:func:`~njetify.layers.safe_subsample.strided_pick`; eager only), else None."""
+        if self.subsample is None or self.stride != 1 or torch.compiler.is_compiling() or x.dim() != 4:
+            return None
+        size = 2 * self.half_width + 1
+        left, right, top, bottom = self._pads(x.shape[-2:], size)
+        return strided_pick(self.subsample, x.shape[-2] + top + bottom - size + 1, x.shape[-1] + left + right - size + 1)
+
+    def convolve(self, x: torch.Tensor, stride: int | None = None) -> torch.Tensor:
         """The N-Jet convolution alone, without the carried subsampling: ``(N, C_in, H, W)`` →
-        ``(N, C_out, H', W')`` at ``stride``, dense or factorised (see ``path``)."""
+        ``(N, C_out, H', W')`` at ``stride`` (default: the layer's), dense or factorised (see ``path``)."""
+        stride = self.stride if stride is None else stride
         half = self.half_width
         pads = self._pads(x.shape[-2:], 2 * half + 1)
-        path = self.choose_path(x)
+        path = self.choose_path(x, stride)
         if path == "dense" and not torch.compiler.is_compiling():
             self._dense_fits(2 * half + 1, torch.is_grad_enabled() and self._needs_grad(), strict=True)
-        out = self._run(x, path, half, pads)
+        out = self._run(x, path, half, pads, stride)
         if not torch.compiler.is_compiling():
             self.last_path = path
         return out
 
-    def _run(self, x: torch.Tensor, path: str, half: int, pads: list[int]) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, path: str, half: int, pads: list[int], stride: int | None = None) -> torch.Tensor:
         weight = self.filters() if path == "dense" else None
-        return njet_conv2d(x, self.alpha, self._sigma_arg(), self.bias, half=half, stride=self.stride,
-                           groups=self.groups, pads=pads, padding_mode=self.padding_mode, path=path, weight=weight)
+        return njet_conv2d(x, self.alpha, self._sigma_arg(), self.bias, half=half,
+                           stride=self.stride if stride is None else stride, groups=self.groups, pads=pads,
+                           padding_mode=self.padding_mode, path=path, weight=weight)
 
-    def choose_path(self, x: torch.Tensor) -> str:
+    def choose_path(self, x: torch.Tensor, stride: int | None = None) -> str:
         """``"dense"``, ``"basis_first"`` or ``"mix_first"``: how a forward on ``x`` runs now.
 
         ``auto`` and ``factorised`` time their candidates on the first eager call of each call
@@ -271,12 +287,13 @@ class NJetConv2d(HostSizes, SigmaModule):
                                  self.sigma_per == "channel")
         training = torch.is_grad_enabled() and (self._needs_grad() or x.requires_grad)
         pads = self._pads(x.shape[-2:], size)
+        stride = self.stride if stride is None else stride
         key = (tuple(x.shape), x.dtype, x.device, self.in_channels, self.out_channels, self.groups, size,
-               self.order, self.stride, tuple(pads), self.padding_mode, self.sigma_per, training, self.path,
+               self.order, stride, tuple(pads), self.padding_mode, self.sigma_per, training, self.path,
                torch.get_num_threads())
         if self._plan is not None and self._plan[0] == key:  # same call as last time: same answer
             return self._plan[1]
-        path = choose_path(self, x, key, training, pads, self._dense_fits(size, training))
+        path = choose_path(self, x, key, training, pads, self._dense_fits(size, training), stride)
         self._plan = (key, path)
         return path
 

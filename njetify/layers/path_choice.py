@@ -68,15 +68,17 @@ def timing_run(forward: Callable[[], torch.Tensor], inputs: list[torch.Tensor], 
     return run
 
 
-def choose_path(layer, x: torch.Tensor, key: tuple, training: bool, pads, dense_ok: bool) -> str:
+def choose_path(layer, x: torch.Tensor, key: tuple, training: bool, pads, dense_ok: bool,
+                stride: int | None = None) -> str:
     """The path of an :class:`~njetify.layers.NJetConv2d` call with signature ``key`` (measured once per key)."""
     per_channel = layer.sigma_per == "channel"
     paths = candidates(layer.path, per_channel, dense_ok)
     half = layer.half_width
-    shape = conv_shape(x, layer.in_channels, layer.out_channels, layer.groups, 2 * half + 1, layer.order, layer.stride,
+    stride = layer.stride if stride is None else stride
+    shape = conv_shape(x, layer.in_channels, layer.out_channels, layer.groups, 2 * half + 1, layer.order, stride,
                        pads, per_channel)
     xi = x.detach().requires_grad_(x.requires_grad)
-    runs = {p: timing_run(lambda p=p: layer._run(xi, p, half, pads), [xi, layer.alpha, layer.log_sigma, layer.bias],
+    runs = {p: timing_run(lambda p=p: layer._run(xi, p, half, pads, stride), [xi, layer.alpha, layer.log_sigma, layer.bias],
                           training) for p in paths}
     return decide(key, runs, predictions(shape, paths, x.device, training), x.device)
 

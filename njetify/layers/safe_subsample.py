@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -119,7 +120,21 @@ class SafeSubsample(_Resize):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leaf = as_traced_leaf(self, x)
-        return leaf if leaf is not None else _resize_eagerly(self, x)
+        if leaf is not None:
+            return leaf
+        if getattr(self, "_picked", False):  # the conv before ran at the stride this subsampling picks
+            self._picked = False             # (strided_pick): x is already the output; hooks still see it
+            return x
+        return _resize_eagerly(self, x)
+
+    def already_picked(self, x: torch.Tensor) -> torch.Tensor:
+        """Run this module on ``x``, the output of a conv that ran at the stride :func:`strided_pick`
+        found (so forward hooks see the subsampled map), without subsampling it again."""
+        self._picked = True
+        try:
+            return self(x)
+        finally:
+            self._picked = False
 
     @property
     def factor(self) -> float:
@@ -214,3 +229,37 @@ def _picks(out: int, length: int, factor: float, device: torch.device) -> torch.
     """Indices ``⌊i / factor⌋`` (i < out), clipped to the input: top-left aligned like a strided op."""
     idx = torch.arange(out, device=device, dtype=torch.float64).div_(factor).add_(1e-6).floor_()  # _EPS
     return idx.clamp_(max=length - 1).long()
+
+
+_PICKS = {"on": True}
+
+
+@contextlib.contextmanager
+def full_resolution():
+    """Within: convolutions before a subsampling run at stride 1 even where :func:`strided_pick`
+    would shortcut them (what the cost budget counts: the cost once σ has moved the factor)."""
+    saved, _PICKS["on"] = _PICKS["on"], False
+    try:
+        yield
+    finally:
+        _PICKS["on"] = saved
+
+
+def strided_pick(module: nn.Module, height: int, width: int) -> int | None:
+    """``k`` when ``module`` (a nearest safe-subsampling, no align) picks exactly the pixels
+    ``0, k, 2k, …`` of an ``height × width`` map on both axes — then "conv at stride 1, subsample" is
+    "conv at stride k" with the same output, at 1/k² of the work; else None.
+
+    True at σ₀ (factor 1/stride) and while σ stays close to it: the picks ``⌊j/f⌋`` drift from
+    ``j·k`` by less than a pixel over the map. Host-side; never while compiling or scripting."""
+    if not _PICKS["on"] or not isinstance(module, SafeSubsample) or module.interpolation != "nearest" or module.align:
+        return None
+    f = float(module.factor)
+    k = int(round(1.0 / f))
+    if k < 2:
+        return None
+    for length in (height, width):
+        n = subsampled_size(length, f)
+        if n != -(-length // k) or any(math.floor(j / f + 1e-6) != j * k for j in range(n)):
+            return None
+    return k

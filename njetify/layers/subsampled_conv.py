@@ -9,12 +9,13 @@ a recipe skips): the module keeps its class family (``isinstance(m, nn.Conv2d)``
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._clone import clone_as
 from ._fx import as_traced_leaf
 
-from .safe_subsample import SafeSubsample
+from .safe_subsample import SafeSubsample, strided_pick
 
 __all__ = ["SubsampledConv2d"]
 
@@ -45,4 +46,16 @@ class SubsampledConv2d(nn.Conv2d):
             leaf = as_traced_leaf(self, x)
             if leaf is not None:
                 return leaf
+        if not torch.jit.is_scripting() and not torch.compiler.is_compiling() and self.padding_mode == "zeros" \
+                and x.dim() == 4 and not isinstance(self.padding, str):
+            k = strided_pick(self.subsample, *_full_size(self, x))
+            if k is not None:  # the subsampling keeps every k-th pixel: the same output at stride k
+                return self.subsample.already_picked(F.conv2d(x, self.weight, self.bias, k, self.padding,
+                                                              self.dilation, self.groups))
         return self.subsample(self._conv_forward(x, self.weight, self.bias))
+
+
+def _full_size(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int]:
+    """``(H, W)`` of ``conv``'s stride-1 output on ``x``."""
+    return tuple(x.shape[-2 + i] + 2 * conv.padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1)
+                 for i in range(2))
