@@ -31,6 +31,7 @@ from torch import nn
 from .layers import Conv2dDynamicSame, FixedSubsample, SafeSubsample, carries_sigma
 from .layers.factorised_conv import FACTORISED_RATIO, FactorisedConv2d
 from .bake_record import attach_record
+from .inputs import first_tensor
 from .modes import evaluating
 
 __all__ = [
@@ -169,20 +170,8 @@ def check_onnx(path: str | os.PathLike, model: nn.Module, example_input: torch.T
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: example_input.detach().cpu().numpy()})[0]
     with evaluating(model):
-        ref = _first_tensor(model(example_input))
+        ref = first_tensor(model(example_input))
     return float((torch.from_numpy(got) - ref.detach().cpu()).abs().max())
-
-
-def _first_tensor(out):
-    """The first tensor of a model output (a tensor, a tuple/list or a dict such as ``{"out": ...}``)."""
-    while not isinstance(out, torch.Tensor):
-        if isinstance(out, dict) and out:
-            out = next(iter(out.values()))
-        elif isinstance(out, (tuple, list)) and out:
-            out = out[0]
-        else:
-            raise TypeError(f"model output holds no tensor: {type(out).__name__}")
-    return out
 
 
 def save_baked(model: nn.Module, path: str | os.PathLike, example_input: torch.Tensor) -> Path:

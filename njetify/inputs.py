@@ -1,6 +1,6 @@
 """Model inputs as the surgery and the calibration take them: a tensor, a tuple of positional
 inputs, or a dict (keyword inputs, or one positional dict) — moved to the model's device and dtype,
-and fed to it the way its ``forward`` takes them."""
+and fed to it the way its ``forward`` takes them; and the first tensor of what a model returns."""
 
 from __future__ import annotations
 
@@ -64,3 +64,15 @@ def call_model(model: nn.Module, batch):
             return model(batch)
         return model(*batch)
     return model(batch)
+
+
+def first_tensor(out) -> torch.Tensor:
+    """The first tensor of a model output (a tensor, a tuple/list or a dict such as ``{"out": ...}``)."""
+    while not isinstance(out, torch.Tensor):
+        if isinstance(out, dict) and out:
+            out = next(iter(out.values()))
+        elif isinstance(out, (tuple, list)) and out:
+            out = out[0]
+        else:
+            raise TypeError(f"model output holds no tensor: {type(out).__name__}")
+    return out

@@ -12,8 +12,9 @@ import math
 from .basis import MAX_ORDER
 
 __all__ = [
-    "ASPP_TIE", "INTERPOLATIONS", "MAX_ORDER", "PADDING_MODES", "SIGMA_PER", "SUBSAMPLE_MODES", "SUBSAMPLE_WHERE",
-    "check_choice", "check_max_size", "check_order", "check_positive", "check_r", "order_problem",
+    "AMP_MODES", "ASPP_TIE", "CLASS_WEIGHTS", "INTERPOLATIONS", "MAX_FIT_ERROR", "MAX_ORDER", "OPTIMIZERS",
+    "PADDING_MODES", "SCHEDULES", "SIGMA_PER", "SIGMA_PER_AXIS", "SUBSAMPLE_MODES", "SUBSAMPLE_WHERE", "TASKS",
+    "check_choice", "check_max_size", "check_order", "check_positive", "check_r", "order_problem", "r_problem",
 ]
 
 #: ``subsample.mode``: strided ops → stride 1 + safe-subsampling, or keep them.
@@ -28,6 +29,23 @@ SIGMA_PER = ("layer", "channel")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 #: ``aspp.tie``: tie detected DeepLab ASPP heads ("auto": when found, silently otherwise).
 ASPP_TIE = ("auto", True, False)
+#: ``sigma_per_axis``: one σ per axis for non-square kernels only ("auto"), for every stride-1 kernel, never.
+SIGMA_PER_AXIS = ("auto", True, False)
+#: ``max_fit_error`` default, the fidelity gate: a layer whose relative output error after the fit
+#: (weight-space error without data) is above this stays the original convolution
+#: (docs/calibration.md gives the measurements behind the value).
+MAX_FIT_ERROR = 0.5
+
+#: ``finetune.optimizer``: SGD with momentum, or AdamW.
+OPTIMIZERS = ("sgd", "adamw")
+#: ``finetune.schedule``: learning-rate schedule after the warm-up.
+SCHEDULES = ("cosine", "step", "constant")
+#: ``finetune.amp``: full precision, bf16 autocast (CPU and CUDA), fp16 autocast + GradScaler (CUDA only).
+AMP_MODES = ("none", "bf16", "fp16")
+#: ``finetune.class_weights`` (segmentation loss; None: unweighted).
+CLASS_WEIGHTS = ("inverse_frequency",)
+#: ``task`` of the trainer.
+TASKS = ("classification", "segmentation")
 
 
 def order_problem(value) -> str | None:
@@ -66,9 +84,17 @@ def check_max_size(value, name: str = "max_size") -> None:
         raise ValueError(f"{name} must be a positive int (pixels) or None, got {value!r}")
 
 
+def r_problem(value) -> str | None:
+    """None when ``value`` is an allowed ``subsample.r`` (``"auto"`` or a positive finite number), else what is allowed."""
+    if isinstance(value, str) and value == "auto":
+        return None
+    if not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < float(value) < math.inf:
+        return None
+    return "'auto' or a positive number (the paper uses 4; 'auto': the factor at σ₀ is 1/the original stride)"
+
+
 def check_r(value, name: str = "r") -> None:
     """Raise ``ValueError`` unless ``value`` is ``"auto"`` or a positive number (the paper uses 4)."""
-    if value == "auto":
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < math.inf:
-        raise ValueError(f"{name} must be 'auto' or a positive number (the paper uses 4), got {value!r}")
+    problem = r_problem(value)
+    if problem:
+        raise ValueError(f"{name} must be {problem}, got {value!r}")

@@ -11,7 +11,7 @@ from torch import nn
 
 from njetify import basis as B
 from njetify.layers.tied import TiedNJetBranch, TiedNJetConv2d
-from njetify.layers.tied_fit import joint_weight_fit
+from njetify.fit import joint_weight_fit
 
 
 def _convs(rates=(1, 2, 3), cin=6, cout=4, groups=1, bias=True, pad=None):
@@ -173,8 +173,6 @@ def test_bad_inputs_name_the_problem():
         TiedNJetConv2d(3, 3, [1.0, -2.0])
     with pytest.raises(ValueError, match="max_size"):
         TiedNJetConv2d(3, 3, [1.0], max_size=0)
-    with pytest.raises(ValueError, match="mode"):
-        TiedNJetConv2d(3, 3, [1.0], mode="fast")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TiedNJetConv2d(3, 3, [1.0, 2.0], max_size=None).kernel_size(1)

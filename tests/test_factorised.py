@@ -180,12 +180,7 @@ def test_tied_branches_factorised_equal_dense(order):
         torch.testing.assert_close(a, b)
 
 
-def test_tied_mode_still_accepted():
-    with pytest.warns(DeprecationWarning, match="path"):
-        t = TiedNJetConv2d(3, 3, [1.0], mode="separable")
-    assert t.path == "factorised" and t.mode == "separable"
-    t.mode = "dense"
-    assert t.path == "dense"
+def test_tied_path_is_checked():
     with pytest.raises(ValueError, match="path must be one of"):
         TiedNJetConv2d(3, 3, [1.0], path="fast")
 

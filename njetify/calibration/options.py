@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..options import MAX_FIT_ERROR
 from .iterative import MAX_ITER
 from .ridge import RIDGE
 
-#: Fidelity gate default: a layer whose relative output error after the fit (weight-space
-#: error without data) is above this stays the original convolution (docs/calibration.md
-#: gives the measurements behind the value).
-MAX_FIT_ERROR = 0.5
+__all__ = ["MAX_FIT_ERROR", "CalibrationOptions", "LayerOptions"]
 
 
 @dataclass

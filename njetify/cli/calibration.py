@@ -1,10 +1,9 @@
 """``convert --calibrate``: the calibration batches, and a live display while the layers are refitted.
 
-Calibration refits one converted layer after the other, running the model once per layer
-and batch. :class:`CalibrationWatch` counts those passes from outside the surgery (a
-global forward pre-hook that recognises the calibration batches) and shows
-``layer k/n`` with elapsed time and ETA; if the surgery calls the model differently the
-display degrades to elapsed time, never to an error.
+Calibration refits one converted layer after the other. :class:`CalibrationWatch` listens to
+the engine's progress reports (:func:`njetify.calibration.on_progress`: layers done of the total)
+and shows ``layer k/n`` with elapsed time and ETA — a bar on a terminal, else a log line every
+10 s at most.
 """
 
 from __future__ import annotations
@@ -53,8 +52,11 @@ def calibration_batches(name: str, data_dir: Path | None, batches: int, batch_si
 
 
 def count_convertible(model: nn.Module) -> int:
-    """Square k×k (k > 1) 2-D convolutions: about the number of layers calibration refits."""
-    return sum(isinstance(m, nn.Conv2d) and m.kernel_size[0] == m.kernel_size[1] > 1 for m in model.modules())
+    """Convolutions the conv pass converts (:func:`njetify.layers.convertible.is_convertible`): about the
+    number of layers calibration refits (tied ASPP branches count one each)."""
+    from ..layers.convertible import is_convertible
+
+    return sum(is_convertible(m) for m in model.modules())
 
 
 class CalibrationWatch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 from enum import Enum
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from ..options import MAX_ORDER, SUBSAMPLE_MODES
+from ..options import MAX_ORDER, SUBSAMPLE_MODES, r_problem
 from .app import app
 from .common import (
     DataDirOption,
@@ -45,21 +46,23 @@ Subsample = Enum("Subsample", {m: m for m in SUBSAMPLE_MODES}, type=str)
 
 
 def _parse_r(text: str | None):
+    """``--subsample-r``: None (the recipe's), ``"auto"`` or a number, checked by :func:`njetify.options.r_problem`."""
     if text is None or text == "auto":
         return text
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise UserError(f"--subsample-r: must be 'auto' or a positive number (the paper uses 4), got {text!r}")
+        value = text
+    problem = r_problem(value)
+    if problem:
+        raise UserError(f"--subsample-r: must be {problem}, got {text!r}")
     return value
 
 
 def _parse_gate(text: str | None):
-    """``--max-fit-error``: None (the recipe's), ``"none"`` (no gate) or a number ≥ 0."""
+    """``--max-fit-error``: None (the recipe's), ``inf`` for "none" (a gate that never reverts) or a number ≥ 0."""
     if text is None or text.lower() in ("none", "null", "off"):
-        return text if text is None else "none"
+        return text if text is None else math.inf
     try:
         value = float(text)
     except ValueError:
@@ -142,12 +145,6 @@ def convert(
 
         with user_errors(ValueError, TypeError, FileNotFoundError, IsADirectoryError, what="--recipe"):
             rec = load_recipe(recipe)
-    if gate is not None:
-        import dataclasses
-
-        from ..recipes import load_recipe
-
-        rec = dataclasses.replace(rec or load_recipe("default"), max_fit_error=None if gate == "none" else gate)
     if weights is not None:
         weights = plain_weights(weights)
     path = None if dry_run else writable_file(out if out is not None else default_out(model), "--out", force)
@@ -172,9 +169,10 @@ def convert(
     with user_errors(ValueError, what=f"converting {model} at input size {'x'.join(map(str, shape))}"), \
             _watch(batches, net, con), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*has no convertible convolution")  # said below, as an error
-        converted, report = convert_model(net, order=order, recipe=rec, subsample=None if subsample is None
-                                          else subsample.value, r=r_value, budget=budget, calibration_data=batches,
-                                          example_inputs=example)
+        overrides = {"order": order, "subsample": None if subsample is None else subsample.value, "r": r_value,
+                     "max_fit_error": gate, "budget": budget}  # one recipe key per option
+        converted, report = convert_model(net, recipe=rec, calibration_data=batches, example_inputs=example,
+                                          **overrides)
     stats = compare_models(net, converted, example, unzero=True)
     changed = any(row.action in ("converted", "subsampled") for row in report.rows)
     if changed and path is not None:

@@ -32,12 +32,12 @@ def datasets(s: dict, download: bool, channels: int):
 
 def check_fit(model, info, sample) -> None:
     """The model runs on the data's samples and has one output per class."""
-    from ..bake import _first_tensor
+    from ..inputs import first_tensor
     from ..modes import evaluating
 
     try:
         with evaluating(model):
-            out = _first_tensor(model(sample[None]))
+            out = first_tensor(model(sample[None]))
     except RuntimeError as e:
         raise UserError(
             f"--data {info.name}: the model does not run on its samples {tuple(sample.shape)} "

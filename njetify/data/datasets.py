@@ -10,8 +10,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-SPLITS = ("train", "test", "val", "extra")
-
 
 @dataclass(frozen=True)
 class DatasetInfo:

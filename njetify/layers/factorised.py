@@ -34,7 +34,7 @@ import torch
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from ..basis import basis_orders
+from ..basis import basis_orders, num_basis
 from .axis_operators import axis_operators
 
 
@@ -97,7 +97,7 @@ def _ypass(ay: torch.Tensor, z: torch.Tensor, order: int, ho: int) -> torch.Tens
     """y-orders on the x-filtered maps: ``R[n, c, (i, j)] = A_j · Z[n, c, :, i]`` → scratch ``(N, C, F, Ho, Wo)``
     with the basis in block order (x-order i, then y-order j ≤ N − i)."""
     n, c, h, m, wo = z.shape
-    r = workspace("r", (n, c, (order + 1) * (order + 2) // 2, ho, wo), z)
+    r = workspace("r", (n, c, num_basis(order), ho, wo), z)
     off = 0
     for i in range(order + 1):
         ji = order + 1 - i
@@ -240,7 +240,7 @@ class _FilterSum(Function):
         ctx.save_for_backward(m, ay, bx)
         n, groups, rows, h, w = m.shape
         order = ay.shape[-3] - 1
-        og = rows // ((order + 1) * (order + 2) // 2)
+        og = rows // num_basis(order)
         ho, wo = ay.shape[-2], bx.shape[-1]
         out = None
         for i, ji, mi in _blocks_of(m, order, og):
@@ -258,7 +258,7 @@ class _FilterSum(Function):
         need_m, need_ay, need_bx = ctx.needs_input_grad[:3]
         n, groups, rows, h, w = m.shape
         order = ay.shape[-3] - 1
-        og = rows // ((order + 1) * (order + 2) // 2)
+        og = rows // num_basis(order)
         ho, wo = ay.shape[-2], bx.shape[-1]
         per_out = ay.dim() == 5
         gout = gout.contiguous().view(n, groups, og, ho, wo)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..basis import basis_orders
+from ..basis import basis_orders, num_basis
 from .functional import separable_weights
 from .padding import crop, tf_same_pads
 
@@ -119,7 +119,7 @@ def _pad(x: torch.Tensor, pads: List[int], padding_mode: str) -> torch.Tensor:
 def factorised_macs_per_pixel(in_channels: int, out_channels: int, groups: int, size: int, order: int,
                               per_channel: bool = False) -> tuple[int, str]:
     """Multiply-adds per output pixel of the cheaper :class:`FactorisedConv2d` order (stride 1), and that order."""
-    nf, m = (order + 1) * (order + 2) // 2, order + 1
+    nf, m = num_basis(order), order + 1
     mix = out_channels * in_channels // groups * nf
     costs = {"mix_first": mix + 2 * out_channels * nf * size}
     if not per_channel:

@@ -36,9 +36,6 @@ from .functional import dense_conv2d
 from .protocol import SigmaModule
 from .sizes import FilterSizes, HostSizes, track
 
-#: Recipe values of ``sigma_per_axis``: per-axis σ for non-square kernels only, for every kernel, never.
-PER_AXIS = ("auto", True, False)
-
 
 def axis_orders(order: int, axes: tuple[bool, bool]) -> tuple[tuple[int, int], ...]:
     """``(i, j)`` (x-order, y-order) of each basis filter: all ``i + j ≤ order`` with both axes,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..fit import data_aware_fit, tap_offsets, weight_space_fit
+from ..fit import data_aware_fit, sigma_from_kernel, tap_offsets, weight_space_fit
 from ..moments import TapMoments
-from ._checks import conv_kind
+from .convertible import conv_kind
 from .factorised_conv import FactorisedConv2d, factorised_bake_rule, factorised_macs_per_pixel
 from .padding import Conv2dDynamicSame
 
@@ -26,7 +26,7 @@ def layer_args(conv: nn.Conv2d, order: int, sigma: float | None, extent: float, 
         raise ValueError(f"NJetConv2d.from_conv: cannot convert {conv!r}: {kind}")
     k, d = conv.kernel_size[0], conv.dilation[0]
     if sigma is None:
-        sigma = d * (k - 1) / (2.0 * extent)
+        sigma = sigma_from_kernel(k, d, extent)
     dense = d * (k - 1) + 1
     if conv.padding == "same":
         trim = 0

@@ -19,14 +19,14 @@ formed), or basis-first; ``"auto"`` picks per branch and call with the cost mode
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import nn
 
 from .. import basis as B
+from ..fit import sigma_from_kernel
 from ._checks import check_channels, check_choice, check_order, check_positive
-from ._tied_checks import check_tieable, conv_trim
+from .tie_checks import check_tieable, conv_trim
 from ..options import PADDING_MODES
 from .factorised import _compute_dtype, mix
 from .factorised_conv import FactorisedConv2d
@@ -36,10 +36,6 @@ from .path_cost import PATHS, dense_fits
 from .sizes import FilterSizes, HostSizes, track
 from .tied_branch import TiedNJetBranch
 from . import tied_fit
-
-
-#: Former name of ``path`` and its values (``"separable"`` is ``"factorised"``); still accepted.
-MODES = ("auto", "dense", "separable")
 
 
 class TiedNJetConv2d(HostSizes, nn.Module):
@@ -57,7 +53,6 @@ class TiedNJetConv2d(HostSizes, nn.Module):
         padding_mode: ``"zeros" | "reflect" | "replicate" | "circular"``.
         path: ``"auto"`` (cost model, per branch and call), ``"dense"``, ``"factorised"``,
             ``"basis_first"`` or ``"mix_first"`` (as :class:`~njetify.layers.NJetConv2d`).
-        mode: deprecated spelling of ``path`` (``"separable"`` = ``"factorised"``).
 
     Shapes: ``forward(x)`` maps ``(N, in_channels, H, W)`` to a list of K tensors
     ``(N, out_channels, H − 2·trim_k, W − 2·trim_k)``; branch k alone is ``forward_branch(x, k)``.
@@ -76,7 +71,6 @@ class TiedNJetConv2d(HostSizes, nn.Module):
         max_size: int | None = None,
         trims=None,
         padding_mode: str = "zeros",
-        mode: str | None = None,
         *,
         path: str = "auto",
         device=None,
@@ -87,11 +81,6 @@ class TiedNJetConv2d(HostSizes, nn.Module):
         check_channels(in_channels, out_channels, groups)
         check_positive("extent", extent)
         check_choice("padding_mode", padding_mode, PADDING_MODES)
-        if mode is not None:
-            check_choice("mode", mode, MODES)
-            warnings.warn("TiedNJetConv2d: mode= is deprecated, use path= ('separable' is now 'factorised')",
-                          DeprecationWarning, stacklevel=2)
-            path = _path_of_mode(mode)
         check_choice("path", path, PATHS)
         sig = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()]
         if not sig:
@@ -125,15 +114,6 @@ class TiedNJetConv2d(HostSizes, nn.Module):
         track(self)
 
     # ------------------------------------------------------------------ state
-    @property
-    def mode(self) -> str:
-        """Deprecated view of :attr:`path` (``"separable"`` for any factorised path)."""
-        return self.path if self.path in ("auto", "dense") else "separable"
-
-    @mode.setter
-    def mode(self, value: str) -> None:
-        check_choice("mode", value, MODES)
-        self.path = _path_of_mode(value)
 
     @property
     def num_branches(self) -> int:
@@ -291,7 +271,7 @@ class TiedNJetConv2d(HostSizes, nn.Module):
         check_tieable(convs)
         c0 = convs[0]
         if sigmas is None:
-            sigmas = [c.dilation[0] * (c.kernel_size[0] - 1) / (2.0 * extent) for c in convs]
+            sigmas = [sigma_from_kernel(c.kernel_size[0], c.dilation[0], extent) for c in convs]
         layer = cls(
             c0.in_channels, c0.out_channels, sigmas, order=order, extent=extent, groups=c0.groups,
             bias=c0.bias is not None, trims=[conv_trim(c) for c in convs], padding_mode=c0.padding_mode,
@@ -348,6 +328,3 @@ class TiedNJetConv2d(HostSizes, nn.Module):
                                 groups=self.groups, trim=self.trims[k], padding_mode=self.padding_mode, order=order,
                                 reason=reason)
 
-
-def _path_of_mode(mode: str) -> str:
-    return "factorised" if mode == "separable" else mode

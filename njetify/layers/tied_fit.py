@@ -1,18 +1,14 @@
-"""Joint fits for tied N-Jet branches: the K-kernel case of :mod:`njetify.fit`.
-
-A single layer and K tied branches share one implementation (kernels used at their taps
-only, bounded memory); the former names stay importable from here.
-"""
+"""The shared α of tied N-Jet branches: the K-kernel case of the fits in :mod:`njetify.fit`
+(one implementation for a single layer and K branches: kernels used at their taps only, bounded memory)."""
 
 from __future__ import annotations
 
 import torch
 
-from ..fit import basis_at_taps, joint_data_aware_fit, joint_weight_fit, tap_offsets
+from ..fit import joint_data_aware_fit, joint_weight_fit, tap_offsets
 from ..moments import TapMoments
-from ..moments import TapMoments as TiedMoments
 
-__all__ = ["TiedMoments", "basis_at_taps", "fit_alpha", "joint_data_aware_fit", "joint_weight_fit", "tap_offsets"]
+__all__ = ["fit_alpha"]
 
 
 def fit_alpha(owner, weights, dilations, inputs=None) -> tuple[torch.Tensor, float, list[float]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import fnmatch
 import os
 from importlib import resources
 from typing import Any, Mapping
@@ -225,7 +224,7 @@ def validate_rules_against(recipe: Recipe, model: nn.Module) -> list[list[str]]:
     paths = [p for p, _ in model.named_modules() if p]
     matched = []
     for i, rule in enumerate(recipe.rules):
-        hits = [p for p in paths if fnmatch.fnmatchcase(p, rule.match)]
+        hits = [p for p in paths if rule.matches(p)]
         if not hits:
             close = difflib.get_close_matches(rule.match, paths, n=3, cutoff=0.5)
             hint = f"; closest module paths: {', '.join(map(repr, close))}" if close else ""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field, fields, replace
 
+from ..options import MAX_FIT_ERROR
+
 
 @dataclass
 class SubsampleConfig:
@@ -43,6 +45,11 @@ class Rule:
     max_size: int | None = None
     max_fit_error: float | None = None  # a rule disables the gate with .inf
     depthwise_order: int | None = None
+
+    def matches(self, path: str) -> bool:
+        """Whether this rule applies to the module at ``path`` (dotted, as in ``named_modules()``):
+        ``match`` is an fnmatch glob, case-sensitive — the one matching rule of every rule consumer."""
+        return fnmatch.fnmatchcase(path, self.match)
 
 
 @dataclass
@@ -106,7 +113,7 @@ class Recipe:
     # square stride-1 kernels too; false: one σ only (non-square kernels stay convs) — njetify.layers.njet_axes
     sigma_per_axis: bool | str = "auto"
     max_size: int | None = 63  # filter size cap in pixels (None: no cap)
-    max_fit_error: float | None = 0.5  # fidelity gate: a layer fitted worse than this stays the original conv (None: off)
+    max_fit_error: float | None = MAX_FIT_ERROR  # fidelity gate: a layer fitted worse than this stays the original conv (None: off)
     search_max_dim: int | None = 4096  # sigma_init fit: layers with more coefficients keep σ₀ (None: search every layer)
     budget: float | None = None  # cost budget: × the original's MACs at the input size (None: no budget)
     convs: bool = True  # convert the k×k convolutions (False: only what aspp/subsample ask for)
@@ -114,6 +121,10 @@ class Recipe:
     aspp: AsppConfig = field(default_factory=AsppConfig)
     rules: list[Rule] = field(default_factory=list)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def rules_for(self, path: str) -> list[Rule]:
+        """The rules that apply to the module at ``path``, in recipe order (later ones win)."""
+        return [rule for rule in self.rules if rule.matches(path)]
 
     def settings_for(self, path: str) -> LayerSettings:
         """Recipe defaults for the module at ``path``, with every matching rule applied in order."""
@@ -129,9 +140,7 @@ class Recipe:
             depthwise_order=self.depthwise_order,
             sigma_per_axis=self.sigma_per_axis,
         )
-        for rule in self.rules:
-            if fnmatch.fnmatchcase(path, rule.match):
-                updates = {f.name: getattr(rule, f.name) for f in fields(rule) if f.name != "match"}
-                updates = {k: v for k, v in updates.items() if v is not None}
-                s = replace(s, **updates)
+        for rule in self.rules_for(path):
+            updates = {f.name: getattr(rule, f.name) for f in fields(rule) if f.name != "match"}
+            s = replace(s, **{k: v for k, v in updates.items() if v is not None})
         return s

@@ -17,7 +17,20 @@ import types
 import typing
 from typing import Any, Callable, Mapping
 
-from ..options import ASPP_TIE, INTERPOLATIONS, SIGMA_PER, SUBSAMPLE_MODES, SUBSAMPLE_WHERE, order_problem
+from ..options import (
+    AMP_MODES,
+    ASPP_TIE,
+    CLASS_WEIGHTS,
+    INTERPOLATIONS,
+    OPTIMIZERS,
+    SCHEDULES,
+    SIGMA_PER,
+    SIGMA_PER_AXIS,
+    SUBSAMPLE_MODES,
+    SUBSAMPLE_WHERE,
+    order_problem,
+    r_problem,
+)
 from .schema import Recipe
 
 __all__ = ["RecipeError", "build", "recipe_from_dict", "CHECKS"]
@@ -56,23 +69,13 @@ def _sigma_init(v):
 
 
 def _per_axis(v):
-    ok = v is True or v is False or v == "auto"
+    ok = any(v is a or (isinstance(v, str) and v == a) for a in SIGMA_PER_AXIS)
     return None if ok else ("'auto' (one σ per axis for non-square kernels), true (for every stride-1 kernel) "
                             "or false (one σ; non-square kernels stay convs)")
 
 
 def _max_fit_error(v):
     return None if v >= 0 else "a relative error ≥ 0 (e.g. 0.5; .inf never reverts, 0 always does), or null for no gate"
-
-
-def _r(v):
-    if isinstance(v, str):
-        return None if v == "auto" else "'auto' (factor at σ₀ = the original stride) or a positive number"
-    return _positive(v)
-
-
-def _order(v):
-    return order_problem(v)
 
 
 def _tie(v):
@@ -94,8 +97,8 @@ def _gamma(v):
 
 #: Allowed values per key path (``rules.<field>`` falls back to the top-level field's check).
 CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "order": _order,
-    "depthwise_order": _order,
+    "order": order_problem,
+    "depthwise_order": order_problem,
     "extent": _positive,
     "sigma_init": _sigma_init,
     "sigma_per": _choice(*SIGMA_PER),
@@ -105,28 +108,28 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "search_max_dim": _at_least(1),
     "budget": _positive,
     "subsample.mode": _choice(*SUBSAMPLE_MODES),
-    "subsample.r": _r,
+    "subsample.r": r_problem,
     "subsample.where": _choice(*SUBSAMPLE_WHERE),
     "subsample.interpolation": _choice(*INTERPOLATIONS),
     "aspp.tie": _tie,
     "rules.match": _match,
-    "finetune.optimizer": _choice("sgd", "adamw"),
+    "finetune.optimizer": _choice(*OPTIMIZERS),
     "finetune.lr": _positive,
     "finetune.sigma_lr": _non_negative,
     "finetune.momentum": _unit_interval_open_right,
     "finetune.weight_decay": _non_negative,
     "finetune.epochs": _at_least(1),
     "finetune.batch_size": _at_least(1),
-    "finetune.schedule": _choice("cosine", "step", "constant"),
+    "finetune.schedule": _choice(*SCHEDULES),
     "finetune.warmup_epochs": _non_negative,
     "finetune.step_size": _at_least(1),
     "finetune.gamma": _gamma,
     "finetune.grad_clip": _positive,
-    "finetune.amp": _choice("none", "bf16", "fp16"),
+    "finetune.amp": _choice(*AMP_MODES),
     "finetune.seed": _at_least(0),
     "finetune.checkpoint_every": _at_least(0),
     "finetune.num_workers": _at_least(0),
-    "finetune.class_weights": _choice("inverse_frequency"),
+    "finetune.class_weights": _choice(*CLASS_WEIGHTS),
 }
 
 def _type_name(tp) -> str:

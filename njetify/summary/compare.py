@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..bake import _first_tensor
+from ..inputs import first_tensor
 from .core import count_macs
 
 __all__ = ["Comparison", "compare_models", "default_input_size"]
@@ -67,8 +67,8 @@ def compare_models(original: nn.Module, converted: nn.Module, example_input: tor
     converted.eval()
     try:
         one = example_input[:1]
-        a = _first_tensor(original(example_input))
-        b = _first_tensor(converted(example_input))  # also fills the N-Jet filter caches
+        a = first_tensor(original(example_input))
+        b = first_tensor(converted(example_input))  # also fills the N-Jet filter caches
         macs = (count_macs(original, one, warmup=False), count_macs(converted, one, warmup=False))
     finally:
         original.train(modes[0])

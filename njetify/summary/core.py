@@ -17,7 +17,8 @@ import math
 import torch
 from torch import nn
 
-from ..bake import _first_tensor, freeze_subsampling
+from ..bake import freeze_subsampling
+from ..inputs import first_tensor
 from ..layers import FixedSubsample, NJetConv2d, NJetConvTranspose2d, SafePool2d, SafeSubsample, SafeUpsample, TiedNJetBranch
 from ..modes import evaluating
 from .trace import MacCounter, RFTracker
@@ -202,7 +203,7 @@ def _trace(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, tuple], list[st
     finally:
         for h in handles:
             h.remove()
-    out = _first_tensor(out)
+    out = first_tensor(out)
     return rows, order, tuple(out.shape)
 
 

@@ -29,16 +29,19 @@ from .util import count_params, model_device_dtype
 TIE_MAX_SIZE = 127
 
 
-def resolve_recipe(recipe=None, *, order=None, subsample=None, r=None, budget=None) -> Recipe:
+def resolve_recipe(recipe=None, **overrides) -> Recipe:
     """The recipe to use: ``recipe`` (None: built-in ``default``; a Recipe; a built-in name or YAML
-    path) with the keyword overrides applied; always a new, checked object (see
-    :func:`njetify.recipes.resolve_recipe`). Raises TypeError/ValueError naming the argument."""
+    path) with the keyword ``overrides`` applied — any recipe key (``order=2``, ``max_fit_error=0.3``,
+    ``sigma_init="kernel"``) and the shortcuts of :func:`njetify.recipes.resolve_recipe` (``r=4``,
+    ``subsample="keep"``); None means "not given". Always a new, checked object. Raises
+    TypeError/ValueError naming the argument."""
     if recipe is not None and not isinstance(recipe, (Recipe, str, os.PathLike)):
         raise TypeError(f"recipe must be None, a njetify.recipes.Recipe or a str (built-in name or YAML path), "
                         f"got {type(recipe).__name__}")
+    order, subsample, r, budget = (overrides.get(k) for k in ("order", "subsample", "r", "budget"))
     if order is not None:
         check_order(order)
-    if subsample is not None and subsample not in SUBSAMPLE_MODES:
+    if isinstance(subsample, str) and subsample not in SUBSAMPLE_MODES:
         raise ValueError(f"subsample must be one of {SUBSAMPLE_MODES}, got {subsample!r}")
     if r is not None:
         check_r(r)
@@ -46,7 +49,7 @@ def resolve_recipe(recipe=None, *, order=None, subsample=None, r=None, budget=No
         check_positive("budget", budget)
     from ..recipes import resolve_recipe as _resolve
 
-    rec = _resolve(recipe, order=order, subsample=subsample, r=r, budget=budget)
+    rec = _resolve(recipe, **overrides)
     if rec.subsample.where == "every_layer" and rec.subsample.r == "auto":
         raise ValueError("r: subsample.where='every_layer' needs a numeric r (e.g. 4, as in the paper), got 'auto'")
     return rec
@@ -76,15 +79,12 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 def convert(
     model: nn.Module,
     *,
-    order: int | None = None,
     recipe: Recipe | str | None = None,
-    subsample: str | None = None,
-    r: float | str | None = None,
-    budget: float | None = None,
     calibration_data=None,
     example_inputs=None,
     inplace: bool = False,
     passes=None,
+    **overrides,
 ) -> tuple[nn.Module, ConversionReport]:
     """Convert ``model`` to an N-Jet network; returns ``(converted_model, report)``.
 
@@ -92,15 +92,17 @@ def convert(
         model: any ``nn.Module`` (timm, torchvision, segmentation-models-pytorch, your own). A
             ``torch.compile`` / ``nn.DataParallel`` / ``DistributedDataParallel`` wrapper is removed:
             the inner model is converted and returned unwrapped (a report note says so).
-        order: derivative order N of the N-Jet layers (default 3, or the recipe's).
         recipe: None, a :class:`njetify.recipes.Recipe`, or a built-in recipe name / YAML path.
-            Keyword arguments override the recipe's values.
-        subsample: ``"safe"`` (strided convs/pools → stride 1 + SafeSubsample, default) or
-            ``"keep"`` (strides and pooling stay).
-        r: ``"auto"`` (factor at σ₀ = original stride, default) or a positive number (paper: 4).
-        budget: the most the converted model may cost, × the original's MACs at the example input's
-            size (e.g. 1.5; needs ``example_inputs`` or tensor calibration batches); filter sizes are
-            capped per layer so that it holds while σ learns (:mod:`njetify.budget`).
+        **overrides: recipe keys that override the recipe's values, all through one resolver
+            (:func:`resolve_recipe`; None: not given), e.g. ``order=2`` (derivative order N,
+            default 3), ``subsample="keep"`` (``"safe"``, the default: strided convs/pools → stride 1
+            + SafeSubsample; ``"keep"``: strides and pooling stay), ``r=4`` (``"auto"``, the default:
+            factor at σ₀ = original stride; the paper uses 4), ``budget=1.5`` (the most the converted
+            model may cost, × the original's MACs at the example input's size; needs ``example_inputs``
+            or tensor calibration batches; filter sizes are capped per layer so that it holds while σ
+            learns, :mod:`njetify.budget`), ``max_fit_error=0.3``,
+            ``sigma_init="kernel"``, ``rules=[...]`` (appended). An unknown key is a RecipeError
+            with the closest key.
         calibration_data: iterable of input batches (tensors, or ``(x, y, ...)`` tuples); when
             given, every converted layer is refitted to reproduce the original conv's outputs,
             layer by layer (output matching, DESIGN §3; docs/calibration.md). A batch's input may be a
@@ -120,7 +122,7 @@ def convert(
     if not isinstance(inplace, bool):
         raise TypeError(f"inplace must be a bool, got {inplace!r}")
     model, notes = unwrap(model)  # torch.compile / DataParallel / DDP: the inner model is converted
-    rec = resolve_recipe(recipe, order=order, subsample=subsample, r=r, budget=budget)
+    rec = resolve_recipe(recipe, **overrides)
     validate_rules_against(rec, model)  # a rule glob that matches no module is a recipe error
     pipeline = check_pipeline(DEFAULT_PASSES if passes is None else passes)
     notes += check_quantized(model)
@@ -203,23 +205,9 @@ def _shapes(example_inputs) -> list[list[int]] | None:
     return [list(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)]
 
 
-def njetify(
-    model: nn.Module,
-    *,
-    order: int | None = None,
-    recipe: Recipe | str | None = None,
-    subsample: str | None = None,
-    r: float | str | None = None,
-    budget: float | None = None,
-    calibration_data=None,
-    example_inputs=None,
-    inplace: bool = False,
-    passes=None,
-) -> nn.Module:
+def njetify(model: nn.Module, **kwargs) -> nn.Module:
     """Convert ``model`` (same arguments as :func:`convert`) and return only the converted model."""
-    return convert(model, order=order, recipe=recipe, subsample=subsample, r=r, budget=budget,
-                   calibration_data=calibration_data,
-                   example_inputs=example_inputs, inplace=inplace, passes=passes)[0]
+    return convert(model, **kwargs)[0]
 
 
 def tie_aspp(

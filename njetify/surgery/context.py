@@ -2,8 +2,12 @@
 
 A pass is a named function ``run(ctx) -> None`` that reads and changes the context.
 It declares the context fields it ``requires`` (filled by an earlier pass) and the
-ones it ``provides``, like torch.fx's ``PassBase`` ``requires``/``ensures``;
-:func:`run_pipeline` checks the whole pipeline before it runs any pass.
+ones it ``provides``, and may check the state itself before it runs (``check``), like
+torch.fx's ``PassBase`` ``requires``/``ensures``. :func:`check_pipeline` checks the whole
+pipeline before any pass runs: a field no earlier pass provides is an error naming the pass,
+the field and the pass that provides it; :func:`run_pipeline` also runs each ``check``, so an
+order that would silently drop work (ASPP heads whose branches another pass already converted)
+is an error, never a smaller conversion.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class ConvertedLayer:
-    """A convolution that became a σ layer: the new ``layer`` and the original ``conv`` it replaced."""
+    """A convolution that became a σ layer: the new ``layer`` and the original ``conv`` it replaced;
+    ``calibrated``: the calibration engine refits (and gates) it (its converter says so)."""
 
     path: str
     layer: nn.Module
     conv: nn.Module
+    calibrated: bool = True
 
 
 @dataclass
@@ -76,17 +82,20 @@ INPUTS = frozenset({"model", "recipe", "report", "rewriter", "example_inputs", "
 
 @dataclass(frozen=True)
 class Pass:
-    """A named step of the pipeline: ``run(ctx)``, the fields it ``requires`` and ``provides``."""
+    """A named step of the pipeline: ``run(ctx)``, the fields it ``requires`` and ``provides``, and
+    ``check(ctx)``: None when the state lets the pass do all its work, else what is wrong (run just
+    before the pass; a message is a :class:`PipelineError` naming the pass)."""
 
     name: str
     run: Callable[[SurgeryContext], None]
     requires: tuple[str, ...] = ()
     provides: tuple[str, ...] = ()
     doc: str = ""
+    check: Callable[[SurgeryContext], str | None] | None = None
 
 
 class PipelineError(ValueError):
-    """A pipeline whose passes cannot run in this order (names the pass and the missing field)."""
+    """A pipeline whose passes cannot run in this order (names the pass, what it needs and which pass provides it)."""
 
 
 def check_pipeline(passes) -> tuple[Pass, ...]:
@@ -94,7 +103,7 @@ def check_pipeline(passes) -> tuple[Pass, ...]:
     passes = tuple(passes)
     available = set(INPUTS)
     names: list[str] = []
-    for p in passes:
+    for i, p in enumerate(passes):
         if not isinstance(p, Pass):
             raise TypeError(f"passes must hold njetify.surgery.Pass objects, got {type(p).__name__}")
         if p.name in names:
@@ -102,17 +111,36 @@ def check_pipeline(passes) -> tuple[Pass, ...]:
         missing = [r for r in p.requires if r not in available]
         if missing:
             raise PipelineError(
-                f"passes: pass {p.name!r} requires {', '.join(map(repr, missing))}, which no earlier pass provides "
-                f"(order: {', '.join(names + [p.name])})"
+                f"passes: pass {p.name!r} requires {', '.join(map(repr, missing))}, which no earlier pass provides"
+                f"{_providers(missing, passes[i + 1:], p.name)} (order: {', '.join(names + [p.name])})"
             )
         available.update(p.provides)
         names.append(p.name)
     return passes
 
 
+def _providers(fields, later, name: str) -> str:
+    """Which pass provides each missing field: a later pass of this pipeline, else one of the default pipeline."""
+    from .pipeline import DEFAULT_PASSES
+
+    parts = []
+    for f in fields:
+        by = next((q.name for q in later if f in q.provides), None)
+        if by is not None:
+            parts.append(f"pass {by!r} provides {f!r}: put it before {name!r}")
+            continue
+        by = next((q.name for q in DEFAULT_PASSES if f in q.provides), None)
+        parts.append(f"pass {by!r} of the default pipeline provides {f!r}: add it before {name!r}" if by
+                     else f"no pass of the default pipeline provides {f!r}")
+    return "; " + "; ".join(parts)
+
+
 def run_pipeline(ctx: SurgeryContext, passes) -> SurgeryContext:
-    """Check ``passes`` (:func:`check_pipeline`), then run them in order on ``ctx``."""
+    """Check ``passes`` (:func:`check_pipeline`), then run them in order on ``ctx``, each after its ``check``."""
     for p in check_pipeline(passes):
+        problem = p.check(ctx) if p.check is not None else None
+        if problem:
+            raise PipelineError(f"passes: pass {p.name!r} cannot do its work: {problem}")
         p.run(ctx)
     return ctx
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..layers._checks import conv_kind
+from ..layers.convertible import conv_kind
 
 _WRAPPERS = {
     "OptimizedModule": "torch.compile (OptimizedModule): compile the result again, torch.compile(net)",

@@ -6,11 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-ACTIONS = ("converted", "tied", "subsampled", "kept", "skipped", "inserted", "retraced", "follows")
-
-
 #: Attribute of a converted model that holds its ConversionReport (``njetify.save`` reads it).
 REPORT_ATTR = "njetify_report"
+
 
 @dataclass
 class ReportRow:

@@ -23,13 +23,3 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
         if p.is_floating_point():
             return p.device, p.dtype
     return torch.device("cpu"), torch.float32
-
-
-
-def first_input(batch):
-    """The model input of a calibration batch: a tensor, or the first item of ``(x, y, ...)``."""
-    if isinstance(batch, (tuple, list)):
-        if not batch:
-            raise ValueError("calibration_data: got an empty batch")
-        return batch[0]
-    return batch

@@ -11,11 +11,8 @@ from dataclasses import fields, replace
 import numpy as np
 import torch
 
+from ..options import AMP_MODES, CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES, check_choice
 from ..recipes import FinetuneConfig
-from .optim import OPTIMIZERS, SCHEDULES
-
-AMP_MODES = ("none", "bf16", "fp16")
-TASKS = ("classification", "segmentation")
 
 
 def resolve_config(config: FinetuneConfig | dict | None = None, **overrides) -> FinetuneConfig:
@@ -59,12 +56,8 @@ def _pos(name, v, kind=(int, float), zero=False, most=None):
 
 def check_config(cfg: FinetuneConfig) -> None:
     """Raise ``ValueError`` naming the first field with a value that is not allowed."""
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}, got {cfg.optimizer!r}")
-    if cfg.schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(map(repr, SCHEDULES))}, got {cfg.schedule!r}")
-    if cfg.amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {', '.join(map(repr, AMP_MODES))}, got {cfg.amp!r}")
+    for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("amp", AMP_MODES)):
+        check_choice(name, getattr(cfg, name), allowed)
     for name in ("lr", "sigma_lr"):
         _pos(name, getattr(cfg, name), zero=name == "sigma_lr", most=MAX_LR)
     _pos("gamma", cfg.gamma)
@@ -76,8 +69,9 @@ def check_config(cfg: FinetuneConfig) -> None:
         _pos(name, getattr(cfg, name), kind=int, zero=True)
     if cfg.grad_clip is not None:
         _pos("grad_clip", cfg.grad_clip)
-    if cfg.class_weights not in (None, "inverse_frequency"):
-        raise ValueError(f"class_weights must be None or 'inverse_frequency', got {cfg.class_weights!r}")
+    if cfg.class_weights is not None and cfg.class_weights not in CLASS_WEIGHTS:
+        raise ValueError(f"class_weights must be None or one of {', '.join(map(repr, CLASS_WEIGHTS))}, "
+                         f"got {cfg.class_weights!r}")
 
 
 def amp_dtype(cfg: FinetuneConfig, device: torch.device) -> torch.dtype | None:

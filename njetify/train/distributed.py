@@ -95,12 +95,3 @@ def unwrap(model: nn.Module) -> nn.Module:
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()
-
-
-def broadcast_object(obj, info: DistInfo):
-    """``obj`` of rank 0 on every rank."""
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -44,11 +44,6 @@ JSON_NAME, CSV_NAME = "history.json", "history.csv"
 MAX_STEP_POINTS = 1000
 
 
-def njet_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """The modules with a learned σ (:func:`njetify.layers.sigma_layers`), by path."""
-    return sigma_layers(model)
-
-
 def subsample_modules(model: nn.Module) -> dict[str, SafeSubsample]:
     """Every :class:`SafeSubsample`, by path."""
     return {n: m for n, m in model.named_modules() if isinstance(m, SafeSubsample)}
@@ -58,7 +53,7 @@ def subsample_modules(model: nn.Module) -> dict[str, SafeSubsample]:
 def layer_snapshot(model: nn.Module) -> dict[str, dict]:
     """σ (mean, min, max, in pixels) and filter size of every N-Jet module."""
     out = {}
-    for name, m in njet_modules(model).items():
+    for name, m in sigma_layers(model).items():
         s = m.sigma.detach().float().cpu()
         out[name] = {"sigma": float(s.mean()), "sigma_min": float(s.min()), "sigma_max": float(s.max()),
                      "size": int(m.kernel_size[0])}
@@ -67,7 +62,7 @@ def layer_snapshot(model: nn.Module) -> dict[str, dict]:
 
 @torch.no_grad()
 def sigma_values(njets: dict[str, nn.Module]) -> dict[str, float]:
-    """Mean σ (pixels) of every module of :func:`njet_modules`, by path."""
+    """Mean σ (pixels) of every module of :func:`njetify.layers.sigma_layers`, by path."""
     out = {}
     for name, m in njets.items():
         s = m.sigma if hasattr(m, "sigma") else m.log_sigma.exp()

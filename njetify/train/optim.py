@@ -7,23 +7,17 @@ import math
 import torch
 from torch import nn
 
-from ..layers import sigma_parameters as _sigma_parameters
+from ..layers import sigma_parameters
+from ..options import OPTIMIZERS, SCHEDULES
 from ..recipes import FinetuneConfig
 
 GROUPS = ("alpha", "sigma", "decay", "no_decay")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
-
-
-def sigma_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """σ parameters (log-scale) of every σ layer (:func:`njetify.layers.sigma_parameters`), each once."""
-    return _sigma_parameters(model)
 
 
 def split_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Trainable parameters by group (each parameter once, shared ones included once).
 
-    * ``sigma``: :func:`sigma_parameters` (σ = exp(log_sigma)),
+    * ``sigma``: :func:`njetify.layers.sigma_parameters` (σ = exp(log_sigma)),
     * ``alpha``: the other ≥2-D parameters of the modules that own a σ parameter (N-Jet layers,
       tied ASPP heads): their basis coefficients,
     * ``no_decay``: 0-/1-D parameters and every ``bias`` (norm scales/shifts, N-Jet and tied biases),

@@ -17,16 +17,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.loaders import make_loader
+from ..layers import sigma_layers, sigma_parameters
 from ..modes import evaluating
+from ..options import TASKS
 from ..recipes import FinetuneConfig
 from . import distributed as D
-from .config import TASKS, amp_dtype, deterministic_mode, resolve_config, seed_everything
+from .config import amp_dtype, deterministic_mode, resolve_config, seed_everything
 from ..summary.core import original_sizes
 from ..budget import BUDGET_ATTR, macs_now
-from .history import History, feature_sizes, layer_snapshot, njet_modules, sigma_values, subsample_modules
+from .history import History, feature_sizes, layer_snapshot, sigma_values, subsample_modules
 from .interrupt import StopFlag
 from .metrics import ClassificationMeter, SegmentationMeter, inverse_frequency_weights
-from .optim import build_optimizer, build_scheduler, current_lrs, sigma_parameters
+from .optim import build_optimizer, build_scheduler, current_lrs
 from .progress import TrainProgress, evaluation_line
 from .resume import CheckpointMixin
 from .stopping import StoppingMixin
@@ -146,7 +148,7 @@ class _Trainer(CheckpointMixin, StoppingMixin):
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.sigmas = sigma_parameters(model)
-        self.njets = njet_modules(model)
+        self.njets = sigma_layers(model)
         self.stop = StopFlag()
         self.eval_time: float | None = None  # seconds of one validation pass (for the estimate)
         self._timing: list[float] = []  # wall times of the first steps of this process (for the estimate)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from ...layers._checks import conv_kind
-from ...layers._tied_checks import tie_mismatch
+from ...layers.convertible import conv_kind
+from ...layers.tie_checks import tie_mismatch
 from .trace import Region
 
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add, builtins.sum, torch.sum}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import fx, nn
 
-from ...layers._checks import conv_kind
+from ...layers.convertible import conv_kind
 from ...layers.safe_pool import PoolSpec
 from ..robust import attempt
 from .pool_specs import functional_kind, spec_from_module, spec_from_node

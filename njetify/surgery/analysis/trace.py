@@ -29,12 +29,16 @@ from ...layers import (
     SafePool2d,
     SafeSubsample,
     SafeUpsample,
+    SigmaModule,
     TiedNJetBranch,
     TiedNJetConv2d,
 )
+from ...layers.convertible import leaf_types
 
-#: Module types never traced through: their semantics are handled (or kept) as a whole.
+#: Module types never traced through: their semantics are handled (or kept) as a whole. The types of the
+#: converter table (:func:`njetify.layers.convertible.leaf_types`, registered ones included) are leaves too.
 LEAF_TYPES: tuple[type, ...] = (
+    SigmaModule,
     nn.modules.conv._ConvNd,
     nn.modules.pooling._MaxPoolNd,
     nn.modules.pooling._AvgPoolNd,
@@ -50,6 +54,11 @@ LEAF_TYPES: tuple[type, ...] = (
     TiedNJetBranch,
     TiedNJetConv2d,
 )
+
+
+def is_leaf_type(m: nn.Module) -> bool:
+    """Whether torch.fx treats ``m`` as one call (:data:`LEAF_TYPES` and the converter table's types)."""
+    return isinstance(m, LEAF_TYPES) or isinstance(m, leaf_types())
 
 
 @dataclass
@@ -90,7 +99,7 @@ class NJetTracer(fx.Tracer):
         self.extra_leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, LEAF_TYPES) or type(m) in self.extra_leaves:
+        if is_leaf_type(m) or type(m) in self.extra_leaves:
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -152,7 +161,7 @@ def trace_regions(model: nn.Module) -> tuple[str, list[Region], list[dict], list
 def _trace_children(module: nn.Module, prefix: str, regions: list, failures: list, jit: list) -> None:
     for name, child in module.named_children():
         path = f"{prefix}.{name}" if prefix else name
-        if isinstance(child, LEAF_TYPES) or not has_work(child):
+        if is_leaf_type(child) or not has_work(child):
             continue
         graph, as_jit, why = try_trace(child)
         if graph is not None:

@@ -11,7 +11,6 @@ The report gets one ``aspp`` row per head and one ``conv`` row per tied branch.
 
 from __future__ import annotations
 
-import fnmatch
 import warnings
 
 from torch import nn
@@ -22,6 +21,19 @@ from ..context import ConvertedLayer, SurgeryContext
 from ..report import ReportRow
 from ..robust import attempt
 from .convs import describe_conv
+
+
+def aspp_ready(ctx: SurgeryContext) -> str | None:
+    """The ``aspp`` pass's check of the state: None, unless an earlier pass already converted dilated
+    convs (the branches ASPP heads are made of), which this pass could then no longer find and tie."""
+    if ctx.recipe.aspp.tie is False:
+        return None
+    dilated = [p for p, c in ctx.converted.items() if max(getattr(c.conv, "dilation", (1,))) > 1]
+    if not dilated:
+        return None
+    return (f"it needs the dilated convs unconverted to find ASPP heads, but an earlier pass converted "
+            f"{len(dilated)} ({', '.join(dilated[:3])}{' ...' if len(dilated) > 3 else ''}); run 'aspp' "
+            f"(it provides 'tied') before the pass that converts convs ('convs' in the default pipeline)")
 
 
 def aspp_pass(ctx: SurgeryContext) -> None:
@@ -96,9 +108,6 @@ def tie_head(ctx: SurgeryContext, head: AsppHead) -> ReportRow:
 
 
 def _rule_skips(recipe, paths: list[str]) -> bool:
-    skip = None
-    for path in paths:
-        for rule in recipe.rules:
-            if rule.skip is not None and fnmatch.fnmatchcase(path, rule.match):
-                skip = rule.skip
-    return bool(skip)
+    """Whether the last rule with a ``skip`` that matches any of ``paths`` (the branches) says skip."""
+    skips = [rule.skip for path in paths for rule in recipe.rules_for(path) if rule.skip is not None]
+    return bool(skips and skips[-1])

@@ -11,7 +11,6 @@ rewriter, so a failed conversion still rolls back), followed by its subsampling 
 
 from __future__ import annotations
 
-import fnmatch
 import re
 
 from torch import nn
@@ -45,11 +44,11 @@ class _Originals:
 def calibrate_pass(ctx: SurgeryContext) -> None:
     """Calibrate every converted layer on ``ctx.calibration`` (list of input batches) or, without
     data, apply the gate in weight space; fill the report rows and ``report.calibration``."""
-    paths = list(ctx.converted)
+    paths = [p for p, c in ctx.converted.items() if c.calibrated]
     if not paths:
         ctx.report.calibration = {"fit": "weight-space", "batches": 0}
         return
-    convs = {p: c.conv for p, c in ctx.converted.items()}
+    convs = {p: ctx.converted[p].conv for p in paths}
     options, revert = _layer_options(ctx, convs, bool(ctx.calibration)), _revert(ctx, convs)
     if ctx.calibration:
         limit = getattr(ctx.recipe, "search_max_dim", 4096)
@@ -92,8 +91,7 @@ def _layer_options(ctx: SurgeryContext, convs: dict[str, nn.Module], with_data: 
             conv = convs[path]
             sigmas = sigma_candidates(conv.kernel_size[0], conv.dilation[0], st.extent)
         gate = st.max_fit_error
-        if path in tied and not any(r.max_fit_error is not None and fnmatch.fnmatchcase(path, r.match)
-                                    for r in ctx.recipe.rules):
+        if path in tied and not any(r.max_fit_error is not None for r in ctx.recipe.rules_for(path)):
             gate = None
         return LayerOptions(sigmas=sigmas, max_error=gate)
 

@@ -1,14 +1,14 @@
-"""The conv pass: every square k×k 2-D convolution (k > 1) becomes an NJetConv2d, every square
-``nn.ConvTranspose2d`` an NJetConvTranspose2d, every odd non-square one (1×k, k×1; square ones too
-with the recipe's ``sigma_per_axis: true``) an NJetAxesConv2d with one σ per axis."""
+"""The conv pass: every module the converter table converts (:mod:`njetify.layers.convertible`) becomes
+its σ layer — every square k×k 2-D convolution (k > 1) an NJetConv2d, every square
+``nn.ConvTranspose2d`` an NJetConvTranspose2d, a registered type of your own its layer; every odd
+non-square plain conv (1×k, k×1; square ones too with the recipe's ``sigma_per_axis: true``) becomes
+an NJetAxesConv2d with one σ per axis (a choice that depends on the recipe, made here)."""
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from ...layers import NJetConv2d, NJetConvTranspose2d
-from ...layers._checks import conv_kind
+from ...layers.convertible import Converter, conv_kind, converter_for
 from ...layers.njet_axes import NJetAxesConv2d, axes_kind
 from ..context import ConvertedLayer, SurgeryContext
 from ..report import ReportRow
@@ -34,16 +34,18 @@ def describe_conv(m: nn.Module) -> str:
 
 
 def conv_pass(ctx: SurgeryContext) -> None:
-    """Swap every convertible convolution for an N-Jet layer at the same path(s); one report row per conv."""
+    """Swap every convertible convolution not converted yet (tied ASPP branches: pass ``aspp``) for an
+    N-Jet layer at the same path(s); one report row per conv."""
     for path, m in list(ctx.model.named_modules()):
-        kind = conv_kind(m)
-        if not path or kind is None:
+        converter = converter_for(m)
+        if not path or converter is None or path in ctx.converted:
             continue
+        kind = conv_kind(m)
         row = ctx.report.add(_row(m, path))
         settings = ctx.recipe.settings_for(path)
         axes = axes_kind(m, settings.sigma_per_axis)  # one σ per axis: "ok", a reason, or None (not its job)
         kind = "axes" if axes == "ok" else (axes or kind)
-        if kind not in ("ok", "transposed", "axes"):
+        if kind not in (converter.kind, "axes") or converter.build is None:
             row.action, row.reason = "kept", kind
             continue
         if settings.skip:
@@ -52,9 +54,10 @@ def conv_pass(ctx: SurgeryContext) -> None:
             continue
         sigma = None if settings.sigma_init in ("kernel", "fit") else float(settings.sigma_init)  # "fit": calibrate pass
         order = settings.order
-        if settings.depthwise_order is not None and 1 < m.groups == m.in_channels:  # depthwise: recipe depthwise_order
+        groups = getattr(m, "groups", 1)
+        if settings.depthwise_order is not None and 1 < groups == getattr(m, "in_channels", 0):  # depthwise
             order = max(order, settings.depthwise_order)
-        new = attempt(f"the conversion of {path}", lambda: _njet(m, kind, order, sigma, settings),
+        new = attempt(f"the conversion of {path}", lambda: _njet(m, converter, kind, order, sigma, settings),
                       lambda why: why, ctx.failures)
         if isinstance(new, str):
             row.reason = new
@@ -68,14 +71,14 @@ def conv_pass(ctx: SurgeryContext) -> None:
                           else "") + ("; one σ per axis, not per channel" if settings.sigma_per == "channel" else ""))
         new.train(m.training)
         ctx.rewriter.replace(path, new)
-        ctx.converted[path] = ConvertedLayer(path, new, m)
+        ctx.converted[path] = ConvertedLayer(path, new, m, converter.calibrated)
         row.action = "converted"
         row.order = order
         row.sigma0 = round(float(new.sigma.detach().mean()), 6)
         row.size = max(new.kernel_size)
-        row.fit_error = new.fit_error
+        row.fit_error = getattr(new, "fit_error", None)
         row.params_after = own_params(new)
-        if new.size_capped:
+        if getattr(new, "size_capped", False):
             row.reason = f"filter capped at max_size={settings.max_size}"
     per_axis = [r.path for r in ctx.report.select("conv", "converted") if r.extra.get("per_axis")]
     if per_axis:
@@ -84,15 +87,13 @@ def conv_pass(ctx: SurgeryContext) -> None:
                         f"sigma_per_axis): {names}")
 
 
-def _njet(m: nn.Module, kind: str, order: int, sigma: float | None, settings) -> nn.Module:
-    """The N-Jet layer replacing conv ``m`` (``kind`` "transposed": a transposed N-Jet layer)."""
+def _njet(m: nn.Module, converter: Converter, kind: str, order: int, sigma: float | None, settings) -> nn.Module:
+    """The σ layer replacing conv ``m``: an NJetAxesConv2d (``kind`` "axes"), else built by its entry of
+    the converter table."""
     if kind == "axes":
         return NJetAxesConv2d.from_conv(m, order=order, sigma=sigma, extent=settings.extent, per_axis=True,
                                         learn_sigma=settings.learn_sigma, max_size=settings.max_size)
-    cls = NJetConvTranspose2d if kind == "transposed" else NJetConv2d
-    new = cls.from_conv(m, order=order, sigma=sigma, extent=settings.extent,
-                        learn_sigma=settings.learn_sigma, max_size=settings.max_size)
-    return per_channel(new) if settings.sigma_per == "channel" and kind == "ok" else new
+    return converter.build(m, settings, order, sigma)
 
 
 def _row(m: nn.Module, path: str) -> ReportRow:
@@ -106,20 +107,3 @@ def _row(m: nn.Module, path: str) -> ReportRow:
         params_before=own_params(m), params_after=own_params(m),
         extra={"class": type(m).__name__},
     )
-
-
-def per_channel(layer: NJetConv2d) -> NJetConv2d:
-    """The same layer with one σ per output channel (all at the layer's σ)."""
-    new = NJetConv2d(
-        layer.in_channels, layer.out_channels, order=layer.order, sigma=float(layer.sigma.detach().mean()),
-        extent=layer.extent, stride=layer.stride, groups=layer.groups, bias=layer.bias is not None,
-        learn_sigma=layer.learn_sigma, sigma_per="channel", max_size=layer.max_size,
-        padding_mode=layer.padding_mode, padding=layer.padding, trim=layer.trim,
-        device=layer.alpha.device, dtype=layer.alpha.dtype,
-    )
-    with torch.no_grad():
-        new.alpha.copy_(layer.alpha)
-        if layer.bias is not None:
-            new.bias.copy_(layer.bias)
-    new.fit_error = layer.fit_error
-    return new

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ._checks import conv_kind
+from .convertible import conv_kind
 
 __all__ = ["check_tieable", "conv_trim", "tie_mismatch"]
 
