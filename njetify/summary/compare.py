@@ -105,7 +105,7 @@ def _unzeroed_diff(original: nn.Module, converted: nn.Module, paths: list[str], 
             m = work.get_submodule(p) if _has(work, p) else None
             if m is not None and isinstance(getattr(m, "weight", None), torch.Tensor):
                 m.weight.data.fill_(1.0)
-        pair.append(_first_tensor(work(x)))
+        pair.append(first_tensor(work(x)))
     a, b = pair
     if a.shape != b.shape:
         return float("nan"), float(a.abs().max())
