@@ -34,7 +34,7 @@ from ._checks import check_channels, check_choice, check_order, check_positive
 from ._fx import as_traced_leaf
 from .functional import dense_conv2d
 from .protocol import SigmaModule
-from .sizes import FilterSizes, HostSizes, track
+from .sizes import HostSizes
 
 
 def axis_orders(order: int, axes: tuple[bool, bool]) -> tuple[tuple[int, int], ...]:
@@ -122,24 +122,14 @@ class NJetAxesConv2d(HostSizes, SigmaModule):
         self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
         bound = 1.0 / math.sqrt(self.alpha.shape[1] * self.alpha.shape[2])
         nn.init.uniform_(self.alpha, -math.sqrt(3.0) * bound, math.sqrt(3.0) * bound)
-        self._filter_sizes = FilterSizes(f"NJetAxesConv2d({in_channels}→{out_channels})", "each")
-        self._filter_sizes.refresh(self.log_sigma, self.extent, self.max_size, quiet=True)
-        track(self)
+        self._start_sizes(f"NJetAxesConv2d({in_channels}→{out_channels})", "each")
 
     # -------------------------------------------------------------- σ protocol
-    @property
-    def sigma(self) -> torch.Tensor:
-        """σ of the axes with extent, in pixels: ``(2,)`` = (σ_y, σ_x), or ``(1,)`` for a 1-D filter."""
-        return self.log_sigma.exp()
-
     @property
     def sigma_axes(self) -> tuple[float, float]:
         """``(σ_y, σ_x)`` in pixels, 0 on an axis without extent (host floats, for reports)."""
         vals = iter(self.sigma.detach().tolist())
         return tuple(next(vals) if a else 0.0 for a in self.axes)
-
-    def scale_parameter(self) -> nn.Parameter:
-        return self.log_sigma
 
     @property
     def halves(self) -> tuple[int, int]:

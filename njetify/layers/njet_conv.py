@@ -143,15 +143,6 @@ class NJetConv2d(HostSizes, SigmaModule):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @property
-    def sigma(self) -> torch.Tensor:
-        """Current σ in pixels: shape ``(1,)`` per layer or ``(out_channels,)`` per channel."""
-        return self.log_sigma.exp()
-
-    def scale_parameter(self) -> nn.Parameter:
-        """The log-σ parameter (``log_sigma``)."""
-        return self.log_sigma
-
-    @property
     def half_width(self) -> int:
         """Current half-width h of the filter (size 2h+1), after the ``max_size`` cap (a host-side int)."""
         return self._filter_sizes.current(self.log_sigma, self.extent, self.max_size)[0]

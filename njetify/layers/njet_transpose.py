@@ -35,7 +35,7 @@ from ._checks import check_channels, check_order, check_positive
 from ._fx import as_traced_leaf
 from .functional import njet_filter
 from .protocol import SigmaModule
-from .sizes import FilterSizes, HostSizes, track
+from .sizes import HostSizes
 
 
 def baked_output_padding(kernel: int, output_padding: int) -> int:
@@ -107,19 +107,9 @@ class NJetConvTranspose2d(HostSizes, SigmaModule):
         self.bias = nn.Parameter(torch.zeros(out_channels, **factory)) if bias else None
         bound = 1.0 / math.sqrt(self.alpha.shape[1] * self.alpha.shape[2])
         nn.init.uniform_(self.alpha, -math.sqrt(3.0) * bound, math.sqrt(3.0) * bound)
-        self._filter_sizes = FilterSizes(f"NJetConvTranspose2d({in_channels}→{out_channels})", "max")
-        self._filter_sizes.refresh(self.log_sigma, self.extent, self.max_size, quiet=True)
-        track(self)
+        self._start_sizes(f"NJetConvTranspose2d({in_channels}→{out_channels})", "max")
 
     # -------------------------------------------------------------- σ protocol
-    @property
-    def sigma(self) -> torch.Tensor:
-        """Current σ in pixels, shape ``(1,)``."""
-        return self.log_sigma.exp()
-
-    def scale_parameter(self) -> nn.Parameter:
-        return self.log_sigma
-
     @property
     def half_width(self) -> int:
         """Half-width h of the filter at the current σ (after the ``max_size`` cap; a host-side int,

@@ -254,6 +254,21 @@ class HostSizes:
     """Mixin of a σ layer whose :class:`FilterSizes` lives in ``_filter_sizes`` (with ``log_sigma``,
     ``extent`` and ``max_size``): refresh after loading, forget after moving, track after unpickling."""
 
+    @property
+    def sigma(self) -> torch.Tensor:
+        """Current σ in pixels, ``exp(log_sigma)`` (one per layer, per channel, per branch or per axis)."""
+        return self.log_sigma.exp()
+
+    def scale_parameter(self) -> nn.Parameter:
+        """The log-σ parameter this layer reads (``log_sigma``)."""
+        return self.log_sigma
+
+    def _start_sizes(self, what: str, groups: str) -> None:
+        """Create the :class:`FilterSizes` (read once, cap warnings deferred to first use) and track the layer."""
+        self._filter_sizes = FilterSizes(what, groups)
+        self._filter_sizes.refresh(self.log_sigma, self.extent, self.max_size, quiet=True)
+        track(self)
+
     def refresh_sizes(self) -> bool:
         """Re-read σ on the host now (after editing it by hand); True when a filter size changed."""
         return self._filter_sizes.refresh(self.log_sigma, self.extent, self.max_size)

@@ -124,11 +124,6 @@ class TiedNJetConv2d(HostSizes, nn.Module):
         """The K branch views (modules that evaluate one branch each)."""
         return self._branches
 
-    @property
-    def sigma(self) -> torch.Tensor:
-        """Current scales ``(K,)`` in pixels."""
-        return self.log_sigma.exp()
-
     def half_width(self, k: int) -> int:
         """Half-width h of branch k's filter (size 2h+1), after the ``max_size`` cap (a host-side int)."""
         return self._filter_sizes.current(self.log_sigma, self.extent, self.max_size)[k]
