@@ -172,14 +172,17 @@ def _note_change(what: str, old: tuple[int, ...], new: tuple[int, ...]) -> None:
     _raised_limit = True
 
 
-def label_sizes(model: nn.Module) -> None:
-    """Name every σ layer of ``model`` by its path in its size messages (caps, changes, errors),
-    warnings still pending from its construction included: ``"layer1.0.conv1 (NJetConv2d(16→16))"``."""
+def label_sizes(model: nn.Module, prefix: str = "") -> None:
+    """Name every σ layer of ``model`` (at ``prefix`` in a larger model) by its path in its size messages
+    (caps, changes, errors), warnings still pending from its construction included:
+    ``"layer1.0.conv1 (NJetConv2d(16→16))"``."""
     for path, m in model.named_modules():
+        full = ".".join(p for p in (prefix, path) if p)
         sizes = getattr(m, "_filter_sizes", None)
-        if not path or not isinstance(sizes, FilterSizes) or sizes.what.startswith(path + " ("):
+        if not full or not isinstance(sizes, FilterSizes):
             continue
-        new = f"{path} ({sizes.what})"
+        base = sizes.what.split(" (", 1)[1][:-1] if sizes.what.endswith(")") and " (" in sizes.what else sizes.what
+        new = f"{full} ({base})"
         sizes._pending = [msg.replace(sizes.what, new, 1) for msg in sizes._pending]
         sizes.what = new
 

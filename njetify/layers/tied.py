@@ -53,6 +53,7 @@ class TiedNJetConv2d(HostSizes, nn.Module):
         padding_mode: ``"zeros" | "reflect" | "replicate" | "circular"``.
         path: ``"auto"`` (cost model, per branch and call), ``"dense"``, ``"factorised"``,
             ``"basis_first"`` or ``"mix_first"`` (as :class:`~njetify.layers.NJetConv2d`).
+        name: where the head sits (a module path), named in its size messages (caps, size changes).
 
     Shapes: ``forward(x)`` maps ``(N, in_channels, H, W)`` to a list of K tensors
     ``(N, out_channels, H − 2·trim_k, W − 2·trim_k)``; branch k alone is ``forward_branch(x, k)``.
@@ -73,6 +74,7 @@ class TiedNJetConv2d(HostSizes, nn.Module):
         padding_mode: str = "zeros",
         *,
         path: str = "auto",
+        name: str | None = None,
         device=None,
         dtype=None,
     ):
@@ -99,7 +101,8 @@ class TiedNJetConv2d(HostSizes, nn.Module):
         self.learn_sigma = learn_sigma
         self.fit_error: float | None = None
         self.branch_errors: list[float] | None = None
-        self._filter_sizes = FilterSizes(f"TiedNJetConv2d({in_channels}→{out_channels})", "each")
+        what = f"TiedNJetConv2d({in_channels}→{out_channels})"
+        self._filter_sizes = FilterSizes(f"{name} ({what})" if name else what, "each")
         self._plans: dict[int, tuple] = {}
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         nf = B.num_basis(order)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import fx, nn
 
+from ..layers.sizes import label_sizes
 from ..layers.traced import retrace
 
 
@@ -32,6 +33,7 @@ class Rewriter:
             parent = self.model.get_submodule(parent_path) if parent_path else self.model
             self._journal.append(("set", parent, name, old))
             setattr(parent, name, new)
+        label_sizes(new, paths[0])  # its size messages name where it sits
         return paths
 
     def add_child(self, parent: nn.Module, name: str, child: nn.Module) -> None:

@@ -76,8 +76,8 @@ def tie_head(ctx: SurgeryContext, head: AsppHead) -> ReportRow:
     st = ctx.recipe.settings_for(head.branches[0])
     convs = [ctx.module(p) for p in head.branches]
     sigmas = None if st.sigma_init in ("kernel", "fit") else [float(st.sigma_init)] * len(convs)
-    tied = TiedNJetConv2d.from_convs(convs, order=st.order, extent=st.extent,
-                                     learn_sigma=st.learn_sigma, max_size=st.max_size, sigmas=sigmas)
+    tied = TiedNJetConv2d.from_convs(convs, order=st.order, extent=st.extent, learn_sigma=st.learn_sigma,
+                                     max_size=st.max_size, sigmas=sigmas, name=f"{head.branches[0]}.tied")
     tied.train(convs[0].training)
     sigma0 = [round(float(s), 6) for s in tied.sigma.detach()]
     sizes = [tied.kernel_size(k)[0] for k in range(tied.num_branches)]
