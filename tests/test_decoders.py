@@ -203,3 +203,28 @@ def test_decoders_script_rows_and_table(capsys):
     assert (row["safe"], row["kept"], row["follows"], row["up_kept"]) == (6, 0, 5, 0)
     assert row["shape_ok"] and row["grads"]
     assert "| HRNetFusion (64×64) | 6 | 0 | 5 | 0 | ok | — |" in mod.table([row])
+
+
+def test_stride_one_transposed_convs_convert_and_bake():
+    from njetify.bake import bake
+    from njetify.layers import NJetConvTranspose2d
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.t = nn.ConvTranspose2d(8, 4, 3, stride=1, padding=1)  # same size
+            self.u = nn.ConvTranspose2d(4, 4, 3, stride=1)  # grows by 2 px
+
+        def forward(self, x):
+            return self.u(torch.relu(self.t(torch.relu(self.a(x)))))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(2, 3, 16, 16)
+    converted, report = njetify.convert(net, example_inputs=x)
+    assert isinstance(converted.t, NJetConvTranspose2d) and isinstance(converted.u, NJetConvTranspose2d)
+    assert converted(x).shape == net(x).shape == (2, 4, 18, 18)
+    baked = bake(converted)
+    assert type(baked.t) is nn.ConvTranspose2d and type(baked.u) is nn.ConvTranspose2d
+    torch.testing.assert_close(baked(x), converted(x), rtol=1e-5, atol=1e-5)
