@@ -387,3 +387,11 @@ def test_save_and_load_unwrap_compiled_models(tmp_path):
     loaded = njetify.load(path, model=torch.compile(net))
     x = images()
     torch.testing.assert_close(loaded.eval()(x), converted.eval()(x))
+
+
+def test_uninitialised_lazy_conv_is_kept_with_the_fix():
+    model = nn.Sequential(nn.LazyConv2d(4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    _, report = njetify.convert(model)
+    rows = {r.path: r for r in report.rows if r.kind == "conv"}
+    assert rows["0"].action == "kept" and "run the model once" in rows["0"].reason
+    assert rows["2"].action == "converted"

@@ -75,6 +75,8 @@ def conv_kind(conv) -> str | None:
     converter = converter_for(conv)
     if converter is None:
         return None
+    if isinstance(conv, nn.modules.lazy.LazyModuleMixin) and conv.has_uninitialized_params():
+        return "a lazy conv whose shapes are not known yet: run the model once on an input before converting"
     why = converter.check(conv)
     return converter.kind if why == "ok" else why
 
