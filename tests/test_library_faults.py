@@ -395,3 +395,14 @@ def test_uninitialised_lazy_conv_is_kept_with_the_fix():
     rows = {r.path: r for r in report.rows if r.kind == "conv"}
     assert rows["0"].action == "kept" and "run the model once" in rows["0"].reason
     assert rows["2"].action == "converted"
+
+
+def test_qat_conv_says_to_convert_the_float_model_first():
+    from torch.ao.nn import qat
+    from torch.ao.quantization import get_default_qat_qconfig
+
+    conv = qat.Conv2d(3, 4, 3, padding=1, qconfig=get_default_qat_qconfig("fbgemm"))
+    model = nn.Sequential(conv, nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    _, report = njetify.convert(model)
+    rows = {r.path: r for r in report.rows if r.kind == "conv"}
+    assert rows["0"].action == "kept" and "quantization-aware" in rows["0"].reason and "float model" in rows["0"].reason

@@ -112,6 +112,9 @@ def _conv2d_check(conv: nn.Conv2d) -> str:
     if not isinstance(conv.padding, str) and conv.padding[0] != conv.padding[1]:
         return f"asymmetric padding {conv.padding}"
     custom = type(conv).forward is not nn.Conv2d.forward or type(conv)._conv_forward is not nn.Conv2d._conv_forward
+    if custom and type(conv).__module__.startswith("torch.ao.nn.qat"):
+        return (f"{type(conv).__name__} is a quantization-aware-training conv (torch.ao.nn.qat): convert the float "
+                "model first, then prepare it for QAT")
     if custom and type(conv).__name__ != "Conv2dSame":
         return f"{type(conv).__name__} has its own forward (semantics unknown to njetify)"
     return "ok"
