@@ -80,7 +80,7 @@ class FilterSizes:
         self._fresh = True  # never read yet: the first read is not a change
         self._warned: set[int] = set()
         self._warned_small = False
-        self._pending: list[str] = []
+        self._pending: list = []  # messages (str) and warnings found while the layer was built
         #: Who set the cap when it is not the user's ``max_size`` (e.g. the cost budget): hitting it is
         #: then expected and only logged on ``njetify.sizes``.
         self.cap_note: str | None = None
@@ -100,7 +100,7 @@ class FilterSizes:
         """Recompute the half-widths from σ (``values``: log σ already read on the host); True if one changed."""
         logs = log_sigma.detach().reshape(-1).tolist() if values is None else values
         sigmas = [max(logs)] if self.groups == "max" else logs
-        self._check_small(log_sigma, logs)
+        self._check_small(log_sigma, logs, quiet)
         cap = None if max_size is None else max(0, (max_size - 1) // 2)
         halves, capped = [], []
         for k, ls in enumerate(sigmas):
@@ -133,15 +133,20 @@ class FilterSizes:
             _note_change(self.what, old, self.halves)
         return changed
 
-    def _check_small(self, log_sigma: torch.Tensor, logs: list[float]) -> None:
-        """Warn once when a learned σ is below :data:`MIN_USEFUL_SIGMA` (its gradient vanishes)."""
+    def _check_small(self, log_sigma: torch.Tensor, logs: list[float], quiet: bool = False) -> None:
+        """Warn once when a learned σ is below :data:`MIN_USEFUL_SIGMA` (its gradient vanishes); ``quiet``
+        (the layer is being built): at its first use, when it knows its path."""
         if self._warned_small or not log_sigma.requires_grad or not logs:
             return
         smallest = min(logs)
         if smallest < math.log(MIN_USEFUL_SIGMA):  # False for NaN
             self._warned_small = True
             sigma = math.exp(max(smallest, -700.0))
-            warnings.warn(SmallSigmaWarning(small_sigma_message([(self.what, sigma)])), stacklevel=4)
+            warning = SmallSigmaWarning(small_sigma_message([(self.what, sigma)]))
+            if quiet:
+                self._pending.append(warning)
+            else:
+                warnings.warn(warning, stacklevel=4)
 
     def invalidate(self) -> None:
         """Forget the last read (after σ was replaced, moved or loaded)."""
@@ -183,7 +188,8 @@ def label_sizes(model: nn.Module, prefix: str = "") -> None:
             continue
         base = sizes.what.split(" (", 1)[1][:-1] if sizes.what.endswith(")") and " (" in sizes.what else sizes.what
         new = f"{full} ({base})"
-        sizes._pending = [msg.replace(sizes.what, new, 1) for msg in sizes._pending]
+        sizes._pending = [type(w)(str(w).replace(sizes.what, new, 1)) if isinstance(w, Warning)
+                          else w.replace(sizes.what, new, 1) for w in sizes._pending]
         sizes.what = new
 
 
