@@ -40,7 +40,7 @@ from .layers.safe_subsample import full_resolution
 from .modes import evaluating
 from .summary.trace import MacCounter
 
-__all__ = ["BUDGET_ATTR", "BudgetError", "CostTable", "LayerCost", "apply_budget", "macs_now", "measure_costs",
+__all__ = ["BUDGET_ATTR", "BudgetError", "CostTable", "LayerCost", "apply_budget", "cost_meta", "macs_now", "measure_costs",
            "plan_caps", "set_budget"]
 
 #: Attribute of a converted model that holds its :class:`CostTable`.
@@ -118,10 +118,8 @@ class CostTable:
 
     def macs(self, model: nn.Module) -> float:
         """MACs of ``model`` now (its current filter sizes, the conversion's feature-map sizes)."""
-        mods = dict(model.named_modules())
         total = self.fixed
-        for layer in self.layers:
-            m = mods.get(layer.path)
+        for layer, m in zip(self.layers, self._modules(model)):
             if m is not None and hasattr(m, "_filter_sizes"):
                 total += layer.macs(_sides(m))
             elif isinstance(m, nn.modules.conv._ConvNd):  # reverted to its original conv by the fidelity gate
@@ -129,6 +127,14 @@ class CostTable:
             else:
                 total += layer.macs()
         return total
+
+    def _modules(self, model: nn.Module) -> list[nn.Module | None]:
+        """The module at each layer's path (looked up once per model and module tree; ``macs`` runs every step)."""
+        key = (id(model), len(model._modules), tuple(id(m) for m in model._modules.values()))
+        if getattr(self, "_mods", (None,))[0] != key:
+            mods = dict(model.named_modules())
+            self._mods = (key, [mods.get(layer.path) for layer in self.layers])
+        return self._mods[1]
 
     def _ratio(self, macs: float) -> float:
         return macs / self.original if self.original else math.inf
@@ -314,6 +320,13 @@ def set_budget(model: nn.Module, budget: float) -> CostTable:
 def _limit(module: nn.Module) -> int | None:
     cap = getattr(module, "max_size", None)
     return None if cap is None else cap - (1 - cap % 2)  # the largest odd side ≤ max_size
+
+
+def cost_meta(model: nn.Module) -> dict:
+    """``macs_original`` (per sample, at the conversion's input size) and ``budget`` of ``model``'s
+    cost table, for a training history's meta ({} without a table)."""
+    table = getattr(model, BUDGET_ATTR, None)
+    return {} if table is None else {"macs_original": table.original, "budget": table.budget}
 
 
 def macs_now(model: nn.Module) -> float | None:

@@ -255,11 +255,14 @@ def strided_pick(module: nn.Module, height: int, width: int) -> int | None:
     if not _PICKS["on"] or not isinstance(module, SafeSubsample) or module.interpolation != "nearest" or module.align:
         return None
     f = float(module.factor)
+    key = (f, height, width)
+    cached = getattr(module, "_pick_cache", None)
+    if cached is not None and cached[0] == key:  # same factor and map as the last call: same answer
+        return cached[1]
     k = int(round(1.0 / f))
-    if k < 2:
-        return None
-    for length in (height, width):
-        n = subsampled_size(length, f)
-        if n != -(-length // k) or any(math.floor(j / f + 1e-6) != j * k for j in range(n)):
-            return None
+    if k < 2 or any(subsampled_size(n, f) != -(-n // k) or
+                    any(math.floor(j / f + 1e-6) != j * k for j in range(subsampled_size(n, f)))
+                    for n in (height, width)):
+        k = None
+    module._pick_cache = (key, k)
     return k

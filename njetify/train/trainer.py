@@ -12,7 +12,6 @@ from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -24,10 +23,10 @@ from ..recipes import FinetuneConfig
 from . import distributed as D
 from .config import amp_dtype, deterministic_mode, resolve_config, seed_everything
 from ..summary.core import original_sizes
-from ..budget import BUDGET_ATTR, macs_now
+from ..budget import cost_meta, macs_now
 from .history import History, feature_sizes, layer_snapshot, sigma_values, subsample_modules
 from .interrupt import StopFlag
-from .metrics import ClassificationMeter, SegmentationMeter, inverse_frequency_weights
+from .tasks import criterion, logits, meter, task_output
 from .optim import build_optimizer, build_scheduler, current_lrs
 from .progress import TrainProgress, evaluation_line
 from .resume import CheckpointMixin
@@ -178,28 +177,14 @@ class _Trainer(CheckpointMixin, StoppingMixin):
 
     def _num_classes(self) -> int:
         with evaluating(self.model), self._autocast():
-            out = _logits(self.model(self.sample))
+            out = logits(self.model(self.sample))
         return int(out.shape[1])
 
     def _criterion(self) -> nn.Module:
-        if self.task == "classification":
-            return nn.CrossEntropyLoss()
-        weight = None
-        if self.cfg.class_weights == "inverse_frequency":
-            ds = self.train_loader.dataset
-            n = min(len(ds), 512)  # the first 512 samples: identical on every rank, no communication
-            counts = torch.zeros(self.num_classes, dtype=torch.float64)
-            for i in range(n):
-                y = torch.as_tensor(ds[i][1]).flatten()
-                y = y[y != self.cfg.ignore_index]
-                counts += torch.bincount(y, minlength=self.num_classes)[: self.num_classes].double()
-            weight = inverse_frequency_weights(counts).to(self.device)
-        return nn.CrossEntropyLoss(weight=weight, ignore_index=self.cfg.ignore_index)
+        return criterion(self.task, self.cfg, self.train_loader.dataset, self.num_classes, self.device)
 
     def _meter(self):
-        if self.task == "classification":
-            return ClassificationMeter()
-        return SegmentationMeter(self.num_classes, self.cfg.ignore_index)
+        return meter(self.task, self.num_classes, self.cfg.ignore_index)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
@@ -224,7 +209,7 @@ class _Trainer(CheckpointMixin, StoppingMixin):
             "subsample_sources": {n: by_id.get(id(m.source), m.source_name) for n, m in subs.items()},
             "feature_sizes_original": feature_sizes(self.model, self.sample, original=True),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **_cost_meta(self.model),
+            **cost_meta(self.model),
         }
 
     # ------------------------------------------------------------------ run
@@ -324,10 +309,7 @@ class _Trainer(CheckpointMixin, StoppingMixin):
         return value
 
     def _output(self, out, y: torch.Tensor) -> torch.Tensor:
-        out = _logits(out)
-        if self.task == "segmentation" and out.shape[-2:] != y.shape[-2:]:
-            out = F.interpolate(out, size=y.shape[-2:], mode="bilinear", align_corners=False)
-        return out
+        return task_output(self.task, out, y)
 
     def _show(self, loss: float, t0: float) -> None:
         if not self.progress.enabled:
@@ -398,19 +380,3 @@ class _Trainer(CheckpointMixin, StoppingMixin):
         else:
             head = f"epoch {row['epoch']}/{self.cfg.epochs}"
         self.progress.log(evaluation_line(head, row))
-
-def _logits(out) -> torch.Tensor:
-    """The logits tensor of a model output: a tensor, ``out["out"]`` (torchvision segmentation) or ``out[0]``."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        return out["out"]
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    raise TypeError(f"model output must be a tensor, a dict with 'out' or a tuple, got {type(out).__name__}")
-
-
-def _cost_meta(model: nn.Module) -> dict:
-    """``macs_original`` (per sample, at the conversion's input size) and ``budget`` of ``model``'s cost table."""
-    table = getattr(model, BUDGET_ATTR, None)
-    return {} if table is None else {"macs_original": table.original, "budget": table.budget}
