@@ -14,7 +14,7 @@ from .basis import MAX_ORDER
 __all__ = [
     "AMP_MODES", "ASPP_TIE", "CALIBRATION_MAX_SAMPLES", "CLASS_WEIGHTS", "DESIGN_BYTES", "DIRECT_MAX_DIM", "INTERPOLATIONS", "MAX_FIT_ERROR", "MAX_ORDER", "MOMENTS_RIDGE", "OPTIMIZERS", "OUTPUT_MATCHING_RIDGE",
     "PCG_MAX_ITER", "PCG_TOL",
-    "PADDING_MODES", "SCHEDULES", "SEARCH_MAX_DIM", "SIGMA_PER", "SIGMA_PER_AXIS", "SIGMA_SEARCH_FRACTION", "SIGMA_TOLERANCE", "SUBSAMPLE_MODES", "SUBSAMPLE_WHERE", "TASKS",
+    "PADDING_MODES", "SCHEDULES", "SEARCH_MAX_DIM", "SIGMA_PER", "SIGMA_FRACTIONS", "SIGMA_PER_AXIS", "SIGMA_SEARCH_FRACTION", "SIGMA_TOLERANCE", "SUBSAMPLE_MODES", "SUBSAMPLE_WHERE", "TASKS",
     "check_choice", "check_max_size", "check_order", "check_positive", "check_r", "order_problem", "r_problem",
 ]
 
@@ -57,6 +57,9 @@ SEARCH_MAX_DIM = 4096
 DIRECT_MAX_DIM = 8192
 #: Memory bound (bytes) of the stored float32 design of a wide layer.
 DESIGN_BYTES = 2**30
+#: ``sigma_init: fit``: where between the kernel rule's σ₀ and the largest σ of one filter size more the
+#: σ₀ candidates sit (0: the kernel rule's σ₀; 1: the largest σ whose filter is 2 px larger).
+SIGMA_FRACTIONS = (0.0, 0.2, 0.5, 1.0)
 #: Conjugate-gradient iterations (and relative residual tolerance) for wide layers.
 PCG_MAX_ITER = 60
 PCG_TOL = 1e-4
