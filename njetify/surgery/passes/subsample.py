@@ -23,6 +23,7 @@ from ..analysis.pool_specs import spec_from_module
 from ..analysis.sites import Site, owner_nodes
 from ..context import SurgeryContext
 from ..report import ReportRow
+from ..util import free_name
 from .convs import describe_conv
 
 
@@ -118,7 +119,7 @@ def _retrace_owner(ctx: SurgeryContext, owner: str, edits: list[tuple[Site, Safe
     for s, ss in edits:
         local = nodes[s.index]
         child = ss if s.op == "slice" else SafePool2d(s.spec, ss)
-        name = _free_name(module, "njet_subsample")
+        name = free_name(module, "njet_subsample")
         ctx.rewriter.add_child(module, name, child.train(module.training))
         with graph.inserting_after(local):
             new = graph.call_module(name, (local.args[0],))
@@ -134,13 +135,6 @@ def _retrace_owner(ctx: SurgeryContext, owner: str, edits: list[tuple[Site, Safe
         reason=f"its forward subsamples with a functional op ({ops}): that op now calls "
                f"{', '.join(names)}; forward replaced by a traced one, class and methods kept",
     ))
-
-
-def _free_name(module: nn.Module, stem: str) -> str:
-    i = 0
-    while hasattr(module, f"{stem}_{i}"):
-        i += 1
-    return f"{stem}_{i}"
 
 
 def _report(ctx: SurgeryContext, s: Site, action: str, source_path: str, ss: SafeSubsample) -> None:

@@ -23,7 +23,7 @@ from ..analysis.upsampling import (
 )
 from ..context import SurgeryContext
 from ..report import ReportRow
-from .subsample import _free_name
+from ..util import free_name
 
 
 def upsample_pass(ctx: SurgeryContext) -> None:
@@ -95,7 +95,7 @@ def _edit(ctx, region, scope: str, module: nn.Module, graph: fx.Graph, u: fx.Nod
     else:
         new_mod, first = SafeUpsample(None, "bilinear", False, source=type(module.get_submodule(u.target)).__name__), u
         what = f"{type(module.get_submodule(u.target)).__name__} s{_fmt(module.get_submodule(u.target).stride)}"
-    name = _free_name(owner, "njet_upsample")
+    name = free_name(owner, "njet_upsample")
     ctx.rewriter.add_child(owner, name, new_mod.train(owner.training))
     with graph.inserting_after(u):
         new = graph.call_module(_join(owner_rel, name), (first, r))
