@@ -28,6 +28,7 @@ from torch import nn
 from .digest import tensor_digest
 from .layers import sigma_layers
 from .resolution import apply_resolution, record_of
+from .surgery.record import ConversionRecord
 from .surgery.report import REPORT_ATTR
 
 __all__ = ["save", "load", "read_metadata", "FORMAT_VERSION", "META_KEY"]
@@ -68,8 +69,13 @@ def _recipe_dict(recipe) -> dict | None:
 
 
 def _from_report(report) -> dict:
+    """Recipe, input shapes and original class to rebuild from: the report's record (built from the
+    conversion's decisions, :class:`~njetify.surgery.record.ConversionRecord`), else a report as plain data."""
     if report is None:
         return {}
+    record = getattr(report, "record", None)
+    if isinstance(record, ConversionRecord):
+        return {"recipe": record.recipe, "input_shapes": record.input_shapes, "original_class": record.original_class}
     data = asdict(report) if is_dataclass(report) else dict(report)
     return {"recipe": data.get("recipe") or None, "input_shapes": data.get("example_input_shape"),
             "original_class": data.get("model_class") or None}
