@@ -10,13 +10,14 @@ models are timed in interleaved rounds on the same batch (random weights, no cal
 * ``twin``: the *plain twin* — the converted network baked with every filter a plain ``nn.Conv2d``
   of the size σ asks for (and fixed subsamplings in safe mode), trained as ordinary weights: what
   the network would cost if N-Jet layers were free;
-* ``baked`` (eval only): ``njetify.bake`` as a user gets it (factorised where the dense filter is
-  unreasonable, :data:`~njetify.layers.factorised_conv.FACTORISED_RATIO`).
+* ``baked`` (eval only): ``njetify.bake`` as a user gets it, after an eval forward on the batch (each
+  layer baked as a plain conv or, where measured faster on that input, factorised:
+  :mod:`njetify.layers.bake_form`).
 
 A train step is forward + cross-entropy + backward + SGD step; eval is a forward under
 ``torch.no_grad`` in eval mode. ``--compile`` also times ``torch.compile``d copies (inductor; the
 first calls, which compile, are not timed). Printed per row: the median step in ms of every
-model and the ratios njet ÷ original, njet ÷ twin and baked ÷ original (eval). Rounds interleave
+model and the ratios njet ÷ original, njet ÷ twin, baked ÷ original and baked ÷ twin (eval). Rounds interleave
 the models so that load on a shared machine hits them alike.
 
     uv run python benchmarks/model_speed.py                              # every default row (long on CPU)
@@ -27,7 +28,6 @@ the models so that load on a shared machine hits them alike.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import math
 import statistics
@@ -108,24 +108,14 @@ def _models(name, mode, sigma, side, batch, device):
         njet, _ = njetify.convert(original, subsample=mode, example_inputs=x[:1])
     if sigma != "s0":
         _set_sigma(njet, float(sigma))
+    with torch.no_grad():
+        njet.eval()(x)  # as a user's model before baking: its layers have run on this input (bake measures there)
+    njet.train()
     baked = bake(njet)
-    with _plain_convs():
-        twin = bake(njet)
+    twin = bake(njet, factorised="never")
     for p in twin.parameters():
         p.requires_grad_(True)
     return original, njet, twin, baked, x
-
-
-@contextlib.contextmanager
-def _plain_convs():
-    """``bake`` that keeps every filter a plain ``nn.Conv2d`` (the plain twin), whatever its size."""
-    import njetify.layers.factorised_conv as fc
-
-    saved, fc.FACTORISED_RATIO = fc.FACTORISED_RATIO, math.inf
-    try:
-        yield
-    finally:
-        fc.FACTORISED_RATIO = saved
 
 
 def row(name, mode, sigma, args, device) -> dict:
@@ -162,7 +152,7 @@ def _fmt(r: dict, compiled: bool) -> list[str]:
         o, n, t = r[f"{kind}/original"], r[f"{kind}/njet"], r[f"{kind}/twin"]
         cells += [f"{o:.1f}", f"{n:.1f}", f"{t:.1f}", f"{n / o:.2f}×", f"{n / t:.2f}×"]
         if kind == "eval":
-            cells.append(f"{r['eval/baked'] / o:.2f}×")
+            cells += [f"{r['eval/baked'] / o:.2f}×", f"{r['eval/baked'] / t:.2f}×"]
         if compiled:
             co, cn = r[f"{kind}/original+compile"], r[f"{kind}/njet+compile"]
             cells += [f"{cn / co:.2f}×", f"{cn / r[f'{kind}/twin+compile']:.2f}×"]
@@ -189,7 +179,7 @@ def main(argv=None) -> None:
     for kind in ("train", "eval"):
         head += [f"{kind} orig ms", f"{kind} njet ms", f"{kind} twin ms", f"{kind} njet/orig", f"{kind} njet/twin"]
         if kind == "eval":
-            head.append("baked/orig")
+            head += ["baked/orig", "baked/twin"]
         if args.compile:
             head += [f"{kind} compiled njet/orig", f"{kind} compiled njet/twin"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -9,9 +9,10 @@ parameter, and exports to ONNX (:func:`export_onnx`). It keeps the replaced modu
 (``model.njetify_unbaked``, not part of its state_dict or forward) from which
 :func:`njetify.rescale` rebuilds the σ layers.
 
-Where the dense filter is not reasonable — its multiply-adds per output pixel exceed
-:data:`FACTORISED_RATIO` times those of the factorised form (a 2048→256 layer at σ = 18
-with a 63×63 filter: ~300×) — the layer is baked as a
+Where the factorised form is faster — measured on the layer's last input shape, or, for a layer
+that never ran, where the dense filter needs over :data:`FACTORISED_RATIO` times its
+multiply-adds (a 2048→256 layer at σ = 18 with a 63×63 filter: ~300×; see
+:mod:`njetify.layers.bake_form`) — the layer is baked as a
 :class:`~njetify.layers.factorised_conv.FactorisedConv2d` instead (1-D convs + a 1×1
 conv, same outputs, also exportable); :func:`bake` says so once — a :class:`FactorisedNote`, a
 ``UserWarning`` that is a note on a deliberate choice, not a problem — naming those layers, and
@@ -28,8 +29,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .layers import Conv2dDynamicSame, FixedSubsample, SafeSubsample, carries_sigma
-from .layers.factorised_conv import FACTORISED_RATIO, FactorisedConv2d
+from .layers import Conv2dDynamicSame, FixedSubsample, SafeSubsample, SubsampledConv2d, carries_sigma
+from .layers.bake_form import FACTORISED_RATIO, bake_forms
+from .layers.factorised_conv import FactorisedConv2d
 from .bake_record import attach_record
 from .inputs import first_tensor
 from .modes import evaluating
@@ -82,13 +84,17 @@ def freeze_subsampling(model: nn.Module, at: str = "learned", *, inplace: bool =
 
 
 @torch.no_grad()
-def bake(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """Freeze a converted model: N-Jet layers → ``nn.Conv2d`` (or :class:`FactorisedConv2d` where the
-    dense filter is unreasonable, see :data:`FACTORISED_RATIO`), SafeSubsample → :class:`FixedSubsample`.
+def bake(model: nn.Module, *, inplace: bool = False, factorised="auto") -> nn.Module:
+    """Freeze a converted model: N-Jet layers → ``nn.Conv2d`` (or :class:`FactorisedConv2d` where that is
+    faster), SafeSubsample → :class:`FixedSubsample` (a strided conv where it keeps every k-th pixel).
 
     Args:
         model: a model from :func:`njetify.njetify` (or :func:`njetify.load`), fine-tuned or not.
         inplace: modify ``model`` itself (default: bake a deep copy).
+        factorised: ``"auto"`` — a layer that has run is baked in the form measured faster on its
+            last input shape, one that never ran factorised only where the dense filter needs over
+            :data:`FACTORISED_RATIO` times the multiply-adds; ``"never"`` — plain convs only; a
+            number — factorised where the dense filter needs over that many times the multiply-adds.
 
     Returns the baked ``nn.Module`` (same train/eval mode). Its outputs equal the converted
     model's for every input size the converted model accepts.
@@ -103,17 +109,8 @@ def bake(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         model = copy.deepcopy(model)
     done: list[str] = []
     replaced: dict[str, nn.Module] = {}
-    for path, m in list(model.named_modules(remove_duplicate=False)):
-        if not path or any(path.startswith(d + ".") for d in done):
-            continue  # inside a module baked already (an N-Jet layer's subsampling)
-        if carries_sigma(m):
-            _set(model, path, m.baked())
-        elif isinstance(m, SafeSubsample):
-            _set(model, path, m.frozen())
-        else:
-            continue
-        replaced[path] = m
-        done.append(path)
+    with bake_forms(factorised):
+        _bake_modules(model, done, replaced)
     left = [(p, type(m).__name__) for p, m in model.named_modules() if carries_sigma(m) or hasattr(m, "log_sigma")]
     if left:
         names = ", ".join(f"{p} ({t})" for p, t in left[:5])
@@ -124,10 +121,26 @@ def bake(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         names = ", ".join(f"{p} ({m.size}x{m.size})" for p, m in kept[:5])
         names += f" and {len(kept) - 5} more" if len(kept) > 5 else ""
         warnings.warn(f"bake: note: {len(kept)} layer(s) baked as FactorisedConv2d (1-D convs + 1x1 conv, same "
-                      f"outputs) by design, since a dense filter would cost over {FACTORISED_RATIO:g}x the "
-                      f"multiply-adds: {names} (njetify.bake.factorised_layers lists them)", FactorisedNote,
-                      stacklevel=2)
+                      f"outputs) by design, where it beats a dense filter: {names} "
+                      "(njetify.bake.factorised_layers gives each one's reason)", FactorisedNote, stacklevel=2)
     return model
+
+
+def _bake_modules(model: nn.Module, done: list[str], replaced: dict[str, nn.Module]) -> None:
+    """Replace every σ layer and SafeSubsample of ``model`` by its baked form (in place)."""
+    for path, m in list(model.named_modules(remove_duplicate=False)):
+        if not path or any(path.startswith(d + ".") for d in done):
+            continue  # inside a module baked already (an N-Jet layer's subsampling)
+        if carries_sigma(m):
+            _set(model, path, m.baked())
+        elif isinstance(m, SubsampledConv2d) and isinstance(m.subsample, SafeSubsample):
+            _set(model, path, m.frozen())
+        elif isinstance(m, SafeSubsample):
+            _set(model, path, m.frozen())
+        else:
+            continue
+        replaced[path] = m
+        done.append(path)
 
 
 def export_onnx(

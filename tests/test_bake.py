@@ -93,7 +93,7 @@ def test_tied_branches_and_residuals():
     with torch.no_grad():
         tied.log_sigma.add_(0.3)
     with pytest.warns(UserWarning, match="branches.2 \\(11x11\\)"):  # 11×11 on 4→3: 3× the factorised MACs
-        baked = bake(model)
+        baked = bake(model, factorised=2)  # the MAC rule at 2×, not a timing
     assert [type(b).__name__ for b in baked[0].branches] == ["Conv2d", "Conv2d", "FactorisedConv2d"]
     assert [b.kernel_size[0] for b in baked[0].branches[:2]] == [tied.kernel_size(k)[0] for k in range(2)]
     _assert_same(model, baked)
@@ -193,7 +193,7 @@ def test_large_filters_bake_factorised_with_identical_outputs_and_export(tmp_pat
     small = NJetConv2d(8, 4, order=3, sigma=0.5)
     model = nn.Sequential(big, nn.ReLU(), per_channel, same, small).eval()
     with pytest.warns(UserWarning, match=r"3 layer\(s\) baked as FactorisedConv2d"):
-        baked = bake(model)
+        baked = bake(model, factorised=2)  # the MAC rule at 2× (8.2× for the 13×13 dynamic-same layer)
     kinds = [type(m).__name__ for m in baked]
     assert kinds == ["FactorisedConv2d", "ReLU", "FactorisedConv2d", "FactorisedConv2d", "Conv2d"]
     assert [p for p, _ in factorised_layers(baked)] == ["0", "2", "3"]

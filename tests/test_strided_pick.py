@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from njetify.layers import NJetConv2d, SafeSubsample
-from njetify.layers.safe_subsample import FixedSubsample, full_resolution, strided_pick
+from njetify.layers.safe_subsample import FixedSubsample, exact_stride, full_resolution, strided_pick
+from njetify.layers.bake_form import bake_forms
 from njetify.layers.sizes import refresh_sizes
 from njetify.layers.subsampled_conv import SubsampledConv2d
 
@@ -30,7 +31,8 @@ def test_picks_at_sigma0_and_near_it(side):
     with torch.no_grad():
         conv.log_sigma.add_(math.log(1.5))  # the factor is now well below 1/2: other pixels
     assert strided_pick(conv.subsample, side, side) is None
-    assert strided_pick(FixedSubsample(0.5), side, side) is None  # a baked model runs as it is
+    assert strided_pick(FixedSubsample(0.5), side, side) == 2  # a baked model shortcuts too (eager)
+    assert strided_pick(FixedSubsample(0.5, align=1), side, side) is None
     bilinear = SafeSubsample(conv, stride=2, interpolation="bilinear")
     assert strided_pick(bilinear, side, side) is None
 
@@ -101,3 +103,58 @@ def test_safe_max_pool_runs_strided(kernel, padding):
     fast = converted(x)
     assert fast.shape == net(x).shape
     torch.testing.assert_close(fast, slow)
+
+
+def test_exact_stride_only_for_a_frozen_factor_of_exactly_one_over_k():
+    assert exact_stride(FixedSubsample(0.5)) == 2 and exact_stride(FixedSubsample(1 / 3)) == 3
+    assert exact_stride(FixedSubsample(0.47)) is None and exact_stride(FixedSubsample(1.0)) is None
+    assert exact_stride(FixedSubsample(0.5, interpolation="bilinear")) is None
+    assert exact_stride(FixedSubsample(0.5, align=1)) is None
+    assert exact_stride(_layer().subsample) is None  # learned: σ may move it
+
+
+@pytest.mark.parametrize("trim,mode", [(0, "zeros"), (1, "reflect")])
+def test_baked_layer_at_sigma0_is_a_strided_conv_with_the_same_outputs(trim, mode):
+    """At σ₀ the frozen factor is exactly 1/2: the baked layer is one nn.Conv2d at stride 2 (it scripts and
+    exports), equal to the converted layer on every input size; once σ moved, stride 1 + FixedSubsample."""
+    torch.manual_seed(0)
+    conv = NJetConv2d(3, 5, order=2, sigma=0.5, trim=trim, padding_mode=mode)
+    conv.subsample = SafeSubsample(conv, stride=2)
+    with bake_forms("never"):
+        baked = conv.baked()
+    assert type(baked) is nn.Conv2d and baked.stride == (2, 2)
+    scripted = torch.jit.script(baked)
+    for side in (7, 16, 17, 33):
+        x = torch.randn(2, 3, side, side + 1)
+        with torch.no_grad(), full_resolution():
+            want = conv(x)
+        torch.testing.assert_close(baked(x), want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(scripted(x), want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        conv.log_sigma.add_(0.2)
+    with bake_forms("never"):  # a plain conv, not the factorised form (which a timing may pick here)
+        moved = conv.baked()
+    assert isinstance(moved, SubsampledConv2d) and isinstance(moved.subsample, FixedSubsample)
+    x = torch.randn(1, 3, 20, 20)
+    with torch.no_grad(), full_resolution():
+        torch.testing.assert_close(moved(x), conv(x), rtol=1e-5, atol=1e-6)
+
+
+def test_baked_plain_subsampled_conv_is_strided_at_sigma0():
+    """A 1×1 shortcut conv that runs at stride 1 then subsamples (safe mode) bakes to a stride-2 conv."""
+    import njetify
+    from njetify.bake import bake
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 6, 1, stride=2))
+    model, _ = njetify.convert(net, subsample="safe", example_inputs=torch.randn(1, 3, 16, 16))
+    assert isinstance(model[1], SubsampledConv2d)
+    baked = bake(model)
+    assert type(baked[1]) is nn.Conv2d and baked[1].stride == (2, 2)
+    x = torch.randn(2, 3, 15, 18)
+    with torch.no_grad():
+        torch.testing.assert_close(baked(x), model(x), rtol=1e-5, atol=1e-6)
+    from njetify.bake_record import unbake
+
+    back = unbake(baked)  # what njetify.rescale starts from: the safe-subsampled conv is back
+    assert isinstance(back[1], SubsampledConv2d) and isinstance(back[1].subsample, SafeSubsample)

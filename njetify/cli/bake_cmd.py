@@ -98,15 +98,14 @@ def bake(
 
 def _note_factorised(baked) -> None:
     """One neutral ``note:`` naming the layers kept as 1-D convs + 1x1 conv (cheaper than a dense filter)."""
-    from ..bake import FACTORISED_RATIO, factorised_layers
+    from ..bake import factorised_layers
     from .errors import stderr_console
 
     kept = factorised_layers(baked)
     if kept:
         names = ", ".join(f"{p} ({m.size}x{m.size})" for p, m in kept[:5]) + (", …" if len(kept) > 5 else "")
         stderr_console().print(f"note: {len(kept)} layer(s) baked as 1-D convs + a 1x1 conv (FactorisedConv2d, same "
-                               f"outputs), cheaper than a dense filter (over {FACTORISED_RATIO:g}x the "
-                               f"multiply-adds): {names}", markup=False)
+                               f"outputs), where it beats a dense filter: {names}", markup=False)
 
 
 def _write(baked, x, out: Path, onnx: Path | None) -> float | None:

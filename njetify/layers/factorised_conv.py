@@ -126,19 +126,3 @@ def factorised_macs_per_pixel(in_channels: int, out_channels: int, groups: int, 
         costs["basis_first"] = mix + in_channels * (m + nf) * size
     best = min(costs, key=costs.get)
     return costs[best], best
-
-
-#: A layer is baked factorised when its dense filter needs more than this many times the
-#: factorised form's multiply-adds per output pixel (at 2× the factorised form is also the
-#: faster one on CPUs and saves the O·C·s² weights; a converted 3×3 conv stays a plain conv).
-FACTORISED_RATIO = 2.0
-
-
-def factorised_bake_rule(in_channels: int, out_channels: int, groups: int, size: int, order: int,
-                         per_channel: bool) -> tuple[str, str] | None:
-    """``(order, reason)`` when a layer with a ``size×size`` filter should be baked factorised, else None."""
-    dense = out_channels * in_channels // groups * size * size
-    fact, best = factorised_macs_per_pixel(in_channels, out_channels, groups, size, order, per_channel)
-    if dense <= FACTORISED_RATIO * fact:
-        return None
-    return best, f"dense {size}x{size} filter needs {dense / fact:.1f}x the multiply-adds of the factorised form"

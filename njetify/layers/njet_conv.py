@@ -390,8 +390,8 @@ class NJetConv2d(HostSizes, SigmaModule):
         return convert.factorised_conv(self, order, reason)
 
     def baked(self) -> nn.Module:
-        """The layer without σ: :meth:`to_conv`, or :meth:`to_factorised` where the dense filter
-        costs over ``FACTORISED_RATIO``× the factorised multiply-adds; a carried safe-subsampling
-        follows, frozen at its current factor."""
+        """The layer without σ: :meth:`to_conv`, or :meth:`to_factorised` where that is faster
+        (:mod:`~njetify.layers.bake_form`); a carried safe-subsampling follows, frozen at its current
+        factor (a strided conv where it keeps every k-th pixel)."""
         return convert.baked(self)
 

@@ -13,7 +13,8 @@ from torch import nn
 from ..fit import data_aware_fit, sigma_from_kernel, tap_offsets, weight_space_fit
 from ..moments import TapMoments
 from .convertible import conv_kind
-from .factorised_conv import FactorisedConv2d, factorised_bake_rule, factorised_macs_per_pixel
+from . import bake_form
+from .factorised_conv import FactorisedConv2d, factorised_macs_per_pixel
 from .padding import Conv2dDynamicSame
 
 
@@ -93,16 +94,17 @@ def factorised_conv(layer, order: str | None, reason: str) -> FactorisedConv2d:
 
 
 def baked(layer) -> nn.Module:
-    """The layer without σ (:meth:`NJetConv2d.baked`): a dense conv, or the factorised form where the
-    dense filter costs over ``FACTORISED_RATIO``× its multiply-adds; then its carried subsampling, frozen."""
-    rule = factorised_bake_rule(layer.in_channels, layer.out_channels, layer.groups, layer.kernel_size[0],
-                                layer.order, layer.sigma_per == "channel")
-    conv = (layer.to_conv() if rule is None else layer.to_factorised(*rule)).train(layer.training)
+    """The layer without σ (:meth:`NJetConv2d.baked`): a dense conv, or the factorised form where it
+    is faster (:func:`~njetify.layers.bake_form.choose`); then its carried subsampling, frozen."""
+    conv = bake_form.choose(layer.to_conv, layer.to_factorised, in_channels=layer.in_channels,
+                            out_channels=layer.out_channels, groups=layer.groups, size=layer.kernel_size[0],
+                            order=layer.order, per_channel=layer.sigma_per == "channel",
+                            input_shape=None if layer._plan is None else layer._plan[0][0]).train(layer.training)
     if layer.subsample is None:
         return conv
     fixed = layer.subsample.frozen() if hasattr(layer.subsample, "frozen") else layer.subsample
     if type(conv) is nn.Conv2d:
         from .subsampled_conv import SubsampledConv2d
 
-        return SubsampledConv2d.from_conv(conv, fixed)
+        return SubsampledConv2d.from_conv(conv, fixed).strided_if_exact()
     return nn.Sequential(conv, fixed)

@@ -31,7 +31,20 @@ class _Resize(nn.Module):
             leaf = as_traced_leaf(self, x)
             if leaf is not None:
                 return leaf
+            if getattr(self, "_picked", False):  # the conv before ran at the stride this resize picks
+                self._picked = False             # (strided_pick): x is already the output; hooks still see it
+                return x
         return resize_by(_aligned(x, self.align), self.factor, self.interpolation)
+
+    @torch.jit.unused
+    def already_picked(self, x: torch.Tensor) -> torch.Tensor:
+        """Run this module on ``x``, the output of a conv that ran at the stride :func:`strided_pick`
+        found (so forward hooks see the subsampled map), without subsampling it again."""
+        self._picked = True
+        try:
+            return self(x)
+        finally:
+            self._picked = False
 
 
 class SafeSubsample(_Resize):
@@ -126,15 +139,6 @@ class SafeSubsample(_Resize):
             self._picked = False             # (strided_pick): x is already the output; hooks still see it
             return x
         return _resize_eagerly(self, x)
-
-    def already_picked(self, x: torch.Tensor) -> torch.Tensor:
-        """Run this module on ``x``, the output of a conv that ran at the stride :func:`strided_pick`
-        found (so forward hooks see the subsampled map), without subsampling it again."""
-        self._picked = True
-        try:
-            return self(x)
-        finally:
-            self._picked = False
 
     @property
     def factor(self) -> float:
@@ -245,6 +249,16 @@ def full_resolution():
         _PICKS["on"] = saved
 
 
+def exact_stride(module: nn.Module) -> int | None:
+    """``k`` when ``module`` is a :class:`FixedSubsample` that keeps exactly the pixels ``0, k, 2k, …`` of
+    every input size (nearest, no align, factor 1/k to 1e-9), else None: "conv at stride 1, then
+    ``module``" is then "conv at stride k" for any input."""
+    if type(module) is not FixedSubsample or module.interpolation != "nearest" or module.align:
+        return None
+    k = int(round(1.0 / module.factor))
+    return k if k >= 2 and abs(module.factor * k - 1.0) < 1e-9 else None
+
+
 def strided_pick(module: nn.Module, height: int, width: int) -> int | None:
     """``k`` when ``module`` (a nearest safe-subsampling, no align) picks exactly the pixels
     ``0, k, 2k, …`` of an ``height × width`` map on both axes — then "conv at stride 1, subsample" is
@@ -252,7 +266,7 @@ def strided_pick(module: nn.Module, height: int, width: int) -> int | None:
 
     True at σ₀ (factor 1/stride) and while σ stays close to it: the picks ``⌊j/f⌋`` drift from
     ``j·k`` by less than a pixel over the map. Host-side; never while compiling or scripting."""
-    if not _PICKS["on"] or not isinstance(module, SafeSubsample) or module.interpolation != "nearest" or module.align:
+    if not _PICKS["on"] or not isinstance(module, _Resize) or module.interpolation != "nearest" or module.align:
         return None
     f = float(module.factor)
     key = (f, height, width)

@@ -15,7 +15,7 @@ from torch import nn
 from ._clone import clone_as
 from ._fx import as_traced_leaf
 
-from .safe_subsample import SafeSubsample, strided_pick
+from .safe_subsample import SafeSubsample, exact_stride, strided_pick
 
 __all__ = ["SubsampledConv2d"]
 
@@ -40,6 +40,25 @@ class SubsampledConv2d(nn.Conv2d):
         new.stride = (1, 1)
         new.subsample = subsample
         return new
+
+    def frozen(self) -> nn.Module:
+        """This conv with its subsampling frozen (:meth:`SafeSubsample.frozen`), as :meth:`strided_if_exact`
+        makes it: what :func:`njetify.bake` puts in its place."""
+        new = clone_as(self, SubsampledConv2d)
+        new.subsample = self.subsample.frozen() if isinstance(self.subsample, SafeSubsample) else self.subsample
+        return new.strided_if_exact()
+
+    def strided_if_exact(self) -> nn.Module:
+        """A plain ``nn.Conv2d`` at stride k (same parameters) when ``subsample`` keeps exactly every
+        k-th pixel of every input size (:func:`~njetify.layers.safe_subsample.exact_stride`: a frozen
+        nearest factor of exactly 1/k), else ``self``: the same outputs, at 1/k² of the work."""
+        k = exact_stride(self.subsample)
+        if k is None or isinstance(self.padding, str):
+            return self
+        conv = clone_as(self, nn.Conv2d)
+        del conv.subsample
+        conv.stride = (k, k)
+        return conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():

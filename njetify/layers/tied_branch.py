@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ._fx import as_traced_leaf
-from .factorised_conv import factorised_bake_rule
+from . import bake_form
 from .protocol import SigmaModule
 
 if TYPE_CHECKING:
@@ -49,11 +49,14 @@ class TiedNJetBranch(SigmaModule):
         return self.owner.filters(self.index)
 
     def baked(self) -> nn.Module:
-        """This branch without σ: a plain ``nn.Conv2d`` (or a :class:`FactorisedConv2d` where the
-        dense filter costs over ``FACTORISED_RATIO``× the factorised multiply-adds); same outputs."""
+        """This branch without σ: a plain ``nn.Conv2d``, or a :class:`FactorisedConv2d` where that is
+        faster (:func:`~njetify.layers.bake_form.choose`); same outputs."""
         o, k = self.owner, self.index
-        rule = factorised_bake_rule(o.in_channels, o.out_channels, o.groups, o.kernel_size(k)[0], o.order, False)
-        conv = o.to_conv(k) if rule is None else o.to_factorised(k, *rule)
+        plan = o._plans.get(k)
+        conv = bake_form.choose(lambda: o.to_conv(k), lambda order, why: o.to_factorised(k, order, why),
+                                in_channels=o.in_channels, out_channels=o.out_channels, groups=o.groups,
+                                size=o.kernel_size(k)[0], order=o.order, per_channel=False,
+                                input_shape=None if plan is None else plan[0][0])
         return conv.train(self.training)
 
     @property
