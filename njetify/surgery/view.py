@@ -7,6 +7,7 @@ on the state (tracing, calibration, MACs, parameter counts, notes).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from .context import SurgeryContext
@@ -23,7 +24,7 @@ def build_report(ctx: SurgeryContext, *, recipe: dict[str, Any], input_shapes, p
     report = ConversionReport(
         notes=list(ctx.notes),
         tracing=dict(ctx.tracing),
-        recipe=record.recipe,
+        recipe=copy.deepcopy(record.recipe),  # a view: editing it does not change the record
         subsample={"mode": sub.mode, "r": sub.r, "where": sub.where, "interpolation": sub.interpolation},
         calibration=(ctx.calibrated.as_dict() if ctx.calibrated is not None
                      else {"fit": "weight-space", "batches": 0}),
