@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .digest import tensor_digest
+
 __all__ = ["BAKE_RECORD_ATTR", "BakeRecord", "attach_record", "unbake"]
 
 #: Attribute of a baked model that holds its :class:`BakeRecord`.
@@ -31,13 +33,11 @@ class BakeRecord:
 
 
 def _digest(model: nn.Module, paths) -> str:
-    from .io import _tensor_digest
-
     tensors = {}
     for path in paths:
         for key, t in model.get_submodule(path).state_dict().items():
             tensors[f"{path}.{key}"] = t
-    return _tensor_digest(tensors)
+    return tensor_digest(tensors)
 
 
 def attach_record(baked: nn.Module, replaced: dict[str, nn.Module]) -> None:

@@ -311,6 +311,8 @@ def set_budget(model: nn.Module, budget: float) -> CostTable:
     report = getattr(model, "njetify_report", None)
     if report is not None and isinstance(getattr(report, "recipe", None), dict):
         report.recipe["budget"] = float(budget)
+    if getattr(report, "record", None) is not None:  # what njetify.save stores
+        report.record = report.record.with_budget(budget)
     meta = getattr(model, "njetify_meta", None)
     if isinstance(meta, dict) and isinstance(meta.get("recipe"), dict):
         meta["recipe"]["budget"] = float(budget)

@@ -25,8 +25,10 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .digest import tensor_digest
 from .layers import sigma_layers
 from .resolution import apply_resolution, record_of
+from .surgery.record import ConversionRecord
 from .surgery.report import REPORT_ATTR
 
 __all__ = ["save", "load", "read_metadata", "FORMAT_VERSION", "META_KEY"]
@@ -40,15 +42,6 @@ SOURCE_ATTR, META_ATTR = "njetify_source", "njetify_meta"
 
 
 # --------------------------------------------------------------------------- helpers
-def _tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        t = tensors[key].detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def _module_fingerprint(model: nn.Module) -> dict[str, Any]:
     """Module paths with their classes (all modules) and the ``extra_repr`` of njetify's modules."""
     tree = [f"{path}:{type(m).__name__}" for path, m in model.named_modules()]
@@ -76,8 +69,13 @@ def _recipe_dict(recipe) -> dict | None:
 
 
 def _from_report(report) -> dict:
+    """Recipe, input shapes and original class to rebuild from: the report's record (built from the
+    conversion's decisions, :class:`~njetify.surgery.record.ConversionRecord`), else a report as plain data."""
     if report is None:
         return {}
+    record = getattr(report, "record", None)
+    if isinstance(record, ConversionRecord):
+        return {"recipe": record.recipe, "input_shapes": record.input_shapes, "original_class": record.original_class}
     data = asdict(report) if is_dataclass(report) else dict(report)
     return {"recipe": data.get("recipe") or None, "input_shapes": data.get("example_input_shape"),
             "original_class": data.get("model_class") or None}
@@ -167,7 +165,7 @@ def save(
         "input_shapes": shapes,
         "float_dtypes": dtypes,
         "num_tensors": len(tensors),
-        "tensors_sha256": _tensor_digest(tensors),
+        "tensors_sha256": tensor_digest(tensors),
         "fingerprint": _module_fingerprint(model),
         "resolution": record_of(model),
         "path_plans": _model_plans(model),
@@ -242,7 +240,7 @@ def _read_tensors(path: str, meta: dict) -> dict[str, torch.Tensor]:
         tensors = load_file(path, device="cpu")
     except Exception as exc:
         raise ValueError(f"load: cannot read the tensors of {path!r} (truncated or corrupt?): {exc}") from None
-    if len(tensors) != meta.get("num_tensors") or _tensor_digest(tensors) != meta.get("tensors_sha256"):
+    if len(tensors) != meta.get("num_tensors") or tensor_digest(tensors) != meta.get("tensors_sha256"):
         raise ValueError(
             f"load: {path!r} is corrupt: its tensors do not match the checksum written with them "
             "(the file was modified or damaged after saving); nothing was loaded"

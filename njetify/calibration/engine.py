@@ -4,7 +4,7 @@
 is refitted by output matching, in the order the converted model's forward reaches it
 (:mod:`.layer_fit`, :mod:`.sweep`); without batches (``batches=None``), σ₀ candidates are ranked by
 weight-space error. Either way each unit then meets the fidelity gate, whose verdict is a typed
-:class:`Decision` (keep or revert, the error, the limit, what was measured) — data, never text to be
+:class:`GateDecision` (keep or revert, the error, the limit, what was measured) — data, never text to be
 parsed. A revert is applied at once, through ``revert(path, decision)`` (the surgery's goes through
 its :class:`~njetify.surgery.rewrite.Rewriter`; the default, :func:`~.revert.restore_conv`, edits the
 module tree directly for standalone use), so later layers are fitted on the original conv's outputs.
@@ -32,11 +32,11 @@ from .sweep import Sweep
 from .targets import batch_size, collect_targets
 from .units import Unit, build_units
 
-__all__ = ["Decision", "RevertFn", "calibrate", "calibrate_model", "calibrate_weights", "gate"]
+__all__ = ["GateDecision", "RevertFn", "calibrate", "calibrate_model", "calibrate_weights", "gate"]
 
 
 @dataclass(frozen=True)
-class Decision:
+class GateDecision:
     """The fidelity gate's verdict on one unit (a layer, or a tied head: ``paths`` are its branches).
 
     ``action``: ``"keep"`` (the σ layer stays) or ``"revert"`` (the original conv is back).
@@ -69,17 +69,9 @@ class Decision:
         return (f"fidelity gate: relative {self.measured} error {self.error:.3f} {self.comparison} max_fit_error "
                 f"{self.limit:g}: original conv kept")
 
-    @property
-    def short_reason(self) -> str | None:
-        """The reason without the number (a report row shows the number in its own column)."""
-        if not self.reverted:
-            return None
-        return (f"fidelity gate: relative {self.measured} error {self.comparison} max_fit_error {self.limit:g}: "
-                "original conv kept")
-
 
 #: ``revert(path, decision)``: put the original conv back at ``path`` of the converted model.
-RevertFn = Callable[[str, Decision], None]
+RevertFn = Callable[[str, GateDecision], None]
 
 
 def options_for(layer_options) -> Callable[[str], LayerOptions]:
@@ -94,13 +86,13 @@ def options_for(layer_options) -> Callable[[str], LayerOptions]:
                     f"got {type(layer_options).__name__}")
 
 
-def gate(res: LayerResult, lo: LayerOptions) -> Decision:
+def gate(res: LayerResult, lo: LayerOptions) -> GateDecision:
     """The verdict on ``res`` at ``lo.max_error``: the output error after the fit when it was fitted on
     data (status ``calibrated``), else the weight-space error; a limit of 0 reverts even an exact fit."""
     measured = res.status == "calibrated"
     err = res.error_after if measured else res.weight_error
     revert = not (lo.max_error is None or err is None or (err <= lo.max_error and lo.max_error > 0))
-    return Decision(res.path, tuple(res.paths), "revert" if revert else "keep", err, lo.max_error,
+    return GateDecision(res.path, tuple(res.paths), "revert" if revert else "keep", err, lo.max_error,
                     "output" if measured else "weight-space")
 
 
@@ -154,7 +146,7 @@ def calibrate(
 
     Returns:
         :class:`CalibrationResult`: the fits (``layers``, one :class:`LayerResult` per unit) and the
-        gate's ``decisions`` (one :class:`Decision` per unit, in the same order).
+        gate's ``decisions`` (one :class:`GateDecision` per unit, in the same order).
     """
     opts = options or CalibrationOptions()
     per_layer = options_for(layer_options)

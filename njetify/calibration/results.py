@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import Decision
+    from .engine import GateDecision
 
 STATUSES = ("calibrated", "weight-space", "reverted", "unreached", "skipped")
 
@@ -50,7 +50,7 @@ class LayerResult:
 @dataclass
 class CalibrationResult:
     """The fits of all layers (in the order they were fitted, unreached ones last), the gate's
-    ``decisions`` (one :class:`~njetify.calibration.engine.Decision` per layer, same order) and totals.
+    ``decisions`` (one :class:`~njetify.calibration.engine.GateDecision` per layer, same order) and totals.
 
     ``seconds``: the whole calibration, wall clock; ``target_seconds``: the part of it spent running the
     *original* model on the batches to record every converted layer's target outputs (one forward per
@@ -58,7 +58,7 @@ class CalibrationResult:
     """
 
     layers: list[LayerResult] = field(default_factory=list)
-    decisions: list[Decision] = field(default_factory=list)
+    decisions: list[GateDecision] = field(default_factory=list)
     batches: int = 0
     images: int = 0
     seconds: float = 0.0

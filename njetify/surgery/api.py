@@ -19,6 +19,7 @@ from ..recipes.schema import AsppConfig, Recipe, SubsampleConfig
 from .context import SurgeryContext, check_pipeline, run_pipeline
 from .pipeline import DEFAULT_PASSES
 from .report import REPORT_ATTR, ConversionReport
+from .view import build_report
 from .entry import check_finite, check_quantized, unwrap
 from .reparam import copy_model, note_dropped, refresh_effective, reparametrisations
 from .rewrite import Rewriter
@@ -142,18 +143,7 @@ def convert(
         examples = tuple(to_model(t, device, run_dtype) for t in examples)
     elif batches is not None and isinstance(batches[0], torch.Tensor):
         examples = (batches[0],)
-    from ..recipes import recipe_to_dict
-
-    report = ConversionReport(
-        recipe=recipe_to_dict(rec),
-        subsample={"mode": rec.subsample.mode, "r": rec.subsample.r, "where": rec.subsample.where,
-                   "interpolation": rec.subsample.interpolation},
-        example_input_shape=_shapes(examples),
-        params_before=count_params(model),
-        model_class=type(model).__name__,
-    )
-    for text in notes:
-        report.note(text)
+    params_before, model_class = count_params(model), type(model).__name__
     computed = reparametrisations(model)  # weight_norm, spectral_norm, prune: noted when dropped
     work = model if inplace else _copy(model, "convert it in place with inplace=True")
     restore = _float_dtypes(work)
@@ -163,7 +153,9 @@ def convert(
         original = source if low or not inplace else _copy(model, "calibrate without inplace=True, or give no "
                                                                   "calibration_data")
     rewriter = Rewriter(work)
-    ctx = SurgeryContext(work, rec, report, rewriter, examples, batches, original)
+    ctx = SurgeryContext(work, rec, rewriter, examples, batches, original, model_class=model_class)
+    for text in notes:
+        ctx.note(text)
     try:
         if low:
             work.float()
@@ -176,8 +168,11 @@ def convert(
     rewriter.commit()
     if low:
         _cast_back(work, dtype, restore)
-    note_dropped(report, computed)
-    setattr(work, REPORT_ATTR, report)  # what njetify.save needs to rebuild the model
+    note_dropped(ctx, computed)
+    from ..recipes import recipe_to_dict
+
+    report = build_report(ctx, recipe=recipe_to_dict(rec), input_shapes=_shapes(examples), params_before=params_before)
+    setattr(work, REPORT_ATTR, report)  # its record is what njetify.save needs to rebuild the model
     return work, report
 
 

@@ -90,13 +90,13 @@ def _describe(m: nn.Module) -> list[str]:
     return what
 
 
-def note_dropped(report, before: dict[str, str]) -> None:
-    """One report note, and ``extra["reparametrised"]`` on the row, for each converted conv whose
-    weight was computed (``before``: :func:`reparametrisations` of the model before conversion)."""
-    for row in report.rows:
-        what = before.get(row.path)
-        if row.kind != "conv" or what is None or row.action in ("kept", "skipped"):
-            continue
-        row.extra["reparametrised"] = what
-        report.note(f"{row.path}: {what} dropped: converted from its effective weight (the N-Jet layer learns α "
-                    "and σ; reapply it to the N-Jet layer's α if you need it)")
+def note_dropped(ctx, before: dict[str, str]) -> None:
+    """A :class:`~njetify.surgery.decisions.Reparametrised` decision for each conv the conv pass converted whose
+    weight was computed (``before``: :func:`reparametrisations` of the model before conversion); the
+    report's view notes it and sets ``extra["reparametrised"]`` on its row unless it ended up kept."""
+    from .decisions import Conversion, Reparametrised
+
+    for d in ctx.decided(Conversion):
+        what = before.get(d.path)
+        if what is not None and d.decision == "converted":
+            ctx.decide(Reparametrised(d.path, what=what))

@@ -55,6 +55,11 @@ class ConversionReport:
     ``params_before`` / ``params_after``: parameter totals of the whole model.
     ``macs``: MACs per sample at the example input (``before``, ``after``; with a budget also
     ``budget``, ``ceiling`` — the cost with every filter at its cap — and ``caps``), see :mod:`njetify.budget`.
+    ``record``: what :func:`njetify.save` stores to redo the conversion
+    (:class:`~njetify.surgery.record.ConversionRecord`, built from the passes' decisions; not in :meth:`to_dict`).
+
+    ``njetify.convert`` builds the report once, at the end, as a view of the passes' decisions
+    (:func:`njetify.surgery.view.build_report`).
     """
 
     rows: list[ReportRow] = field(default_factory=list)
@@ -68,10 +73,11 @@ class ConversionReport:
     params_after: int = 0
     model_class: str = ""
     macs: dict[str, Any] = field(default_factory=dict)
+    record: Any = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ rows
     def add(self, row: ReportRow) -> ReportRow:
-        """Append a row and return it (passes keep it to fill in fields later)."""
+        """Append a row and return it."""
         self.rows.append(row)
         return row
 
@@ -105,6 +111,7 @@ class ConversionReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-serialisable)."""
         d = asdict(self)
+        d.pop("record", None)
         d["counts"] = self.counts()
         return _jsonable(d)
 

@@ -23,3 +23,11 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
         if p.is_floating_point():
             return p.device, p.dtype
     return torch.device("cpu"), torch.float32
+
+
+def free_name(module: nn.Module, stem: str) -> str:
+    """``f"{stem}_{i}"`` for the smallest ``i`` that is not an attribute of ``module`` yet (a new child's name)."""
+    i = 0
+    while hasattr(module, f"{stem}_{i}"):
+        i += 1
+    return f"{stem}_{i}"

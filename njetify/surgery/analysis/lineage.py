@@ -230,7 +230,7 @@ def _lineages(region: Region, by_node: dict, parent: dict, resolved: dict | None
             lin[node] = _derived(node, sizes[0]) if sizes else None
         elif _is_global(node, region):
             lin[node] = None
-        elif _is_interp(node, region):
+        elif is_interp(node, region):
             lin[node] = sizes[0].lin if sizes else _fixed_resize(node, region, spatial[0])
             if sizes and _ends_derived(lin[node]):  # to a size computed from another map's (h // 4): a fixed
                 lin[node] = lin[node] + (("up", "derived"),)  # factor of that map, offered to the resolver
@@ -304,7 +304,7 @@ def _is_size(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in ("size", "dim")
 
 
-def _is_interp(node: fx.Node, region: Region) -> bool:
+def is_interp(node: fx.Node, region: Region) -> bool:
     if node.op == "call_function":
         return node.target in (F.interpolate, F.upsample, F.upsample_bilinear, F.upsample_nearest)
     if node.op == "call_module":

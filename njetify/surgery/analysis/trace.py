@@ -24,19 +24,17 @@ from torch import fx, nn
 from ...layers import (
     FixedSubsample,
     GuardedLinear,
-    NJetConv2d,
-    NJetConvTranspose2d,
     SafePool2d,
     SafeSubsample,
     SafeUpsample,
     SigmaModule,
-    TiedNJetBranch,
     TiedNJetConv2d,
 )
 from ...layers.convertible import leaf_types
 
-#: Module types never traced through: their semantics are handled (or kept) as a whole. The types of the
-#: converter table (:func:`njetify.layers.convertible.leaf_types`, registered ones included) are leaves too.
+#: Module types never traced through besides those of the converter table (:func:`leaf_types`: every
+#: registered source type and the σ layers it builds): every σ layer (:class:`SigmaModule`), torch's
+#: other convolutions and pools, and the modules the surgery inserts. :func:`is_leaf_type` asks both.
 LEAF_TYPES: tuple[type, ...] = (
     SigmaModule,
     nn.modules.conv._ConvNd,
@@ -44,14 +42,11 @@ LEAF_TYPES: tuple[type, ...] = (
     nn.modules.pooling._AvgPoolNd,
     nn.modules.pooling._AdaptiveAvgPoolNd,
     nn.modules.pooling._AdaptiveMaxPoolNd,
-    NJetConv2d,
-    NJetConvTranspose2d,
     SafeSubsample,
     SafeUpsample,
     FixedSubsample,
     SafePool2d,
     GuardedLinear,
-    TiedNJetBranch,
     TiedNJetConv2d,
 )
 
@@ -105,7 +100,7 @@ class NJetTracer(fx.Tracer):
 
 
 @contextlib.contextmanager
-def _jit_tracing():
+def jit_tracing():
     """``torch.jit.is_tracing()`` answers True inside the block."""
     saved = torch.jit.is_tracing
     torch.jit.is_tracing = lambda: True
@@ -117,7 +112,7 @@ def _jit_tracing():
 
 def trace_module(module: nn.Module, *, as_jit: bool = False) -> fx.Graph:
     """The fx graph of ``module`` (raises what fx raises). ``as_jit``: ``torch.jit.is_tracing()`` is True."""
-    with _jit_tracing() if as_jit else contextlib.nullcontext():
+    with jit_tracing() if as_jit else contextlib.nullcontext():
         return NJetTracer().trace(module)
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from torch import fx, nn
 
-from .lineage import _is_interp
-from .trace import LEAF_TYPES, NJetTracer, Region, _jit_tracing
+from .lineage import is_interp
+from .trace import NJetTracer, Region, is_leaf_type, jit_tracing
 
 
 @dataclass
@@ -60,7 +60,7 @@ def call_stack(node: fx.Node) -> list[str]:
 
 def upsample_kind(node: fx.Node, root: nn.Module) -> str | None:
     """``"function"``, ``"module"`` (nn.Upsample), ``"transposed"`` for an upsampling node, else None."""
-    if node.op == "call_function" and _is_interp(node, None):
+    if node.op == "call_function" and is_interp(node, None):
         return "function"
     if node.op == "call_module":
         m = root.get_submodule(node.target)
@@ -132,7 +132,7 @@ class _ScopeTracer(NJetTracer):
         self.inline = inline
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, LEAF_TYPES) or type(m) in self.extra_leaves:
+        if is_leaf_type(m) or type(m) in self.extra_leaves:  # njetify's modules and the converter table's
             return True
         return qualname not in self.inline
 
@@ -146,7 +146,7 @@ def trace_scope(root: nn.Module, scope: str, inline: set[str] | None, as_jit: bo
     else:
         tracer = _ScopeTracer({_rel(p, scope) for p in inline if _within(p, scope) and p != scope})
     if as_jit:
-        with _jit_tracing():
+        with jit_tracing():
             return tracer.trace(module)
     return tracer.trace(module)
 

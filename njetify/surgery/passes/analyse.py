@@ -9,20 +9,20 @@ from ..context import SurgeryContext
 
 
 def trace_pass(ctx: SurgeryContext) -> None:
-    """Trace the model (or its largest traceable parts) into ``ctx.analysis``; report the mode."""
+    """Trace the model (or its largest traceable parts) into ``ctx.analysis``; its mode into ``ctx.tracing``."""
     analysis = ctx.analysis = analyse(ctx.model)
-    ctx.report.tracing.update(mode=analysis.mode, regions=[r.prefix for r in analysis.regions],
-                              failures=analysis.failures)
+    ctx.tracing = {"mode": analysis.mode, "regions": [r.prefix for r in analysis.regions],
+                   "failures": analysis.failures}
     why = analysis.failures[0]["reason"] if analysis.failures else ""
     if analysis.jit_traced:
         where = ", ".join(p or "<model>" for p in analysis.jit_traced)
-        ctx.report.note(f"traced with torch.jit.is_tracing() answering True ({where}): the forward skips a "
+        ctx.note(f"traced with torch.jit.is_tracing() answering True ({where}): the forward skips a "
                         "data-dependent check when traced, as under torch.jit.trace")
     if analysis.mode == "fx-partial":
-        ctx.report.note(f"the model does not trace whole ({why}); analysed {len(analysis.regions)} traceable "
+        ctx.note(f"the model does not trace whole ({why}); analysed {len(analysis.regions)} traceable "
                         "sub-module(s); strides outside them are kept")
     elif analysis.mode == "swap":
-        ctx.report.note(f"no part of the model traces ({why}); convolutions swapped, subsampling kept")
+        ctx.note(f"no part of the model traces ({why}); convolutions swapped, subsampling kept")
 
 
 def shapes_pass(ctx: SurgeryContext) -> None:

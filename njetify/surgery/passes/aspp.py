@@ -6,7 +6,8 @@ Every branch conv is swapped in place for a :class:`~njetify.layers.TiedNJetBran
 pooling branches, the merge and the projection stay. Depthwise-separable branches (smp
 DeepLabV3Plus) tie their depthwise convs. Recipe ``aspp.tie``: ``"auto"`` (default) ties the
 heads it finds, ``true`` also warns when there is none, ``false`` leaves them.
-The report gets one ``aspp`` row per head and one ``conv`` row per tied branch.
+Decisions: one :class:`~njetify.surgery.decisions.TiedHead` (or ``SkippedHead``) per head and one
+:class:`~njetify.surgery.decisions.Conversion` per tied branch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 from ...layers import TiedNJetBranch, TiedNJetConv2d
 from ..analysis.aspp_heads import AsppHead, find_heads, may_hold_head
 from ..context import ConvertedLayer, SurgeryContext
-from ..report import ReportRow
+from ..decisions import Conversion, SkippedHead, TiedHead
 from ..robust import attempt
 from .convs import describe_conv
 
@@ -37,8 +38,9 @@ def aspp_ready(ctx: SurgeryContext) -> str | None:
 
 
 def aspp_pass(ctx: SurgeryContext) -> None:
-    """Tie every ASPP head of the model (recipe ``aspp.tie``); report rows per head and branch."""
+    """Tie every ASPP head of the model (recipe ``aspp.tie``) into ``ctx.tied``; a decision per head and branch."""
     tie = ctx.recipe.aspp.tie
+    ctx.tied = []
     if tie is False:
         return
     heads, skips = [], []
@@ -54,25 +56,25 @@ def aspp_pass(ctx: SurgeryContext) -> None:
     heads = [h for h in heads if all(isinstance(ctx.module(b), nn.Conv2d) for b in h.branches)]
     for head in heads:
         if _rule_skips(ctx.recipe, head.branches):
-            ctx.report.add(ReportRow(kind="aspp", path=head.path, op=f"ASPP {len(head.branches)} branches",
-                                     action="skipped", dilation=tuple(head.dilations), reason="recipe rule: skip"))
+            ctx.decide(SkippedHead(head.path, op=f"ASPP {len(head.branches)} branches", reason="recipe rule: skip",
+                                   rates=tuple(head.dilations)))
             continue
         ctx.tied.append(tie_head(ctx, head))
     for s in skips:
-        ctx.report.add(ReportRow(kind="aspp", path=s.path, op=f"ASPP {len(s.branches)} branches", action="skipped",
-                                 reason=s.reason, extra={"branches": list(s.branches)}))
+        ctx.decide(SkippedHead(s.path, op=f"ASPP {len(s.branches)} branches", reason=s.reason,
+                               branches=tuple(s.branches)))
     if not heads and tie is True:
         if any(isinstance(m, TiedNJetBranch) for m in ctx.model.modules()):
-            ctx.report.note("aspp: the model's ASPP branches are already tied")
+            ctx.note("aspp: the model's ASPP branches are already tied")
             return
         msg = "recipe aspp.tie: true, but no ASPP head (parallel dilated convs meeting in a sum/concat) was found"
         warnings.warn(f"njetify: {msg}", stacklevel=4)
-        ctx.report.note(msg)
+        ctx.note(msg)
 
 
-def tie_head(ctx: SurgeryContext, head: AsppHead) -> ReportRow:
+def tie_head(ctx: SurgeryContext, head: AsppHead) -> TiedHead:
     """Replace the branch convs of ``head`` by one tied layer, fitted in weight space (the
-    ``calibrate`` pass refits it on data); returns the head's report row."""
+    ``calibrate`` pass refits it on data); returns the head's decision (after its branches')."""
     st = ctx.recipe.settings_for(head.branches[0])
     convs = [ctx.module(p) for p in head.branches]
     sigmas = None if st.sigma_init in ("kernel", "fit") else [float(st.sigma_init)] * len(convs)
@@ -85,26 +87,35 @@ def tie_head(ctx: SurgeryContext, head: AsppHead) -> ReportRow:
     for k, (path, conv, branch) in enumerate(zip(head.branches, convs, tied.branches)):
         ctx.rewriter.replace(path, branch)
         ctx.converted[path] = ConvertedLayer(path, branch, conv)
-        ctx.report.add(ReportRow(
-            kind="conv", path=path, op=describe_conv(conv), action="converted", kernel=conv.kernel_size[0],
+        ctx.decide(Conversion(
+            path, op=describe_conv(conv), decision="converted", kernel=conv.kernel_size[0],
             dilation=conv.dilation[0], groups=conv.groups, order=st.order, sigma0=sigma0[k], size=sizes[k],
             fit_error=tied.branch_errors[k] if tied.branch_errors else None,
             params_before=sum(p.numel() for p in conv.parameters()), params_after=0,
             reason=f"tied ASPP branch of {head.path}" + (f"; filter capped at max_size={st.max_size}"
                                                            if path in capped else ""),
-            extra={"head": head.path, "branch": k},
+            head=head.path, branch=k,
         ))
     notes = [f"{p}: {why}" for p, why in head.skipped]
-    return ctx.report.add(ReportRow(
-        kind="aspp", path=head.path, op=f"ASPP {len(convs)}x tied ({head.merge})", action="tied",
-        dilation=tuple(head.dilations), order=st.order, size=max(sizes), fit_error=tied.fit_error,
+    return ctx.decide(TiedHead(
+        head.path, op=f"ASPP {len(convs)}x tied ({head.merge})", branches=tuple(head.branches),
+        rates=tuple(head.dilations), merge=head.merge, order=st.order, sigma0=tuple(sigma0), sizes=tuple(sizes),
+        fit_error=tied.fit_error, branch_errors=tuple(tied.branch_errors or ()),
         params_before=sum(p.numel() for c in convs for p in c.parameters()), params_after=tied.num_params(),
+        max_size=st.max_size, capped=tuple(capped), skipped=tuple(tuple(x) for x in head.skipped),
         reason="; ".join(notes) or None,
-        extra={"branches": list(head.branches), "rates": list(head.dilations), "merge": head.merge,
-               "sigma0": sigma0, "sizes": sizes, "fit": "weight-space",
-               "branch_errors": list(tied.branch_errors or []),
-               "max_size": st.max_size, "capped": capped, "skipped": [list(x) for x in head.skipped]},
     ))
+
+
+def aspp_done(ctx: SurgeryContext) -> str | None:
+    """The ``aspp`` pass's ``ensures``: every branch of every tied head is a converted σ layer, in the model
+    at its path; None when so, else the first branch that is not."""
+    for head in ctx.tied or ():
+        for b in head.branches:
+            c = ctx.converted.get(b)
+            if c is None or ctx.module(b) is not c.layer:
+                return f"head {head.path}: branch {b} is not its tied branch in the model and in 'converted'"
+    return None
 
 
 def _rule_skips(recipe, paths: list[str]) -> bool:

@@ -4,9 +4,9 @@ One engine (:func:`njetify.calibration.calibrate`): with calibration data every 
 (and tied ASPP head) is refitted by output matching, σ₀ chosen by fit where the recipe says
 ``sigma_init: fit``; without data the fidelity gate reads the weight-space error and σ₀ stays the
 kernel rule's. The engine's settings are the recipe's ``calibration:`` block. A layer whose
-:class:`~njetify.calibration.Decision` is "revert" is swapped back to its original conv at once
-(through the rewriter, so a failed conversion still rolls back), followed by its subsampling
-fixed at ``1/stride``; its report row is written from the decision's fields.
+:class:`~njetify.calibration.GateDecision` is "revert" is swapped back to its original conv at once
+(through the rewriter, so a failed conversion still rolls back), followed by its subsampling fixed
+at ``1/stride``; its :class:`~njetify.surgery.decisions.Reversion` is built from that decision's fields.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import dataclasses
 
 from torch import nn
 
-from ...calibration import CalibrationOptions, Decision, LayerOptions, calibrate, fix_subsamples, sigma_candidates
+from ...calibration import CalibrationOptions, GateDecision, LayerOptions, calibrate, fix_subsamples, sigma_candidates
 from ...calibration.revert import reverted_module
-from ..context import SurgeryContext
+from ..context import CalibrationOutcome, SurgeryContext
+from ..decisions import HeadRefit, Refit, Reversion
 
 
 class _Originals:
@@ -36,10 +37,11 @@ class _Originals:
 
 def calibrate_pass(ctx: SurgeryContext) -> None:
     """Calibrate every converted layer on ``ctx.calibration`` (list of input batches) or, without
-    data, apply the gate in weight space; fill the report rows and ``report.calibration``."""
+    data, apply the gate in weight space; a decision per layer (:class:`~njetify.surgery.decisions.Refit`,
+    :class:`~njetify.surgery.decisions.Reversion` for a layer the gate put back) and ``ctx.calibrated``."""
     paths = [p for p, c in ctx.converted.items() if c.calibrated]
     if not paths:
-        ctx.report.calibration = {"fit": "weight-space", "batches": 0}
+        ctx.calibrated = CalibrationOutcome()
         return
     convs = {p: ctx.converted[p].conv for p in paths}
     options, revert = _layer_options(ctx, convs, bool(ctx.calibration)), _revert(ctx, convs)
@@ -50,23 +52,22 @@ def calibrate_pass(ctx: SurgeryContext) -> None:
         fit = "output-matching"
         if all(r.error_after is None for r in result.layers):  # a report never claims a fit that did not run
             fit = "weight-space"
-            ctx.report.note(f"calibration data was given but no layer was fitted on it ({_tally(result)}): every "
-                            "converted layer keeps its weight-space fit; the rows say why")
+            ctx.note(f"calibration data was given but no layer was fitted on it ({_tally(result)}): every "
+                     "converted layer keeps its weight-space fit; the rows say why")
     else:
         result = calibrate(_Originals(convs), ctx.model, paths, None, options=engine, layer_options=options,
                            revert=revert)
         fit = "weight-space"
-        ctx.report.note("no calibration data: α fitted in weight space (give calibration_data for output "
+        ctx.note("no calibration data: α fitted in weight space (give calibration_data for output "
                         "matching, which preserves the outputs much better)")
-    _fill_rows(ctx, result, fit)
-    _record_decisions(ctx, result)
+    _decide(ctx, result, fit, options)
     by = {s: [r.path for r in result.select(s)] for s in ("reverted", "unreached", "skipped")}
-    ctx.report.calibration = {"fit": fit, **result.summary(), **by}
+    ctx.calibrated = CalibrationOutcome(fit, result.summary(), *(tuple(by[s]) for s in by), gated=True)
     if by["unreached"]:
-        ctx.report.note(f"{len(by['unreached'])} converted layer(s) not reached by the calibration data keep the "
+        ctx.note(f"{len(by['unreached'])} converted layer(s) not reached by the calibration data keep the "
                         f"weight-space fit: {_some(by['unreached'])}")
     if by["reverted"]:
-        ctx.report.note(f"{len(by['reverted'])} layer(s) stay the original conv (fidelity gate, recipe "
+        ctx.note(f"{len(by['reverted'])} layer(s) stay the original conv (fidelity gate, recipe "
                         f"max_fit_error): {_some(by['reverted'])}")
 
 
@@ -83,7 +84,7 @@ def _layer_options(ctx: SurgeryContext, convs: dict[str, nn.Module], with_data: 
     rule's) and the fidelity gate ``max_fit_error``. A tied ASPP head is not gated unless a recipe
     rule names its branches with a ``max_fit_error``: tying is what was asked for, and one α shared
     by all rates starts far from every branch until fine-tuning (DESIGN §5)."""
-    tied = {p for row in ctx.tied for p in row.extra.get("branches", [])}
+    tied = {p for head in ctx.tied for p in head.branches}
 
     def options(path: str) -> LayerOptions:
         st = ctx.recipe.settings_for(path)
@@ -101,78 +102,50 @@ def _layer_options(ctx: SurgeryContext, convs: dict[str, nn.Module], with_data: 
 
 
 def _revert(ctx: SurgeryContext, convs: dict[str, nn.Module]):
-    def revert(path: str, decision: Decision) -> None:
+    """``revert(path, decision)`` for the engine: the original conv back at ``path`` through the rewriter, its
+    subsamplings fixed at ``1/stride`` first (the decision is recorded once the engine is done)."""
+    def revert(path: str, decision: GateDecision) -> None:
         old = ctx.module(path)
         fix_subsamples(ctx.model, old)
         ctx.rewriter.replace(path, reverted_module(old, convs[path]))
-        row = _conv_row(ctx, path)
-        if row is not None:  # the number is in the err column: one footnote for all reverted layers
-            row.action, row.params_after = "kept", row.params_before
-            row.reason = decision.short_reason
-            row.order = row.sigma0 = row.size = None
-            row.extra["reverted"], row.extra["gate"] = True, decision.reason
-        for r in ctx.report.select("subsample", "subsampled"):
-            if r.extra.get("source") == path:
-                r.reason = f"σ source {path} reverted to its original conv: factor fixed at 1/{r.stride}"
-                r.extra["source"], r.extra["fixed"] = None, True  # counted as kept (ConversionReport)
 
     return revert
 
 
-def _conv_row(ctx: SurgeryContext, path: str):
-    return next((r for r in ctx.report.rows if r.kind == "conv" and r.path == path), None)
-
-
-def _fill_rows(ctx: SurgeryContext, result, fit: str) -> None:
-    """σ₀, sizes and errors of every result on its conv rows; a tied head's row gets the head's."""
-    heads = {p: row for row in ctx.tied for p in row.extra.get("branches", [])}
+def _decide(ctx: SurgeryContext, result, fit: str, options) -> None:
+    """The engine's result as decisions: a :class:`Reversion` per path the gate put back (with what it
+    measured and its limit), then a :class:`Refit` per path and a :class:`HeadRefit` per tied head."""
+    heads = {p: head for head in ctx.tied for p in head.branches}
+    for verdict in result.decisions:  # the engine's typed verdicts: what it measured, the limit, the comparison
+        if verdict.reverted:
+            for path in verdict.paths:
+                ctx.decide(Reversion(path, measure=verdict.measured, comparator=verdict.comparison,
+                                     limit=verdict.limit, gate=verdict.reason))
     for res in result.layers:
         status = fit if res.status in ("calibrated", "weight-space") else res.status
+        reverted = res.status == "reverted"
         for k, path in enumerate(res.paths):
-            row = _conv_row(ctx, path)
-            if row is None:
-                continue
-            row.extra["fit"] = status
-            if res.status != "reverted":
-                k = min(k, len(res.sigma0) - 1)
-                row.sigma0, row.size = res.sigma0[k], res.size[k]
-                row.fit_error = res.weight_error if res.kind == "conv" else row.fit_error
-                if res.reason and not row.reason:
-                    row.reason = res.reason
-            row.error_before, row.error_after = res.error_before, res.error_after
-            if res.candidates:
-                row.extra["sigma_candidates"] = res.candidates
+            k = min(k, len(res.sigma0) - 1)
+            ctx.decide(Refit(
+                path, unit=res.kind, fit=status, reverted=reverted,
+                sigma0=res.sigma0[k] if k >= 0 else None, size=res.size[k] if 0 <= k < len(res.size) else None,
+                weight_error=res.weight_error, error_before=res.error_before, error_after=res.error_after,
+                candidates=tuple(res.candidates.items()), reason=res.reason))
         head = heads.get(res.paths[0]) if res.kind == "tied" else None
         if head is not None:
-            head.extra["fit"] = status
-            head.error_before, head.error_after = res.error_before, res.error_after
-            if res.status == "reverted":
-                head.action, head.reason, head.params_after = "kept", res.reason, head.params_before
-            else:
-                head.extra["sigma0"], head.extra["sizes"] = list(res.sigma0), list(res.size)
-                head.size = max(res.size)
+            ctx.decide(HeadRefit(head.path, fit=status, reverted=reverted, sigma0=tuple(res.sigma0),
+                                 sizes=tuple(res.size), error_before=res.error_before, error_after=res.error_after,
+                                 reason=res.reason))
 
 
-def _record_decisions(ctx: SurgeryContext, result) -> None:
-    """Write the per-layer decisions into ``report.recipe`` as rules (σ₀ chosen by fit →
-    ``sigma_init: σ₀``; a reverted layer → ``max_fit_error: 0``) and turn the gate off there, so that
-    redoing the conversion without data (``njetify.load``) rebuilds this very model."""
-    rules = ctx.report.recipe.setdefault("rules", [])
-    for res in result.layers:
-        for path in res.paths:
-            rule = None
-            if res.status == "reverted":
-                rule = {"match": _literal(path), "max_fit_error": 0.0}
-            elif res.candidates and res.kind == "conv":
-                rule = {"match": _literal(path), "sigma_init": res.sigma0[0]}
-            if rule is not None and rule not in rules:
-                rules.append(rule)
-    ctx.report.recipe["max_fit_error"] = None
-
-
-def _literal(path: str) -> str:
-    """A glob that matches ``path`` only."""
-    return "".join(f"[{c}]" if c in "*?[]" else c for c in path)
+def calibrate_done(ctx: SurgeryContext) -> str | None:
+    """The ``calibrate`` pass's ``ensures``: every converted layer the engine refits has a decision; None
+    when so, else the layers left."""
+    if ctx.calibrated is None:
+        return "it left 'calibrated' unset"
+    decided = {d.path for d in ctx.decided(Refit)}
+    left = [p for p, c in ctx.converted.items() if c.calibrated and p not in decided]
+    return f"{len(left)} converted layer(s) got no calibration decision ({', '.join(left[:3])})" if left else None
 
 
 def _tally(result) -> str:

@@ -42,22 +42,22 @@ def budget_pass(ctx: SurgeryContext) -> None:
         apply_budget(ctx.model, budget, table)
         caps = [layer.cap for layer in table.layers]
         span = f"{min(caps)}–{max(caps)} px" if caps else "no σ layer"
-        ctx.report.note(f"budget {budget:g}× the original's MACs: filter sizes capped per layer ({span}); with every "
+        ctx.note(f"budget {budget:g}× the original's MACs: filter sizes capped per layer ({span}); with every "
                         f"filter at its cap the model costs {table.ceiling:.2f}×")
     setattr(ctx.model, BUDGET_ATTR, table)
     ctx.costs = table
 
 
 def cost_summary(ctx: SurgeryContext) -> None:
-    """``report.macs`` from the cost table at the final filter sizes; a warning when the MACs grew
+    """``ctx.macs`` (the report's ``macs``) from the cost table at the final filter sizes; a warning when the MACs grew
     by more than :data:`~njetify.budget.GROWTH_WARNING` and no budget was given."""
     table = ctx.costs
     if table is None:
         return
     after = table.macs(ctx.model)
-    ctx.report.macs = {"before": round(table.original), "after": round(after)}
+    ctx.macs = {"before": round(table.original), "after": round(after)}
     if table.budget is not None:
-        ctx.report.macs.update(budget=table.budget, ceiling=round(table.ceiling, 4),
+        ctx.macs.update(budget=table.budget, ceiling=round(table.ceiling, 4),
                                caps={layer.path: layer.cap for layer in table.layers})
     elif table.original and after > (1 + GROWTH_WARNING) * table.original:
         growth = after / table.original - 1
@@ -65,5 +65,5 @@ def cost_summary(ctx: SurgeryContext) -> None:
                "sample, every N-Jet filter counted as a dense conv of its size): filters grew past the original "
                "kernels (σ₀ by fit, dilated kernels, or σ near a size boundary); set a cost budget to cap them "
                "(recipe `budget: 1.3`, `--budget 1.3`, or convert(..., budget=1.3))")
-        ctx.report.note(msg)
+        ctx.note(msg)
         warnings.warn(f"njetify: {msg}", stacklevel=5)

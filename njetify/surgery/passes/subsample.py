@@ -22,13 +22,16 @@ from ...layers.traced import traced_base
 from ..analysis.pool_specs import spec_from_module
 from ..analysis.sites import Site, owner_nodes
 from ..context import SurgeryContext
-from ..report import ReportRow
+from ..decisions import Conversion, Retraced, Subsampling
+from ..util import free_name
 from .convs import describe_conv
 
 
 def subsample_pass(ctx: SurgeryContext) -> None:
-    """Apply ``ctx.plan``; one report row per site (made safe, or kept with the reason)."""
+    """Apply ``ctx.plan``; one :class:`~njetify.surgery.decisions.Subsampling` per site (made safe, or kept
+    with the reason), also in ``ctx.subsampled``."""
     plan, sub = ctx.plan, ctx.recipe.subsample
+    ctx.subsampled = []
     if sub.mode != "safe":
         return
     sources: dict[int, tuple] = {}
@@ -62,7 +65,7 @@ def subsample_pass(ctx: SurgeryContext) -> None:
         _retrace_owner(ctx, owner, edits)
     for s in plan.sites:
         if not s.active and s.stride != 1:
-            ctx.report.add(_row(ctx, s, "kept", s.reason))
+            _decide(ctx, s, "kept", s.reason)
     _rows_outside_graphs(ctx, {s.path for s in plan.sites})
 
 
@@ -118,7 +121,7 @@ def _retrace_owner(ctx: SurgeryContext, owner: str, edits: list[tuple[Site, Safe
     for s, ss in edits:
         local = nodes[s.index]
         child = ss if s.op == "slice" else SafePool2d(s.spec, ss)
-        name = _free_name(module, "njet_subsample")
+        name = free_name(module, "njet_subsample")
         ctx.rewriter.add_child(module, name, child.train(module.training))
         with graph.inserting_after(local):
             new = graph.call_module(name, (local.args[0],))
@@ -129,43 +132,45 @@ def _retrace_owner(ctx: SurgeryContext, owner: str, edits: list[tuple[Site, Safe
     cls = traced_base(module).__name__
     ctx.rewriter.retrace(module, graph)
     ops = ", ".join(sorted({s.op for s, _ in edits}))
-    ctx.report.add(ReportRow(
-        kind="module", path=owner or "<model>", op=cls, action="retraced",
+    ctx.decide(Retraced(
+        owner or "<model>", op=cls,
         reason=f"its forward subsamples with a functional op ({ops}): that op now calls "
                f"{', '.join(names)}; forward replaced by a traced one, class and methods kept",
     ))
-
-
-def _free_name(module: nn.Module, stem: str) -> str:
-    i = 0
-    while hasattr(module, f"{stem}_{i}"):
-        i += 1
-    return f"{stem}_{i}"
 
 
 def _report(ctx: SurgeryContext, s: Site, action: str, source_path: str, ss: SafeSubsample) -> None:
     reason = f"σ from {source_path}"
     if s.align:
         reason += f"; stride-1 output padded by {s.align} px to match its merge"
-    row = ctx.report.add(_row(ctx, s, action, reason))
-    row.extra.update(source=source_path, r=ss.r, factor=ss.factor, group=s.group, align=s.align)
-    conv_row = ctx.report.row("conv", s.path)
-    if conv_row is not None:
-        conv_row.extra["subsampled"] = True
+    _decide(ctx, s, action, reason, source=source_path, r=ss.r, factor=ss.factor, group=s.group, align=s.align)
 
 
-def _row(ctx: SurgeryContext, s: Site, action: str, reason: str | None) -> ReportRow:
+def _decide(ctx: SurgeryContext, s: Site, action: str, reason: str | None, **subsampled) -> None:
+    """Record the decision about site ``s`` (its op as the conv pass described it, for a conv)."""
     if s.spec is not None:
         op, kernel = s.spec.describe(), s.spec.kernel
     elif s.op == "conv":
-        conv_row = ctx.report.row("conv", s.path)
-        op, kernel = (conv_row.op if conv_row else "conv"), (conv_row.kernel if conv_row else None)
+        conv = next(iter(ctx.decided(Conversion, s.path)), None)
+        op, kernel = (conv.op if conv else "conv"), (conv.kernel if conv else None)
     elif s.op == "slice":
         op, kernel = f"slice ::{s.stride}", None
     else:
         op, kernel = "pool", None
-    return ReportRow(kind="subsample", path=s.path, op=op, action=action, kernel=kernel,
-                     stride=s.stride or None, reason=reason)
+    ctx.subsampled.append(ctx.decide(Subsampling(s.path, op=op, decision=action, kernel=kernel,
+                                                 stride=s.stride or None, reason=reason, **subsampled)))
+
+
+def subsample_done(ctx: SurgeryContext) -> str | None:
+    """The ``subsample`` pass's ``ensures``: in safe mode every planned site that is active or strided has a
+    decision (made safe, or kept with the reason); None when so, else the sites left."""
+    if ctx.recipe.subsample.mode != "safe":
+        return None
+    decided = {d.path for d in ctx.subsampled or ()}
+    left = [s.path for s in ctx.plan.sites if (s.active or s.stride != 1) and s.path not in decided]
+    if not left:
+        return None
+    return f"{len(left)} planned subsampling site(s) were left without a decision ({', '.join(left[:3])})"
 
 
 def _rows_outside_graphs(ctx: SurgeryContext, covered: set[str]) -> None:
@@ -181,13 +186,13 @@ def _rows_outside_graphs(ctx: SurgeryContext, covered: set[str]) -> None:
         if stride <= 1:
             continue
         if isinstance(m, nn.Conv2d) or carries_sigma(m):
-            conv_row = ctx.report.row("conv", path)
-            op = conv_row.op if conv_row else describe_conv(m)
+            conv = next(iter(ctx.decided(Conversion, path)), None)
+            op = conv.op if conv else describe_conv(m)
         elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
             spec = spec_from_module(m)
             op = spec if isinstance(spec, str) else spec.describe()
         else:
             continue
-        ctx.report.add(ReportRow(kind="subsample", path=path, op=op, action="kept", stride=stride,
-                                 reason=f"{why}: stride kept"))
+        ctx.subsampled.append(ctx.decide(Subsampling(path, op=op, decision="kept", stride=stride,
+                                                     reason=f"{why}: stride kept")))
 

@@ -22,20 +22,23 @@ from ..analysis.upsampling import (
     ScopeGroup, call_stack, find_node, hoist, interp_settings, node_key, site_path, trace_scope, upsample_kind,
 )
 from ..context import SurgeryContext
-from ..report import ReportRow
-from .subsample import _free_name
+from ..decisions import Retraced, Upsampling
+from ..util import free_name
 
 
 def upsample_pass(ctx: SurgeryContext) -> None:
-    """Rewrite the planned upsamplings; one report row per upsampling (follows, or kept with the reason)."""
+    """Rewrite the planned upsamplings; one :class:`~njetify.surgery.decisions.Upsampling` per upsampling
+    (follows, or kept with the reason), also in ``ctx.upsampled``."""
+    ctx.upsampled = []
     resolver = getattr(ctx.plan, "upsampling", None)
     if ctx.recipe.subsample.mode != "safe" or resolver is None:
         return
     for group in sorted(resolver.groups, key=lambda g: -len(g.region.full_path(g.scope).split("."))):
         _rewrite(ctx, group)
     for node, (why, merge, region) in resolver.failed.items():
-        ctx.report.add(ReportRow(kind="upsample", path=site_path(region, node), op=_op_of(node), action="kept",
-                                 reason=f"meets another map at '{merge.name}' but {why}: fixed factor kept"))
+        ctx.upsampled.append(ctx.decide(Upsampling(
+            site_path(region, node), op=_op_of(node), decision="kept",
+            reason=f"meets another map at '{merge.name}' but {why}: fixed factor kept")))
 
 
 def _rewrite(ctx: SurgeryContext, group: ScopeGroup) -> None:
@@ -63,15 +66,15 @@ def _rewrite(ctx: SurgeryContext, group: ScopeGroup) -> None:
         replaced[u] = out
         names.append(path)
         ref = "the model's input" if site.ref.op == "placeholder" else f"'{site.ref.name}'"
-        row = ctx.report.add(ReportRow(kind="upsample", path=path, op=what, action="follows",
-                                       reason=f"resizes to the size of {ref}, the map it meets at "
-                                              f"'{site.merge.name}'"))
-        row.extra.update(scope=region.full_path(scope) or "<model>", partner=site.ref.name)
+        ctx.upsampled.append(ctx.decide(Upsampling(
+            path, op=what, decision="follows",
+            reason=f"resizes to the size of {ref}, the map it meets at '{site.merge.name}'",
+            scope=region.full_path(scope) or "<model>", partner=site.ref.name)))
     graph.lint()
     ctx.rewriter.retrace(module, graph)
     through = "every module" if group.inline is None else (", ".join(sorted(group.inline)) or "none")
-    ctx.report.add(ReportRow(
-        kind="module", path=region.full_path(scope) or "<model>", op=type(module).__name__, action="retraced",
+    ctx.decide(Retraced(
+        region.full_path(scope) or "<model>", op=type(module).__name__,
         reason=f"its upsampling(s) ({', '.join(names)}) resize to the maps they merge with; forward replaced "
                f"by a traced one (modules traced through: {through}), class and methods kept"))
 
@@ -95,7 +98,7 @@ def _edit(ctx, region, scope: str, module: nn.Module, graph: fx.Graph, u: fx.Nod
     else:
         new_mod, first = SafeUpsample(None, "bilinear", False, source=type(module.get_submodule(u.target)).__name__), u
         what = f"{type(module.get_submodule(u.target)).__name__} s{_fmt(module.get_submodule(u.target).stride)}"
-    name = _free_name(owner, "njet_upsample")
+    name = free_name(owner, "njet_upsample")
     ctx.rewriter.add_child(owner, name, new_mod.train(owner.training))
     with graph.inserting_after(u):
         new = graph.call_module(_join(owner_rel, name), (first, r))
