@@ -181,7 +181,7 @@ def calibrate_weights(original, converted, paths, *, options=None, layer_options
 
 
 def _result(u: Unit, status: str, reason: str | None = None) -> LayerResult:
-    return LayerResult(path=u.path, paths=u.paths + u.extra_paths, kind="tied" if u.tied else "conv",
+    return LayerResult(path=u.path, paths=u.paths + u.extra_paths, kind=u.kind,
                        status=status, sigma0=u.sigmas(), weight_error=u.weight_error(),
                        size=[b.shape[-1] for b, _, _ in u.bases()], reason=reason)
 
@@ -191,9 +191,9 @@ def _without_data(original, converted, paths, opts, per_layer, revert) -> Calibr
     result = CalibrationResult()
     for u in build_units(original, converted, paths):
         lo = per_layer(u.path)
-        res = LayerResult(path=u.path, paths=u.paths + u.extra_paths, kind="tied" if u.tied else "conv",
+        res = LayerResult(path=u.path, paths=u.paths + u.extra_paths, kind=u.kind,
                           status="weight-space")
-        lock = None if u.tied else fixed_r_reason(converted, u.module)
+        lock = fixed_r_reason(converted, u.module)  # a tied head drives no subsampling: None
         if lo.sigmas and len(lo.sigmas) > 1 and not u.tied and u.uniform_sigma() and not lock:
             start = u.sigmas()[0]
             auto = auto_subsamples(converted, u.module)
@@ -228,17 +228,14 @@ def _with_data(original, converted, paths, batches, opts, per_layer, revert) -> 
         result.target_seconds = time.perf_counter() - t0
         watch = {}
         for u in units:
-            for p in (u.paths if u.tied else [u.path]):
+            for p in u.watch_paths:
                 watch[converted.get_submodule(p)] = u.index
         sweep = Sweep(converted, batches, watch)
 
         def fit(key, inputs):
             u = units[key]
             lo = per_layer(u.path)
-            auto, lock = [], None
-            if not u.tied:
-                auto = auto_subsamples(converted, u.module)
-                lock = fixed_r_reason(converted, u.module)
+            auto, lock = auto_subsamples(converted, u.module), fixed_r_reason(converted, u.module)
             before = u.sigmas()
             if not _has_targets(targets[u.index], inputs):
                 res = _result(u, "unreached", "the original conv recorded no output on the calibration batches "
