@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..bake import freeze_subsampling
+from ..fit import sigma_from_kernel
 from ..inputs import first_tensor
 from ..layers import FixedSubsample, NJetConv2d, SafePool2d, SafeSubsample, SafeUpsample, carries_sigma
 from ..modes import evaluating
@@ -219,7 +220,7 @@ def _as_original(model: nn.Module, sizes: dict[str, dict]) -> nn.Module:
     with torch.no_grad():
         for path, m in copy.named_modules():
             if isinstance(m, NJetConv2d) and path in sizes and sizes[path]["size"] > 1:
-                m.log_sigma.fill_(math.log((sizes[path]["size"] - 1) / (2 * m.extent)))
+                m.log_sigma.fill_(math.log(sigma_from_kernel(sizes[path]["size"], 1, m.extent)))
     return copy
 
 
