@@ -50,7 +50,12 @@ def half_width(sigma: float, extent: float = 2.0) -> int:
 
 def filter_size(sigma: float, extent: float = 2.0) -> int:
     """Filter size ``2·⌈extent·σ⌉ + 1`` in pixels (DESIGN §2, as in the paper)."""
-    return 2 * half_width(sigma, extent) + 1
+    return size_of(half_width(sigma, extent))
+
+
+def size_of(half: int) -> int:
+    """Side ``2·half + 1`` in pixels of a filter of half-width ``half``."""
+    return 2 * half + 1
 
 
 def gaussian_derivatives_1d(

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .basis import size_of
 from .inputs import call_model
 from .layers import SafeSubsample, sigma_layers
 from .layers.safe_subsample import full_resolution
@@ -146,7 +147,7 @@ def _sides(module: nn.Module) -> tuple[tuple[int, int], ...]:
     sizes.current(module.log_sigma, module.extent, module.max_size)
     if hasattr(module, "axes"):  # one σ per axis: one filter of s_y × s_x
         return (tuple(int(s) for s in module.kernel_size),)
-    return tuple((2 * h + 1, 2 * h + 1) for h in sizes.halves)
+    return tuple((size_of(h), size_of(h)) for h in sizes.halves)
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ def njet_filter(alpha: torch.Tensor, sigma: torch.Tensor, half: int) -> torch.Te
     """
     order = nf_order(alpha.shape[-1])
     basis = B.gaussian_basis_2d(sigma, order, half).to(alpha.dtype)
-    size = 2 * half + 1
+    size = B.size_of(half)
     if basis.dim() == 3:
         w = alpha @ basis.flatten(1)  # (O, Cg, F) @ (F, s²)
     else:

@@ -28,6 +28,7 @@ import math
 import torch
 from torch import nn
 
+from ..fit import sigma_from_kernel
 from .. import basis as B
 from ..options import PADDING_MODES
 from ._checks import check_channels, check_choice, check_order, check_positive
@@ -215,7 +216,7 @@ class NJetAxesConv2d(HostSizes, SigmaModule):
         if kind != "ok":
             raise ValueError(f"NJetAxesConv2d.from_conv: cannot convert {conv!r}: {kind or 'a square kernel'}")
         ks = conv.kernel_size
-        sig = [(k - 1) / (2.0 * extent) for k in ks]
+        sig = [sigma_from_kernel(k, 1, extent) for k in ks]
         if sigma is not None:  # the mean σ of the axes with extent (their ratio kept: a 3×5 kernel stays wider in x)
             check_positive("sigma", sigma)
             active = [s for s in sig if s > 0]

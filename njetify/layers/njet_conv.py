@@ -162,7 +162,7 @@ class NJetConv2d(HostSizes, SigmaModule):
     @property
     def kernel_size(self) -> tuple[int, int]:
         """Current filter size ``(s, s)`` in pixels."""
-        s = 2 * self.half_width + 1
+        s = B.size_of(self.half_width)
         return (s, s)
 
     def basis(self) -> torch.Tensor:
@@ -250,7 +250,7 @@ class NJetConv2d(HostSizes, SigmaModule):
         (:func:`~njetify.layers.safe_subsample.strided_pick`; eager only), else None."""
         if self.subsample is None or self.stride != 1 or torch.compiler.is_compiling() or x.dim() != 4:
             return None
-        size = 2 * self.half_width + 1
+        size = B.size_of(self.half_width)
         left, right, top, bottom = self._pads(x.shape[-2:], size)
         return strided_pick(self.subsample, x.shape[-2] + top + bottom - size + 1, x.shape[-1] + left + right - size + 1)
 
@@ -259,10 +259,10 @@ class NJetConv2d(HostSizes, SigmaModule):
         ``(N, C_out, H', W')`` at ``stride`` (default: the layer's), dense or factorised (see ``path``)."""
         stride = self.stride if stride is None else stride
         half = self.half_width
-        pads = self._pads(x.shape[-2:], 2 * half + 1)
+        pads = self._pads(x.shape[-2:], B.size_of(half))
         path = self.choose_path(x, stride)
         if path == "dense" and not torch.compiler.is_compiling():
-            self._dense_fits(2 * half + 1, torch.is_grad_enabled() and self._needs_grad(), strict=True)
+            self._dense_fits(B.size_of(half), torch.is_grad_enabled() and self._needs_grad(), strict=True)
         out = self._run(x, path, half, pads, stride)
         if not torch.compiler.is_compiling():
             self.last_path = path
@@ -285,7 +285,7 @@ class NJetConv2d(HostSizes, SigmaModule):
                              "use path='mix_first' or 'factorised'")
         if self.path in ("dense", "basis_first", "mix_first"):
             return self.path
-        size = 2 * self.half_width + 1
+        size = B.size_of(self.half_width)
         if torch.compiler.is_compiling():
             return compiled_path(self.path, self.out_channels, self.in_channels // self.groups, size,
                                  self.sigma_per == "channel")

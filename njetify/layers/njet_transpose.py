@@ -124,7 +124,7 @@ class NJetConvTranspose2d(HostSizes, SigmaModule):
 
     @property
     def kernel_size(self) -> tuple[int, int]:
-        s = 2 * self.half_width + 1
+        s = B.size_of(self.half_width)
         return (s, s)
 
     def basis(self) -> torch.Tensor:

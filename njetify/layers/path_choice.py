@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from ..basis import size_of
 from .axis_operators import axis_geometry
 from .path_cost import ConvShape, dense_seconds, factorised_seconds, rates_for
 from .factorised import mix
@@ -75,7 +76,7 @@ def choose_path(layer, x: torch.Tensor, key: tuple, training: bool, pads, dense_
     paths = candidates(layer.path, per_channel, dense_ok)
     half = layer.half_width
     stride = layer.stride if stride is None else stride
-    shape = conv_shape(x, layer.in_channels, layer.out_channels, layer.groups, 2 * half + 1, layer.order, stride,
+    shape = conv_shape(x, layer.in_channels, layer.out_channels, layer.groups, size_of(half), layer.order, stride,
                        pads, per_channel)
     xi = x.detach().requires_grad_(x.requires_grad)
     runs = {p: timing_run(lambda p=p: layer._run(xi, p, half, pads, stride), [xi, layer.alpha, layer.log_sigma, layer.bias],

@@ -112,11 +112,11 @@ class FilterSizes:
             half = B.half_width(sigma, extent)
             hit = cap is not None and half > cap
             if hit and k not in self._warned and self.cap_note:
-                log.info("%s: filter of σ=%.3g needs %d px; capped at %d px by %s", self.what, sigma, 2 * half + 1,
+                log.info("%s: filter of σ=%.3g needs %d px; capped at %d px by %s", self.what, sigma, B.size_of(half),
                          2 * cap + 1, self.cap_note)
                 self._warned.add(k)
             elif hit and k not in self._warned:
-                msg = (f"{self.what}: filter of σ={sigma:.3g} needs {2 * half + 1} px; capped at "
+                msg = (f"{self.what}: filter of σ={sigma:.3g} needs {B.size_of(half)} px; capped at "
                        f"max_size={max_size} (set a larger max_size to lift the cap)")
                 if quiet:
                     self._pending.append(msg)
@@ -163,7 +163,7 @@ _raised_limit = False
 def _note_change(what: str, old: tuple[int, ...], new: tuple[int, ...]) -> None:
     """Log a size change and make sure dynamo may recompile for it."""
     global _raised_limit
-    sizes = lambda hs: "/".join(str(2 * h + 1) for h in hs)  # noqa: E731
+    sizes = lambda hs: "/".join(str(B.size_of(h)) for h in hs)  # noqa: E731
     log.info("%s: filter size %s → %s px; a compiled model recompiles once for it", what, sizes(old), sizes(new))
     dynamo = sys.modules.get("torch._dynamo")
     if dynamo is None or _raised_limit:

@@ -139,7 +139,7 @@ class TiedNJetConv2d(HostSizes, nn.Module):
 
     def kernel_size(self, k: int) -> tuple[int, int]:
         """Current filter size ``(s_k, s_k)`` of branch k in pixels."""
-        s = 2 * self.half_width(k) + 1
+        s = B.size_of(self.half_width(k))
         return (s, s)
 
     def basis_1d(self, k: int) -> torch.Tensor:
@@ -184,7 +184,7 @@ class TiedNJetConv2d(HostSizes, nn.Module):
 
         Raises ``MemoryError`` naming the head when ``path="dense"`` and the filter cannot fit.
         """
-        size = 2 * self.half_width(k) + 1
+        size = B.size_of(self.half_width(k))
         o, cg = self.alpha.shape[:2]
         if torch.compiler.is_compiling():
             return self.path if self.path in ("dense", "basis_first", "mix_first") else \
