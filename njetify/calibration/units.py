@@ -3,7 +3,9 @@
 Everything here goes through the layers' public attributes and methods
 (``basis()``, ``alpha``, ``bias``, ``log_sigma``, ``fit_()``, ``stride``, ``groups``,
 ``padding``, ``trim``, ``trims``), so the engine does not depend on how the layers
-evaluate their forward.
+evaluate their forward. Which unit fits which σ layer type is one table (:func:`register_unit`,
+looked up along the layer's MRO, as the converter table of :mod:`njetify.layers.convertible`): a layer
+type of your own that output matching should refit is one unit class and one registration.
 """
 
 from __future__ import annotations
@@ -37,6 +39,26 @@ class Unit:
 
     #: True for a tied head (one α, K branches); its σ₀ is not searched.
     tied = False
+
+    @classmethod
+    def owner_of(cls, layer: nn.Module) -> nn.Module:
+        """The module one unit fits for ``layer`` (a layer at several paths is one unit)."""
+        return layer
+
+    @classmethod
+    def start(cls, owner: nn.Module) -> "Unit":
+        """An empty unit for ``owner``; :meth:`add` gives it its paths."""
+        return cls([], owner, [])
+
+    def add(self, path: str, layer: nn.Module, original: nn.Module) -> None:
+        """``layer`` at ``path`` replaced ``original``: the first path fits, later ones share the layer."""
+        if self.paths:
+            self.extra_paths.append(path)
+        else:
+            self.paths, self.originals = [path], [original]
+
+    def finish(self) -> None:
+        """Check the unit once every path is added (ValueError naming what is missing)."""
 
     @property
     def kind(self) -> str:
@@ -141,6 +163,27 @@ class TiedUnit(Unit):
     per branch, each branch at its own trim."""
 
     tied = True
+
+    @classmethod
+    def owner_of(cls, layer: nn.Module) -> nn.Module:
+        return layer.owner
+
+    @classmethod
+    def start(cls, owner: nn.Module) -> "TiedUnit":
+        unit = cls([], owner, [None] * owner.num_branches)
+        unit.by_index = {}
+        return unit
+
+    def add(self, path: str, layer: nn.Module, original: nn.Module) -> None:
+        self.by_index[layer.index] = path
+        self.originals[layer.index] = original
+
+    def finish(self) -> None:
+        missing = [k for k in range(self.module.num_branches) if k not in self.by_index]
+        if missing:
+            raise ValueError(f"calibration: tied head of {next(iter(self.by_index.values()))!r}: the paths of "
+                             f"branch(es) {missing} are missing (give every branch path of a tied head)")
+        self.paths = [self.by_index[k] for k in range(self.module.num_branches)]
 
     @property
     def watch_paths(self) -> list[str]:
@@ -254,54 +297,50 @@ class AxesUnit(Unit):
         return float(err)
 
 
+def register_unit(layer_type: type, unit_type: type[Unit], original: type = nn.Conv2d) -> None:
+    """Refit layers of ``layer_type`` (and its subclasses without an entry of their own) with
+    ``unit_type``, against an original module of type ``original``; replaces an earlier entry."""
+    if not (isinstance(unit_type, type) and issubclass(unit_type, Unit)):
+        raise TypeError(f"register_unit: unit_type must be a Unit subclass, got {unit_type!r}")
+    _UNIT_TYPES[layer_type] = (unit_type, original)
+
+
+def unit_type_for(module: nn.Module) -> tuple[type[Unit], type] | None:
+    """``(unit type, original module type)`` of the closest registered class in ``type(module)``'s MRO."""
+    for cls in type(module).__mro__:
+        if cls in _UNIT_TYPES:
+            return _UNIT_TYPES[cls]
+    return None
+
+
 def build_units(original: nn.Module, converted: nn.Module, paths: list[str]) -> list[Unit]:
-    """One unit per distinct converted layer / tied head named in ``paths``.
+    """One unit per distinct converted layer / tied head named in ``paths`` (its unit type from
+    :func:`register_unit`).
 
     Raises ValueError naming the path when a path is missing from either model, the converted
-    module is not an N-Jet layer or tied branch, or the original module is not an ``nn.Conv2d``.
+    module is no σ layer a unit is registered for, or the original module is not of the type its unit fits.
     """
     units: dict[int, Unit] = {}
-    tied_paths: dict[int, dict[int, str]] = {}
     for path in paths:
         new = _get(converted, path, "converted model")
         old = _get(original, path, "original model")
-        if isinstance(new, NJetConvTranspose2d) and isinstance(old, nn.ConvTranspose2d):
-            if id(new) in units:
-                units[id(new)].extra_paths.append(path)
-            else:
-                units[id(new)] = TransposedUnit([path], new, [old])
-            continue
-        if not isinstance(old, nn.Conv2d):
-            raise ValueError(f"calibration: {path!r} in the original model is a {type(old).__name__}, "
-                             "not an nn.Conv2d (give the paths of converted convolutions)")
-        if isinstance(new, NJetAxesConv2d):
-            if id(new) in units:
-                units[id(new)].extra_paths.append(path)
-            else:
-                units[id(new)] = AxesUnit([path], new, [old])
-            continue
-        if isinstance(new, TiedNJetBranch):
-            owner = new.owner
-            tied_paths.setdefault(id(owner), {})[new.index] = path
-            unit = units.setdefault(id(owner), TiedUnit([], owner, [None] * owner.num_branches))
-            unit.originals[new.index] = old
-        elif isinstance(new, NJetConv2d):
-            if id(new) in units:  # the same layer at several paths
-                units[id(new)].extra_paths.append(path)
-                continue
-            units[id(new)] = Unit([path], new, [old])
-        else:
+        entry = unit_type_for(new)
+        if entry is None or not isinstance(old, entry[1]):
+            if not isinstance(old, nn.Conv2d):
+                raise ValueError(f"calibration: {path!r} in the original model is a {type(old).__name__}, "
+                                 "not an nn.Conv2d (give the paths of converted convolutions)")
             raise ValueError(f"calibration: {path!r} in the converted model is a {type(new).__name__}, "
-                             "not an NJetConv2d or a TiedNJetBranch")
-    for key, by_index in tied_paths.items():
-        unit = units[key]
-        missing = [k for k in range(unit.module.num_branches) if k not in by_index]
-        if missing:
-            raise ValueError(f"calibration: tied head of {next(iter(by_index.values()))!r}: the paths of "
-                             f"branch(es) {missing} are missing (give every branch path of a tied head)")
-        unit.paths = [by_index[k] for k in range(unit.module.num_branches)]
+                             "not an NJetConv2d or a TiedNJetBranch (or a σ layer registered with "
+                             "njetify.calibration.units.register_unit)")
+        cls = entry[0]
+        owner = cls.owner_of(new)
+        unit = units.get(id(owner))
+        if unit is None:
+            unit = units[id(owner)] = cls.start(owner)
+        unit.add(path, new, old)
     out = list(units.values())
     for i, u in enumerate(out):
+        u.finish()
         u.index = i
     return out
 
@@ -311,3 +350,10 @@ def _get(model: nn.Module, path: str, which: str) -> nn.Module:
         return model.get_submodule(path) if path else model
     except AttributeError:
         raise ValueError(f"calibration: no module at path {path!r} in the {which}") from None
+
+
+_UNIT_TYPES: dict[type, tuple[type[Unit], type]] = {}
+register_unit(NJetConv2d, Unit)
+register_unit(NJetAxesConv2d, AxesUnit)
+register_unit(TiedNJetBranch, TiedUnit)
+register_unit(NJetConvTranspose2d, TransposedUnit, nn.ConvTranspose2d)
