@@ -28,13 +28,22 @@ class _Resize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            leaf = as_traced_leaf(self, x)
-            if leaf is not None:
-                return leaf
-            if getattr(self, "_picked", False):  # the conv before ran at the stride this resize picks
-                self._picked = False             # (strided_pick): x is already the output; hooks still see it
-                return x
+            done = self._no_resize(x)
+            if done is not None:
+                return done
         return resize_by(_aligned(x, self.align), self.factor, self.interpolation)
+
+    @torch.jit.unused
+    def _no_resize(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The output without resizing, or None: a proxy while torch.fx traces, or ``x`` itself when the
+        conv before ran at the stride this resize picks (:meth:`already_picked`; hooks still see it)."""
+        leaf = as_traced_leaf(self, x)
+        if leaf is not None:
+            return leaf
+        if getattr(self, "_picked", False):
+            self._picked = False
+            return x
+        return None
 
     @torch.jit.unused
     def already_picked(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,13 +141,8 @@ class SafeSubsample(_Resize):
         return self._source
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        leaf = as_traced_leaf(self, x)
-        if leaf is not None:
-            return leaf
-        if getattr(self, "_picked", False):  # the conv before ran at the stride this subsampling picks
-            self._picked = False             # (strided_pick): x is already the output; hooks still see it
-            return x
-        return _resize_eagerly(self, x)
+        done = self._no_resize(x)
+        return done if done is not None else _resize_eagerly(self, x)
 
     @property
     def factor(self) -> float:
