@@ -3,8 +3,9 @@
 The factorised form (:class:`~njetify.layers.factorised_conv.FactorisedConv2d`: 1-D convs + a 1×1
 conv) has fewer multiply-adds than the dense filter from 5×5 on, but its depthwise 1-D convolutions
 run at a small fraction of a dense conv's rate. Measured on CPU (2 threads, order 3, eval forward,
-``benchmarks/bake_form.py``): at 2–13× fewer MACs the factorised form was 1.4–23× *slower* on most
-shapes, and it won reliably only from ~20× fewer MACs (a 25×25 filter). So a MAC rule cannot pick
+``uv run python benchmarks/bake_form.py``, docs/measured/bake_form_cpu.txt): on 13 of the 15 points
+with 1.7–15.8× fewer MACs the factorised form was 1.3–25× *slower*; it was faster on all 5 points
+from 16× on (25×25 filters, and 13×13 on 256 channels). So a MAC rule cannot pick
 the form; :func:`choose` measures, as ``path="auto"`` does:
 
 * a layer that has run (its last input shape is known) times both forms on that shape, eval
