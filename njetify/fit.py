@@ -21,9 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: Tikhonov weight of the data-aware fit relative to the mean eigenvalue of
-#: ``E[q qᵀ]``; keeps channels that never fire (dead ReLUs) at the weight-space fit.
-RIDGE = 1e-6
+from .options import MOMENTS_RIDGE
 
 #: Temporary tensors of the fits and statistics are built in chunks of about this many bytes.
 CHUNK_BYTES = 64 * 2**20
@@ -176,7 +174,7 @@ def joint_data_aware_fit(
     ms = [m / cnt for m, cnt in zip(moments.m, moments.count)]  # (C, T_k, F)
     den = sum(q / cnt for q, cnt in zip(moments.q, moments.count))  # (C, F, F)
     nf = den.shape[-1]
-    ridge = RIDGE * den.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
+    ridge = MOMENTS_RIDGE * den.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
     inv = torch.linalg.inv(den + ridge[:, None, None] * torch.eye(nf, dtype=den.dtype, device=den.device))
     out_ch, cg = alpha.shape[:2]
     og = out_ch // groups

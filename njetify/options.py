@@ -12,8 +12,9 @@ import math
 from .basis import MAX_ORDER
 
 __all__ = [
-    "AMP_MODES", "ASPP_TIE", "CLASS_WEIGHTS", "INTERPOLATIONS", "MAX_FIT_ERROR", "MAX_ORDER", "OPTIMIZERS",
-    "PADDING_MODES", "SCHEDULES", "SIGMA_PER", "SIGMA_PER_AXIS", "SUBSAMPLE_MODES", "SUBSAMPLE_WHERE", "TASKS",
+    "AMP_MODES", "ASPP_TIE", "CALIBRATION_MAX_SAMPLES", "CLASS_WEIGHTS", "DESIGN_BYTES", "DIRECT_MAX_DIM", "INTERPOLATIONS", "MAX_FIT_ERROR", "MAX_ORDER", "MOMENTS_RIDGE", "OPTIMIZERS", "OUTPUT_MATCHING_RIDGE",
+    "PCG_MAX_ITER", "PCG_TOL",
+    "PADDING_MODES", "SCHEDULES", "SEARCH_MAX_DIM", "SIGMA_PER", "SIGMA_FRACTIONS", "SIGMA_PER_AXIS", "SIGMA_SEARCH_FRACTION", "SIGMA_TOLERANCE", "SUBSAMPLE_MODES", "SUBSAMPLE_WHERE", "TASKS",
     "check_choice", "check_max_size", "check_order", "check_positive", "check_r", "order_problem", "r_problem",
 ]
 
@@ -35,6 +36,33 @@ SIGMA_PER_AXIS = ("auto", True, False)
 #: (weight-space error without data) is above this stays the original convolution
 #: (docs/calibration.md gives the measurements behind the value).
 MAX_FIT_ERROR = 0.5
+
+# --- calibration engine defaults (``calibration:`` recipe block, :class:`njetify.calibration.CalibrationOptions`;
+# docs/calibration.md gives the measurements behind each value)
+#: Ridge weight ρ of the output-matching regression, relative to the mean diagonal of its Gram matrix
+#: (pulls α towards the weight-space fit).
+OUTPUT_MATCHING_RIDGE = 1e-3
+#: Tikhonov weight of the data-aware moments fit (``from_conv(inputs=)``, :mod:`njetify.fit`) relative to
+#: the mean eigenvalue of ``E[q qᵀ]``; keeps channels that never fire at the weight-space fit.
+MOMENTS_RIDGE = 1e-6
+#: Output positions per layer over all calibration batches (seeded random subset).
+CALIBRATION_MAX_SAMPLES = 8192
+#: Share of the positions used to rank σ₀ candidates.
+SIGMA_SEARCH_FRACTION = 0.25
+#: A smaller σ₀ wins when its output error is within this relative margin of the best.
+SIGMA_TOLERANCE = 0.02
+#: Widest regression (C_g·F + biases) whose σ₀ is searched (recipe ``search_max_dim``).
+SEARCH_MAX_DIM = 4096
+#: Widest regression solved from a float64 Gram matrix; wider ones use conjugate gradients.
+DIRECT_MAX_DIM = 8192
+#: Memory bound (bytes) of the stored float32 design of a wide layer.
+DESIGN_BYTES = 2**30
+#: ``sigma_init: fit``: where between the kernel rule's σ₀ and the largest σ of one filter size more the
+#: σ₀ candidates sit (0: the kernel rule's σ₀; 1: the largest σ whose filter is 2 px larger).
+SIGMA_FRACTIONS = (0.0, 0.2, 0.5, 1.0)
+#: Conjugate-gradient iterations (and relative residual tolerance) for wide layers.
+PCG_MAX_ITER = 60
+PCG_TOL = 1e-4
 
 #: ``finetune.optimizer``: SGD with momentum, or AdamW.
 OPTIMIZERS = ("sgd", "adamw")

@@ -284,27 +284,22 @@ def plot_filters(layer, path, *, name: str = "", max_filters: int = 8, in_channe
     the title says which output and input channels are shown."""
     import torch
 
-    from .basis import basis_orders
-    from .layers import NJetConv2d
-    from .layers.tied import TiedNJetBranch
+    from .layers import carries_sigma
 
-    with torch.no_grad():
-        if isinstance(layer, NJetConv2d):
-            basis, w, sigma, order = layer.basis(), layer.filters(), float(layer.sigma.mean()), layer.order
-            basis = basis[0] if basis.dim() == 4 else basis
-        elif isinstance(layer, TiedNJetBranch):
-            o, k = layer.owner, layer.index
-            basis, w, sigma, order = o.basis(k), o.filters(k), float(o.sigma[k]), o.order
-        else:
-            raise TypeError(f"plot_filters: expected an N-Jet layer (NJetConv2d or a tied branch), got {type(layer).__name__}")
+    if not carries_sigma(layer):
+        raise TypeError(f"plot_filters: expected an N-Jet layer (a σ layer: NJetConv2d, a tied branch or a "
+                        f"SigmaModule of your own), got {type(layer).__name__}")
+    with torch.no_grad():  # the layer says what it is made of (SigmaModule.basis_images)
+        basis, labels = layer.basis_images()
+        w, sigma = layer.filters(), float(layer.sigma.detach().float().mean())
     if not 0 <= in_channel < w.shape[1]:
         raise ValueError(f"plot_filters: in_channel must be in 0..{w.shape[1] - 1}, got {in_channel}")
     filt = w[:max_filters, in_channel].float().cpu()
-    orders = basis_orders(order)
-    cols = max(basis.shape[0], filt.shape[0])
-    fig = Figure(figsize=(1.1 * cols + 1.2, 3.0))
-    axes = fig.subplots(2, cols, squeeze=False)
-    for row, imgs in ((0, basis), (1, filt)):
+    rows = [(imgs, kind) for imgs, kind in ((basis, "basis"), (filt, "filters")) if imgs is not None]
+    cols = max(imgs.shape[0] for imgs, _ in rows)
+    fig = Figure(figsize=(1.1 * cols + 1.2, 1.5 * len(rows)))
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for row, (imgs, kind) in enumerate(rows):
         lim = float(imgs.float().abs().max()) or 1.0  # one symmetric scale per row: the colour bar's
         shown = None
         for i in range(cols):
@@ -313,15 +308,16 @@ def plot_filters(layer, path, *, name: str = "", max_filters: int = 8, in_channe
             if i < imgs.shape[0]:
                 shown = ax.imshow(imgs[i].float().cpu().numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim,
                                   interpolation="nearest")
-                ax.set_title(f"G{orders[i][0]}{orders[i][1]}" if row == 0 else f"out {i}", fontsize=7)
+                ax.set_title(labels[i] if kind == "basis" else f"out {i}", fontsize=7)
         bar = fig.colorbar(shown, ax=list(axes[row]), fraction=0.02, pad=0.01)
         bar.ax.tick_params(labelsize=6)
-        bar.set_label("basis value" if row == 0 else "weight", fontsize=7)
-    size = basis.shape[-1]
+        bar.set_label("basis value" if kind == "basis" else "weight", fontsize=7)
+    size = w.shape[-1]
     n_out = w.shape[0]
     outs = f"output channels 0–{filt.shape[0] - 1} of {n_out}" if filt.shape[0] > 1 else f"output channel 0 of {n_out}"
     fig.suptitle(f"{name or 'N-Jet layer'}: σ = {sigma:.3g} px, {size}×{size} filter\n"
-                 f"top: the Gaussian-derivative basis; bottom: the filters of {outs}, "
+                 + ("top: the Gaussian-derivative basis; bottom: " if basis is not None else "")
+                 + f"the filters of {outs}, "
                  f"for input channel {in_channel} of {w.shape[1]}", fontsize=8)
     return _save(fig, path)
 

@@ -133,3 +133,20 @@ def test_save_and_load(tmp_path):
     x = torch.randn(1, 3, 16, 16)
     assert isinstance(back.blur, GaussBlur) and float(back.blur.sigma.detach()) == pytest.approx(1.7)
     torch.testing.assert_close(back(x), net.eval()(x))
+
+
+def test_summary_and_plots_ask_the_protocol(tmp_path):
+    """The user's layer describes itself through SigmaModule's defaults: a summary row and a filter plot."""
+    from njetify.plots import plot_filters, plot_summary
+    from njetify.summary import summarize
+
+    net, _ = _convert()
+    s = summarize(net, (3, 16, 16))
+    row = next(r for r in s.layers if r.path == "blur")
+    assert row.kind == "njet" and row.op == "GaussBlur σ" and row.size == 5 and row.sigma == pytest.approx(1.0)
+    assert {r.path for r in s.njet_layers} == {"conv", "blur"}
+    assert net.blur.basis_images() == (None, [])
+    png = plot_filters(net.blur, tmp_path / "blur.png", name="blur")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    paths = plot_summary(s, net, tmp_path / "all", layer="blur")
+    assert any(p.name == "filters_blur.png" for p in paths)

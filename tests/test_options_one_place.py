@@ -70,3 +70,26 @@ def test_cli_layer_count_is_the_conv_pass_rule():
                         nn.ConvTranspose2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 2))
     _, report = njetify.convert(net, max_fit_error=math.inf)
     assert count_convertible(net) == report.converted == 3  # 3x3, 3x1 (one σ per axis), transposed 3x3
+
+
+def test_calibration_defaults_come_from_options():
+    """Each solver has its own named constant, and every engine default is options'."""
+    import dataclasses
+
+    from njetify import fit
+    from njetify.calibration import CalibrationOptions, iterative, ridge, sigma_search
+    from njetify.recipes import CalibrationConfig
+
+    assert not any(hasattr(m, "RIDGE") for m in (fit, ridge, iterative))
+    assert options.OUTPUT_MATCHING_RIDGE == 1e-3 and options.MOMENTS_RIDGE == 1e-6
+    engine = CalibrationOptions()
+    expected = {"max_samples": options.CALIBRATION_MAX_SAMPLES, "ridge": options.OUTPUT_MATCHING_RIDGE,
+                "search_fraction": options.SIGMA_SEARCH_FRACTION, "sigma_tolerance": options.SIGMA_TOLERANCE,
+                "search_max_dim": options.SEARCH_MAX_DIM, "direct_max_dim": options.DIRECT_MAX_DIM,
+                "design_bytes": options.DESIGN_BYTES, "max_iter": options.PCG_MAX_ITER}
+    assert {k: getattr(engine, k) for k in expected} == expected
+    assert Recipe().search_max_dim == options.SEARCH_MAX_DIM
+    assert sigma_search.FRACTIONS is options.SIGMA_FRACTIONS
+    block = CalibrationConfig()
+    assert all(getattr(block, f.name) == getattr(engine, f.name)
+               for f in dataclasses.fields(block) if f.name != "sigma_fractions")

@@ -157,10 +157,11 @@ def test_yaml_and_file_errors(tmp_path):
 
 def test_checks_cover_schema_fields():
     """Every checked key path exists in the schema (guards against renames)."""
-    from njetify.recipes.schema import AsppConfig, FinetuneConfig, SubsampleConfig
+    from njetify.recipes.schema import AsppConfig, CalibrationConfig, FinetuneConfig, SubsampleConfig
 
     names = {f.name for f in dataclasses.fields(Recipe)}
-    sections = {"subsample": SubsampleConfig, "aspp": AsppConfig, "finetune": FinetuneConfig, "rules": Rule}
+    sections = {"subsample": SubsampleConfig, "aspp": AsppConfig, "calibration": CalibrationConfig,
+                "finetune": FinetuneConfig, "rules": Rule}
     for key in CHECKS:
         section, _, field = key.rpartition(".")
         assert field in ({f.name for f in dataclasses.fields(sections[section])} if section else names), key

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from .ridge import RIDGE, design, ridge_diagonal, split_targets
+from ..options import OUTPUT_MATCHING_RIDGE, PCG_MAX_ITER, PCG_TOL
+from .ridge import design, ridge_diagonal, split_targets
 
-#: Default PCG iterations and relative residual tolerance.
-MAX_ITER = 60
-TOL = 1e-4
 
 
 class DesignStore:
@@ -34,7 +32,7 @@ class DesignStore:
         self.rows: list[torch.Tensor] = []  # (groups, s, D + K) float32
         self.targets: list[torch.Tensor] = []  # (groups, s, O_g) float32
         self.count = 0
-        self.max_iter, self.tol = MAX_ITER, TOL
+        self.max_iter, self.tol = PCG_MAX_ITER, PCG_TOL
         self.iterations = 0
 
     def update(self, q: torch.Tensor, targets: torch.Tensor, branch: int = 0) -> None:
@@ -90,12 +88,12 @@ class DesignStore:
         """``‖T‖²``."""
         return float(sum(float(t.double().pow(2).sum()) for t in self.targets))
 
-    def fit(self, x0: torch.Tensor, rho: float = RIDGE) -> tuple[torch.Tensor, float, float]:
+    def fit(self, x0: torch.Tensor, rho: float = OUTPUT_MATCHING_RIDGE) -> tuple[torch.Tensor, float, float]:
         """The solution X (:meth:`solve`) and ``‖A X₀ − T‖²``, ``‖A X − T‖²``."""
         x = self.solve(x0, rho)
         return x, self.error2(x0), self.error2(x)
 
-    def solve(self, x0: torch.Tensor, rho: float = RIDGE) -> torch.Tensor:
+    def solve(self, x0: torch.Tensor, rho: float = OUTPUT_MATCHING_RIDGE) -> torch.Tensor:
         """PCG on ``(AᵀA + Λ) X = AᵀT + Λ X₀`` from ``X₀``; stores ``iterations``."""
         lam = ridge_diagonal(self._diagonal(), self.dim, rho)
         inv_c, inv_b = self._block_inverses(lam)

@@ -109,7 +109,7 @@ def check_geometry(unit: Unit, inputs: Inputs, targets: Targets) -> str | None:
         if grid != smp.grid:
             return f"its output grid {grid} differs from the original conv's {smp.grid}"
         with torch.no_grad():
-            y = unit.module.forward_branch(x, k) if unit.tied else unit.module.convolve(x)
+            y = unit.branch_output(x, k)
         pos = sample_positions(y.shape[0], y.shape[-2], y.shape[-1], 8, torch.Generator().manual_seed(0))
         a = design(basis_responses(x, basis, geometry, pos, stride), unit.groups, k, unit.num_bias)
         pred = (a.double() @ pack(alpha, bias, unit.groups)).transpose(0, 1).reshape(pos.shape[0], -1)
@@ -143,7 +143,7 @@ def fit_unit(
     ``lock_sigma``: why σ₀ must not change (then the candidates of ``lopts`` are not tried).
     """
     t0 = time.perf_counter()
-    res = LayerResult(path=unit.path, paths=unit.paths + unit.extra_paths, kind="tied" if unit.tied else "conv",
+    res = LayerResult(path=unit.path, paths=unit.paths + unit.extra_paths, kind=unit.kind,
                       status="calibrated", sigma0=unit.sigmas(), weight_error=unit.weight_error(),
                       size=[b.shape[-1] for b, _, _ in unit.bases()])
     if not unit.uniform_sigma():

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import options as O
 from ..options import MAX_FIT_ERROR
-from .iterative import MAX_ITER
-from .ridge import RIDGE
 
 __all__ = ["MAX_FIT_ERROR", "CalibrationOptions", "LayerOptions"]
 
@@ -33,15 +32,15 @@ class CalibrationOptions:
     seed: seeds the position sampling.
     """
 
-    max_samples: int = 8192
-    ridge: float = RIDGE
+    max_samples: int = O.CALIBRATION_MAX_SAMPLES
+    ridge: float = O.OUTPUT_MATCHING_RIDGE
     dense_strided: bool = False
-    search_fraction: float = 0.25
-    sigma_tolerance: float = 0.02
-    search_max_dim: int = 4096
-    direct_max_dim: int = 8192
-    design_bytes: int = 2**30
-    max_iter: int = MAX_ITER
+    search_fraction: float = O.SIGMA_SEARCH_FRACTION
+    sigma_tolerance: float = O.SIGMA_TOLERANCE
+    search_max_dim: int = O.SEARCH_MAX_DIM
+    direct_max_dim: int = O.DIRECT_MAX_DIM
+    design_bytes: int = O.DESIGN_BYTES
+    max_iter: int = O.PCG_MAX_ITER
     seed: int = 0
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import GateDecision
 
 STATUSES = ("calibrated", "weight-space", "reverted", "unreached", "skipped")
 
@@ -45,7 +49,8 @@ class LayerResult:
 
 @dataclass
 class CalibrationResult:
-    """All layers (in the order they were fitted, unreached ones last) and totals.
+    """The fits of all layers (in the order they were fitted, unreached ones last), the gate's
+    ``decisions`` (one :class:`~njetify.calibration.engine.GateDecision` per layer, same order) and totals.
 
     ``seconds``: the whole calibration, wall clock; ``target_seconds``: the part of it spent running the
     *original* model on the batches to record every converted layer's target outputs (one forward per
@@ -53,6 +58,7 @@ class CalibrationResult:
     """
 
     layers: list[LayerResult] = field(default_factory=list)
+    decisions: list[GateDecision] = field(default_factory=list)
     batches: int = 0
     images: int = 0
     seconds: float = 0.0

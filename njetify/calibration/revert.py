@@ -5,7 +5,6 @@ constructors only, so they work on any converted model (graph module or the user
 from __future__ import annotations
 
 import copy
-import math
 
 from torch import nn
 
@@ -23,17 +22,14 @@ def subsamples_of(model: nn.Module, source: nn.Module) -> list[tuple[str, SafeSu
     return [(p, m) for p, m in model.named_modules() if isinstance(m, SafeSubsample) and m.source is source]
 
 
-def is_auto_r(ss: SafeSubsample) -> bool:
-    """True when the factor at the source's current σ is exactly ``1/stride`` (r = "auto")."""
-    if ss.source is None or ss.stride < 2 or ss.r is None:
-        return False
-    sigma = float(ss.source.sigma.detach().double().mean())
-    return math.isclose(ss.r, sigma / math.log2(ss.stride), rel_tol=1e-6)
+def auto_subsamples(model: nn.Module, source: nn.Module) -> list[str]:
+    """Paths of the subsamplings ``source`` drives with ``r="auto"`` (what :attr:`SafeSubsample.auto` stores)."""
+    return [p for p, ss in subsamples_of(model, source) if ss.auto]
 
 
 def fixed_r_reason(model: nn.Module, source: nn.Module) -> str | None:
     """Why ``source``'s σ₀ must stay (it drives a subsampling with a numeric r), or None."""
-    fixed = [p for p, ss in subsamples_of(model, source) if not is_auto_r(ss)]
+    fixed = [p for p, ss in subsamples_of(model, source) if not ss.auto]
     if fixed:
         return f"it drives {', '.join(fixed)} with a numeric r (σ₀ sets the feature-map size)"
     return None

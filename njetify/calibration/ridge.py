@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import torch
 
-#: Default ridge weight ρ, relative to the mean diagonal of the Gram matrix.
-RIDGE = 1e-3
+from ..options import OUTPUT_MATCHING_RIDGE
 
 
 def design(q: torch.Tensor, groups: int, branch: int, num_bias: int) -> torch.Tensor:
@@ -117,11 +116,11 @@ class GramStats:
         self._flush()
         return float(self.tt.sum())
 
-    def solve(self, x0: torch.Tensor, rho: float = RIDGE) -> torch.Tensor:
+    def solve(self, x0: torch.Tensor, rho: float = OUTPUT_MATCHING_RIDGE) -> torch.Tensor:
         """The ridge solution ``(groups, D + K, O_g)`` (pulled towards ``x0``)."""
         return self.fit(x0, rho)[0]
 
-    def fit(self, x0: torch.Tensor, rho: float = RIDGE) -> tuple[torch.Tensor, float, float]:
+    def fit(self, x0: torch.Tensor, rho: float = OUTPUT_MATCHING_RIDGE) -> tuple[torch.Tensor, float, float]:
         """The ridge solution X and ``‖A X₀ − T‖²``, ``‖A X − T‖²``.
 
         The second error is free: ``(G + Λ) X = H + Λ X₀`` gives ``XᵀG X = XᵀH + XᵀΛ(X₀ − X)``.

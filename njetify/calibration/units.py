@@ -21,9 +21,13 @@ from .responses import Geometry, TransposedGeometry
 
 @dataclass
 class Unit:
-    """One fit. ``paths``: the converted module paths (a tied head: its K branch paths, in
-    branch order); ``module``: the NJetConv2d or the TiedNJetConv2d owner; ``originals``:
-    the original conv of each branch (one for a layer)."""
+    """One fit of one σ layer (an :class:`~njetify.layers.NJetConv2d`; the subclasses below serve the other
+    layer types: :class:`TiedUnit`, :class:`TransposedUnit`, :class:`AxesUnit`). ``paths``: the converted
+    module paths (a tied head: its K branch paths, in branch order); ``module``: the layer (a tied head:
+    the TiedNJetConv2d owner); ``originals``: the original conv of each branch (one for a layer).
+
+    Each subclass answers the same questions (its bases, parameters, σ, weight-space refit), so the
+    engine never asks which layer type it fits."""
 
     paths: list[str]
     module: nn.Module
@@ -31,14 +35,23 @@ class Unit:
     index: int = 0
     extra_paths: list[str] = field(default_factory=list)  # other paths of a shared layer
 
+    #: True for a tied head (one α, K branches); its σ₀ is not searched.
+    tied = False
+
     @property
-    def tied(self) -> bool:
-        return isinstance(self.module, TiedNJetConv2d)
+    def kind(self) -> str:
+        """``"conv"`` or ``"tied"`` (the result's ``kind``)."""
+        return "tied" if self.tied else "conv"
 
     @property
     def path(self) -> str:
         """The path the report names the unit by (a tied head: its first branch)."""
         return self.paths[0]
+
+    @property
+    def watch_paths(self) -> list[str]:
+        """The paths whose module the sweep parks at (a tied head: every branch)."""
+        return [self.path]
 
     @property
     def num_branches(self) -> int:
@@ -66,15 +79,18 @@ class Unit:
     def outputs_per_group(self) -> int:
         return self.module.out_channels // self.groups
 
+    def branch_output(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The layer's own output of branch ``k`` on ``x`` (before any carried subsampling)."""
+        return self.module.convolve(x)
+
     def sigmas(self) -> list[float]:
         """The current σ of every branch (a layer: its mean σ)."""
-        s = self.module.sigma.detach().double()
-        return [float(v) for v in s] if self.tied else [float(s.mean())]
+        return [float(self.module.sigma.detach().double().mean())]
 
     def uniform_sigma(self) -> bool:
         """True unless a per-channel layer's σ's differ (then one basis cannot serve every output)."""
         s = self.module.log_sigma.detach()
-        return self.tied or bool(torch.allclose(s, s[:1].expand_as(s)))
+        return bool(torch.allclose(s, s[:1].expand_as(s)))
 
     def set_sigma(self, sigma: float) -> None:
         """Set a layer's σ (every channel's, for a per-channel layer)."""
@@ -84,9 +100,6 @@ class Unit:
     def bases(self) -> list[tuple[torch.Tensor, Geometry, int]]:
         """Per branch: the basis ``(F, s, s)``, the padding geometry and the layer's stride."""
         m = self.module
-        if self.tied:
-            return [(m.basis(k).detach(), Geometry("same", m.trims[k], 1, m.padding_mode), 1)
-                    for k in range(m.num_branches)]
         b = m.basis().detach()
         if b.dim() == 4:  # per-channel σ, all equal (checked by uniform_sigma)
             b = b[0]
@@ -95,8 +108,60 @@ class Unit:
     def params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``alpha (O, C_g, F)`` and bias as ``(K, O)`` (None without bias)."""
         b = self.module.bias
-        if b is not None and not self.tied:
-            b = b[None]
+        return self.module.alpha.detach(), None if b is None else b.detach()[None]
+
+    def set_params(self, alpha: torch.Tensor, bias: torch.Tensor | None) -> None:
+        m = self.module
+        with torch.no_grad():
+            m.alpha.copy_(alpha.to(m.alpha.dtype))
+            if bias is not None:
+                m.bias.copy_(bias[0].to(m.bias.dtype))
+
+    def weight_space_fit(self) -> float:
+        """Refit α in weight space at the current σ (biases from the originals); the relative error."""
+        m, conv = self.module, self.originals[0]
+        err = m.fit_(dense_kernel(conv.weight.detach(), conv.dilation[0]))  # per-channel σ: all equal
+        self._copy_bias()
+        return float(err)
+
+    def _copy_bias(self) -> None:
+        m = self.module
+        if m.bias is not None:
+            with torch.no_grad():
+                m.bias.copy_(torch.stack([c.bias for c in self.originals]).reshape(m.bias.shape).detach())
+
+    def weight_error(self) -> float | None:
+        """Relative weight-space error of the layer's last weight-space fit (``fit_error``)."""
+        err = getattr(self.module, "fit_error", None)
+        return None if err is None else float(err)
+
+
+class TiedUnit(Unit):
+    """A tied ASPP head (:class:`~njetify.layers.TiedNJetConv2d`): one α for K branches, one σ and one bias
+    per branch, each branch at its own trim."""
+
+    tied = True
+
+    @property
+    def watch_paths(self) -> list[str]:
+        return list(self.paths)
+
+    def branch_output(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        return self.module.forward_branch(x, k)
+
+    def sigmas(self) -> list[float]:
+        return [float(v) for v in self.module.sigma.detach().double()]
+
+    def uniform_sigma(self) -> bool:
+        return True  # one basis per branch
+
+    def bases(self) -> list[tuple[torch.Tensor, Geometry, int]]:
+        m = self.module
+        return [(m.basis(k).detach(), Geometry("same", m.trims[k], 1, m.padding_mode), 1)
+                for k in range(m.num_branches)]
+
+    def params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b = self.module.bias
         return self.module.alpha.detach(), None if b is None else b.detach()
 
     def set_params(self, alpha: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -104,26 +169,12 @@ class Unit:
         with torch.no_grad():
             m.alpha.copy_(alpha.to(m.alpha.dtype))
             if bias is not None:
-                m.bias.copy_((bias if self.tied else bias[0]).to(m.bias.dtype))
+                m.bias.copy_(bias.to(m.bias.dtype))
 
     def weight_space_fit(self) -> float:
-        """Refit α in weight space at the current σ (biases from the originals); the relative error."""
-        m = self.module
-        if self.tied:
-            err = m.fit_([c.weight.detach() for c in self.originals], [c.dilation[0] for c in self.originals])
-        else:
-            conv = self.originals[0]
-            err = m.fit_(dense_kernel(conv.weight.detach(), conv.dilation[0]))  # per-channel σ: all equal
-        if m.bias is not None:
-            with torch.no_grad():
-                bias = torch.stack([c.bias for c in self.originals]) if self.tied else self.originals[0].bias
-                m.bias.copy_(bias.detach())
+        err = self.module.fit_([c.weight.detach() for c in self.originals], [c.dilation[0] for c in self.originals])
+        self._copy_bias()
         return float(err)
-
-    def weight_error(self) -> float | None:
-        """Relative weight-space error of the layer's last weight-space fit (``fit_error``)."""
-        err = getattr(self.module, "fit_error", None)
-        return None if err is None else float(err)
 
 
 class TransposedUnit(Unit):
@@ -154,11 +205,8 @@ class TransposedUnit(Unit):
                 m.bias.copy_(bias[0].to(m.bias.dtype))
 
     def weight_space_fit(self) -> float:
-        m, conv = self.module, self.originals[0]
-        err = m.fit_(conv.weight.detach())
-        if m.bias is not None:
-            with torch.no_grad():
-                m.bias.copy_(conv.bias.detach())
+        err = self.module.fit_(self.originals[0].weight.detach())
+        self._copy_bias()
         return float(err)
 
 
@@ -201,11 +249,8 @@ class AxesUnit(Unit):
         return [(square, AxesGeometry("same", 0, m.stride, m.padding_mode, m.trim[0], m.trim[1]), m.stride)]
 
     def weight_space_fit(self) -> float:
-        m, conv = self.module, self.originals[0]
-        err = m.fit_(conv.weight.detach())
-        if m.bias is not None:
-            with torch.no_grad():
-                m.bias.copy_(conv.bias.detach())
+        err = self.module.fit_(self.originals[0].weight.detach())
+        self._copy_bias()
         return float(err)
 
 
@@ -238,7 +283,7 @@ def build_units(original: nn.Module, converted: nn.Module, paths: list[str]) -> 
         if isinstance(new, TiedNJetBranch):
             owner = new.owner
             tied_paths.setdefault(id(owner), {})[new.index] = path
-            unit = units.setdefault(id(owner), Unit([], owner, [None] * owner.num_branches))
+            unit = units.setdefault(id(owner), TiedUnit([], owner, [None] * owner.num_branches))
             unit.originals[new.index] = old
         elif isinstance(new, NJetConv2d):
             if id(new) in units:  # the same layer at several paths

@@ -176,6 +176,19 @@ class NJetConv2d(HostSizes, SigmaModule):
     def _sigma_arg(self) -> torch.Tensor:
         return self.sigma[0] if self.sigma_per == "layer" else self.sigma
 
+    def describe(self) -> dict:
+        """Summary row (:meth:`SigmaModule.describe`): ``N-Jet N=order`` and the stride."""
+        info = super().describe()
+        info.update(op=f"N-Jet N={self.order}" + (f" s{self.stride}" if self.stride > 1 else ""), stride=self.stride)
+        return info
+
+    def basis_images(self) -> tuple[torch.Tensor, list[str]]:
+        """The Gaussian-derivative basis at σ (the first channel's for one σ per channel), labels ``Gij``."""
+        from ..basis import basis_orders
+
+        b = self.basis()
+        return (b[0] if b.dim() == 4 else b), [f"G{i}{j}" for i, j in basis_orders(self.order)]
+
     def filters(self) -> torch.Tensor:
         """Materialised weight ``(out_channels, in_channels/groups, s, s)``; cached in eval mode."""
         if torch.compiler.is_compiling():

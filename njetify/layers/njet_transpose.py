@@ -131,6 +131,12 @@ class NJetConvTranspose2d(HostSizes, SigmaModule):
         """The basis at the current σ: ``(F, s, s)``."""
         return B.gaussian_basis_2d(self.sigma[0], self.order, self.half_width)
 
+    def describe(self) -> dict:
+        """Summary row (:meth:`SigmaModule.describe`): ``N-Jet transposed N=order ×stride``."""
+        info = super().describe()
+        info.update(op=f"N-Jet transposed N={self.order} ×{self.stride}", sigma=float(self.sigma.detach()))
+        return info
+
     def filters(self) -> torch.Tensor:
         """The transposed-conv weight ``(in_channels, out_channels/groups, s, s)``."""
         return njet_filter(self.alpha, self.sigma[0], self.half_width)

@@ -7,7 +7,8 @@ mode, dtype, device, threads, training or not) runs every candidate a few times 
 plus backward when training, on the real tensors without touching ``.grad`` — and caches
 the fastest. Layers with the same signature share the answer. The cost model of
 :mod:`~njetify.layers.path_cost` only prunes candidates it predicts hopeless
-(> :data:`PRUNE` × the best prediction).
+(> :data:`PRUNE` × the best prediction), and a candidate whose warm-up run was over
+:data:`DROP` × the fastest warm-up is not run again.
 
 Never inside a compiled graph (the layers pick a static path there) and never when
 ``NJETIFY_PATH_TIMING=0`` (then the cost model decides). :func:`plans` lists the decisions;
@@ -30,6 +31,9 @@ log = logging.getLogger("njetify.paths")
 PRUNE = 4.0
 #: Timed runs per candidate (after one warm-up); the minimum counts.
 REPS = 2
+#: A candidate whose warm-up run took over this many times the fastest warm-up is not timed again
+#: (a factorised path 9× slower than dense cost seconds per extra run on large batches).
+DROP = 3.0
 
 _PLANS: dict[tuple, dict] = {}
 
@@ -72,12 +76,15 @@ def decide(key: tuple, runs: dict[str, Callable[[], object]], predicted: dict[st
             path = candidates[0]
         _PLANS[key] = {"path": path, "seconds": {}, "machine": machine(torch.device(device))}
         return path
-    times = {p: float("inf") for p in candidates}
-    for rep in range(REPS + 1):
-        for p in candidates:
-            t = time_call(runs[p], device)
-            if rep:
-                times[p] = min(times[p], t + (extra or {}).get(p, 0.0))
+    extra = extra or {}
+    first = {p: time_call(runs[p], device) + extra.get(p, 0.0) for p in candidates}  # warm-up, timed
+    fastest = min(first.values())
+    times = {p: t for p, t in first.items() if t > DROP * fastest}  # hopeless already: not timed again
+    timed = [p for p in candidates if p not in times]
+    times.update({p: float("inf") for p in timed})
+    for _ in range(REPS):
+        for p in timed:
+            times[p] = min(times[p], time_call(runs[p], device) + extra.get(p, 0.0))
     path = min(times, key=times.get)
     _PLANS[key] = {"path": path, "seconds": times, "machine": machine(torch.device(device))}
     log.info("%s: timed %s → %s", _describe(key),

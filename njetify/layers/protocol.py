@@ -26,6 +26,12 @@ class SigmaModule(nn.Module):
       (it may be shared, as by the branches of a tied head);
     * :meth:`filters` — the materialised filter ``(C_out, C_in/groups, s, s)``;
     * :meth:`baked` — an equivalent module of plain PyTorch layers with σ frozen.
+
+    and may override (defaults given here, enough for a layer of your own):
+
+    * :meth:`describe` — what summaries show (``kind``, ``op``, σ, filter size, stride);
+    * :meth:`basis_images` — the basis the filters are made of, with a label per filter, for
+      :func:`njetify.plots.plot_filters` (default: none; the plot shows the filters only).
     """
 
     @property
@@ -47,6 +53,23 @@ class SigmaModule(nn.Module):
     def baked(self) -> nn.Module:  # pragma: no cover - interface
         """Plain PyTorch module(s) computing the same outputs at the current σ."""
         raise NotImplementedError
+
+
+    def describe(self) -> dict:
+        """What :func:`njetify.summary.summarize` shows for this layer: ``kind`` (``"njet"``, or ``"tied"``
+        for a branch that shares its coefficients), ``op`` (a short label), ``sigma`` (mean, pixels),
+        ``sigma_range`` (min, max, for one σ per channel), ``size`` (pixels) and ``stride``."""
+        sig = self.sigma.detach().float()
+        info = {"kind": "njet", "op": f"{type(self).__name__} σ", "sigma": float(sig.mean()),
+                "size": self.kernel_size[0], "stride": 1}
+        if sig.numel() > 1:
+            info["sigma_range"] = (float(sig.min()), float(sig.max()))
+        return info
+
+    def basis_images(self) -> tuple[torch.Tensor | None, list[str]]:
+        """The basis ``(F, s, s)`` the filters are combinations of at the current σ, and a label per basis
+        filter; ``(None, [])`` when the layer has no such basis."""
+        return None, []
 
 
 def carries_sigma(module: nn.Module) -> bool:

@@ -48,6 +48,17 @@ class TiedNJetBranch(SigmaModule):
         """This branch's materialised filter ``(out_channels, in_channels/groups, s, s)``."""
         return self.owner.filters(self.index)
 
+    def describe(self) -> dict:
+        """Summary row (:meth:`SigmaModule.describe`): kind ``"tied"``, ``tied N=order``."""
+        return {"kind": "tied", "op": f"tied N={self.owner.order}", "sigma": float(self.sigma.detach()),
+                "size": self.kernel_size[0]}
+
+    def basis_images(self) -> tuple[torch.Tensor, list[str]]:
+        """The owner's basis at this branch's σ, labels ``Gij``."""
+        from ..basis import basis_orders
+
+        return self.owner.basis(self.index), [f"G{i}{j}" for i, j in basis_orders(self.owner.order)]
+
     def baked(self) -> nn.Module:
         """This branch without σ: a plain ``nn.Conv2d``, or a :class:`FactorisedConv2d` where that is
         faster (:func:`~njetify.layers.bake_form.choose`); same outputs."""

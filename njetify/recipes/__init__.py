@@ -1,7 +1,7 @@
 """Recipes: the schema (``schema.py``), loading and checking (``loader.py``, ``validate.py``),
 and the built-in YAML files (``builtin/*.yaml``)."""
 
-from .schema import AsppConfig, FinetuneConfig, LayerSettings, Recipe, Rule, SubsampleConfig
+from .schema import AsppConfig, CalibrationConfig, FinetuneConfig, LayerSettings, Recipe, Rule, SubsampleConfig
 from .loader import (
     list_recipes,
     load_recipe,
@@ -15,6 +15,7 @@ from .validate import RecipeError, recipe_from_dict
 
 __all__ = [
     "AsppConfig",
+    "CalibrationConfig",
     "FinetuneConfig",
     "LayerSettings",
     "Recipe",

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from .schema import AsppConfig, FinetuneConfig, Recipe, Rule, SubsampleConfig
+from .schema import AsppConfig, CalibrationConfig, FinetuneConfig, Recipe, Rule, SubsampleConfig
 from .validate import RecipeError, recipe_from_dict
 
 __all__ = [
@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 _SOURCE_ATTR = "_njetify_source"  # where a Recipe came from (not a schema field)
-_MERGED = ("subsample", "aspp", "finetune")
+_MERGED = ("subsample", "aspp", "calibration", "finetune")
 
 
 def _builtin_dir():
@@ -157,6 +157,8 @@ def recipe_to_yaml(recipe: Recipe) -> str:
 #: Keyword overrides that go into ``subsample``.
 _SUBSAMPLE_SHORTCUTS = ("r", "where", "interpolation")
 _NOT_OVERRIDABLE = ("name",)
+#: Blocks a keyword override merges into (a mapping) or replaces (the block's dataclass).
+_BLOCKS = {"finetune": FinetuneConfig, "calibration": CalibrationConfig}
 
 
 def resolve_recipe(recipe: Recipe | str | os.PathLike | Mapping | None = None, **overrides) -> Recipe:
@@ -166,7 +168,8 @@ def resolve_recipe(recipe: Recipe | str | os.PathLike | Mapping | None = None, *
     ``sigma_init=1.0``, ``max_size=None`` is *not* possible — None means not given).
     Shortcuts: ``subsample="keep"`` (a mode, or a mapping / SubsampleConfig), ``r=4``,
     ``where="every_layer"``, ``interpolation="bilinear"``; ``aspp=True`` (tie) or a mapping;
-    ``finetune={"lr": 0.01}`` merges into the block (a FinetuneConfig replaces it);
+    ``finetune={"lr": 0.01}`` and ``calibration={"ridge": 1e-2}`` merge into their block (a
+    FinetuneConfig / CalibrationConfig replaces it);
     ``rules=[...]`` are *appended* after the recipe's own rules (so they win).
     """
     base = load_recipe("default" if recipe is None else recipe)
@@ -193,13 +196,14 @@ def resolve_recipe(recipe: Recipe | str | os.PathLike | Mapping | None = None, *
                 data["aspp"].update(value)
             else:
                 data["aspp"]["tie"] = value
-        elif key == "finetune":
-            if isinstance(value, FinetuneConfig):
-                data["finetune"] = dataclasses.asdict(value)
+        elif key in _BLOCKS:
+            if isinstance(value, _BLOCKS[key]):
+                data[key] = dataclasses.asdict(value)
             elif isinstance(value, Mapping):
-                data["finetune"].update(value)
+                data[key].update(value)
             else:
-                raise RecipeError(where, key, f"expected a mapping or a FinetuneConfig, got {value!r}", value)
+                raise RecipeError(where, key, f"expected a mapping or a {_BLOCKS[key].__name__}, got {value!r}",
+                                  value)
         elif key == "rules":
             extra = value if isinstance(value, (list, tuple)) else [value]
             data["rules"] += [dataclasses.asdict(r) if isinstance(r, Rule) else r for r in extra]

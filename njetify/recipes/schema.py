@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field, fields, replace
 
+from .. import options as O
 from ..options import MAX_FIT_ERROR
 
 
@@ -28,6 +29,24 @@ class AsppConfig:
     """DeepLab ASPP tying (DESIGN §5)."""
 
     tie: bool | str = "auto"  # "auto": tie the heads found; True: also warn when none is found; False: never
+
+
+@dataclass
+class CalibrationConfig:
+    """Settings of the calibration engine (:class:`njetify.calibration.CalibrationOptions`, same names;
+    docs/calibration.md gives the measurements behind each default). The gate is the top-level
+    ``max_fit_error`` (per module in ``rules``), the σ₀ search's size limit ``search_max_dim``."""
+
+    max_samples: int = O.CALIBRATION_MAX_SAMPLES  # output positions per layer over all batches (seeded subset)
+    ridge: float = O.OUTPUT_MATCHING_RIDGE  # ridge weight ρ, relative to the Gram matrix's mean diagonal
+    sigma_fractions: list[float] = field(default_factory=lambda: list(O.SIGMA_FRACTIONS))  # σ₀ candidates
+    sigma_tolerance: float = O.SIGMA_TOLERANCE  # a smaller σ₀ wins within this relative margin of the best
+    search_fraction: float = O.SIGMA_SEARCH_FRACTION  # share of the positions that ranks the σ₀ candidates
+    dense_strided: bool = False  # fit strided layers on every stride-1 position
+    direct_max_dim: int = O.DIRECT_MAX_DIM  # wider regressions: conjugate gradients on a stored design
+    design_bytes: int = O.DESIGN_BYTES  # memory bound of that design
+    max_iter: int = O.PCG_MAX_ITER  # conjugate-gradient iterations
+    seed: int = 0  # seeds the position sampling
 
 
 @dataclass
@@ -114,11 +133,12 @@ class Recipe:
     sigma_per_axis: bool | str = "auto"
     max_size: int | None = 63  # filter size cap in pixels (None: no cap)
     max_fit_error: float | None = MAX_FIT_ERROR  # fidelity gate: a layer fitted worse than this stays the original conv (None: off)
-    search_max_dim: int | None = 4096  # sigma_init fit: layers with more coefficients keep σ₀ (None: search every layer)
+    search_max_dim: int | None = O.SEARCH_MAX_DIM  # sigma_init fit: layers with more coefficients keep σ₀ (None: search every layer)
     budget: float | None = None  # cost budget: × the original's MACs at the input size (None: no budget)
     convs: bool = True  # convert the k×k convolutions (False: only what aspp/subsample ask for)
     subsample: SubsampleConfig = field(default_factory=SubsampleConfig)
     aspp: AsppConfig = field(default_factory=AsppConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     rules: list[Rule] = field(default_factory=list)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 

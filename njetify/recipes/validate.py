@@ -91,6 +91,14 @@ def _unit_interval_open_right(v):
     return None if 0 <= v < 1 else "a number in [0, 1)"
 
 
+def _unit_interval_open_left(v):
+    return None if 0 < v <= 1 else "a number in (0, 1]"
+
+
+def _fraction(v):
+    return None if 0 <= v <= 1 else "a list of numbers in [0, 1] (0: the kernel rule's σ₀; 1: one filter size more)"
+
+
 def _gamma(v):
     return None if 0 < v <= 1 else "a number in (0, 1]"
 
@@ -112,6 +120,15 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "subsample.where": _choice(*SUBSAMPLE_WHERE),
     "subsample.interpolation": _choice(*INTERPOLATIONS),
     "aspp.tie": _tie,
+    "calibration.max_samples": _at_least(1),
+    "calibration.ridge": _non_negative,
+    "calibration.sigma_fractions": _fraction,
+    "calibration.sigma_tolerance": _non_negative,
+    "calibration.search_fraction": _unit_interval_open_left,
+    "calibration.direct_max_dim": _at_least(1),
+    "calibration.design_bytes": _at_least(1),
+    "calibration.max_iter": _at_least(1),
+    "calibration.seed": _at_least(0),
     "rules.match": _match,
     "finetune.optimizer": _choice(*OPTIMIZERS),
     "finetune.lr": _positive,
@@ -198,7 +215,11 @@ def _type_error(value, tp, where, key) -> RecipeError:
 
 
 def _check_value(value, key: str, where: str, raw=None) -> None:
-    if value is None or isinstance(value, (list, dict)) or dataclasses.is_dataclass(value):
+    if isinstance(value, list):  # each item by the key's check (``calibration.sigma_fractions[1]``)
+        for i, item in enumerate(value):
+            _check_value(item, f"{key}[{i}]", where)
+        return
+    if value is None or isinstance(value, dict) or dataclasses.is_dataclass(value):
         return
     generic = _generic_key(key)
     check = CHECKS.get(generic) or (CHECKS.get(generic.split(".", 1)[1]) if generic.startswith("rules.") else None)

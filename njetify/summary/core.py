@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from ..bake import freeze_subsampling
+from ..fit import sigma_from_kernel
 from ..inputs import first_tensor
-from ..layers import FixedSubsample, NJetConv2d, NJetConvTranspose2d, SafePool2d, SafeSubsample, SafeUpsample, TiedNJetBranch
+from ..layers import FixedSubsample, NJetConv2d, SafePool2d, SafeSubsample, SafeUpsample, carries_sigma
 from ..modes import evaluating
 from .trace import MacCounter, RFTracker
 
@@ -142,22 +143,14 @@ def parse_input_size(text: str | tuple | list) -> tuple[int, int, int]:
 
 
 def _describe(m: nn.Module) -> tuple[str, dict] | None:
-    if isinstance(m, NJetConv2d):
-        sig = m.sigma.detach().float()
-        info = {"sigma": float(sig.mean()), "size": m.kernel_size[0], "stride": m.stride}
-        if sig.numel() > 1:
-            info["sigma_range"] = (float(sig.min()), float(sig.max()))
-        return "njet", {"op": f"N-Jet N={m.order}" + (f" s{m.stride}" if m.stride > 1 else ""), **info}
-    if isinstance(m, NJetConvTranspose2d):
-        return "njet", {"op": f"N-Jet transposed N={m.order} ×{m.stride}", "sigma": float(m.sigma.detach()),
-                        "size": m.kernel_size[0], "stride": 1}
+    if carries_sigma(m):  # any σ layer, a user's own included, describes itself (SigmaModule.describe)
+        info = dict(m.describe())
+        return info.pop("kind", "njet"), info
     if isinstance(m, nn.ConvTranspose2d):
         k, s = m.kernel_size, m.stride[0]
         return "conv", {"op": f"conv transposed {k[0]}x{k[1]} ×{s}", "size": k[0], "stride": 1}
     if isinstance(m, SafeUpsample):
         return "upsample", {"op": "resize to partner" if not m.has_scale else f"upsample ×{m.scale[0]:g} (to partner)"}
-    if isinstance(m, TiedNJetBranch):
-        return "tied", {"op": f"tied N={m.owner.order}", "sigma": float(m.sigma.detach()), "size": m.kernel_size[0]}
     if isinstance(m, SafeSubsample):
         return "subsample", {"op": f"subsample ×{m.factor:.3g}", "factor": m.factor, "stride": m.stride,
                              "source": m.source_name}
@@ -227,7 +220,7 @@ def _as_original(model: nn.Module, sizes: dict[str, dict]) -> nn.Module:
     with torch.no_grad():
         for path, m in copy.named_modules():
             if isinstance(m, NJetConv2d) and path in sizes and sizes[path]["size"] > 1:
-                m.log_sigma.fill_(math.log((sizes[path]["size"] - 1) / (2 * m.extent)))
+                m.log_sigma.fill_(math.log(sigma_from_kernel(sizes[path]["size"], 1, m.extent)))
     return copy
 
 

@@ -1,26 +1,21 @@
 """Pass ``calibrate``: hand the converted layers to :mod:`njetify.calibration` and report what it did.
 
-With calibration data every converted layer (and tied ASPP head) is refitted by output
-matching (:func:`njetify.calibration.calibrate_model`), σ₀ chosen by fit where the recipe
-says ``sigma_init: fit``; without data the fidelity gate reads the weight-space error
-(:func:`njetify.calibration.calibrate_weights`) and σ₀ stays the kernel rule's.
-A layer that fails the gate is swapped back to its original conv at once (through the
-rewriter, so a failed conversion still rolls back), followed by its subsampling fixed at
-``1/stride``.
+One engine (:func:`njetify.calibration.calibrate`): with calibration data every converted layer
+(and tied ASPP head) is refitted by output matching, σ₀ chosen by fit where the recipe says
+``sigma_init: fit``; without data the fidelity gate reads the weight-space error and σ₀ stays the
+kernel rule's. The engine's settings are the recipe's ``calibration:`` block. A layer whose
+:class:`~njetify.calibration.GateDecision` is "revert" is swapped back to its original conv at once
+(through the rewriter, so a failed conversion still rolls back), followed by its subsampling fixed
+at ``1/stride``; its :class:`~njetify.surgery.decisions.Reversion` is built from that decision's fields.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 
-from ...calibration import (
-    CalibrationOptions,
-    LayerOptions,
-    calibrate_model,
-    calibrate_weights,
-    fix_subsamples,
-    sigma_candidates,
-)
+from ...calibration import CalibrationOptions, GateDecision, LayerOptions, calibrate, fix_subsamples, sigma_candidates
 from ...calibration.revert import reverted_module
 from ..context import CalibrationOutcome, SurgeryContext
 from ..decisions import HeadRefit, Refit, Reversion
@@ -50,18 +45,18 @@ def calibrate_pass(ctx: SurgeryContext) -> None:
         return
     convs = {p: ctx.converted[p].conv for p in paths}
     options, revert = _layer_options(ctx, convs, bool(ctx.calibration)), _revert(ctx, convs)
+    engine = engine_options(ctx.recipe)
     if ctx.calibration:
-        limit = getattr(ctx.recipe, "search_max_dim", 4096)
-        engine = CalibrationOptions(search_max_dim=limit if limit is not None else 2**62)
-        result = calibrate_model(ctx.original, ctx.model, paths, ctx.calibration, options=engine,
-                                 layer_options=options, revert=revert)
+        result = calibrate(ctx.original, ctx.model, paths, ctx.calibration, options=engine,
+                           layer_options=options, revert=revert)
         fit = "output-matching"
         if all(r.error_after is None for r in result.layers):  # a report never claims a fit that did not run
             fit = "weight-space"
             ctx.note(f"calibration data was given but no layer was fitted on it ({_tally(result)}): every "
                      "converted layer keeps its weight-space fit; the rows say why")
     else:
-        result = calibrate_weights(_Originals(convs), ctx.model, paths, layer_options=options, revert=revert)
+        result = calibrate(_Originals(convs), ctx.model, paths, None, options=engine, layer_options=options,
+                           revert=revert)
         fit = "weight-space"
         ctx.note("no calibration data: α fitted in weight space (give calibration_data for output "
                         "matching, which preserves the outputs much better)")
@@ -76,6 +71,14 @@ def calibrate_pass(ctx: SurgeryContext) -> None:
                         f"max_fit_error): {_some(by['reverted'])}")
 
 
+def engine_options(recipe) -> CalibrationOptions:
+    """The engine's settings from a recipe: its ``calibration:`` block and ``search_max_dim`` (None: no limit)."""
+    block = dataclasses.asdict(recipe.calibration)
+    block.pop("sigma_fractions")  # per layer: the σ₀ candidates (:func:`_layer_options`)
+    limit = recipe.search_max_dim
+    return CalibrationOptions(**block, search_max_dim=limit if limit is not None else 2**62)
+
+
 def _layer_options(ctx: SurgeryContext, convs: dict[str, nn.Module], with_data: bool):
     """Per path: σ₀ candidates for ``sigma_init: fit`` (only with data: without, σ₀ stays the kernel
     rule's) and the fidelity gate ``max_fit_error``. A tied ASPP head is not gated unless a recipe
@@ -88,7 +91,8 @@ def _layer_options(ctx: SurgeryContext, convs: dict[str, nn.Module], with_data: 
         sigmas = None
         if st.sigma_init == "fit" and with_data:
             conv = convs[path]
-            sigmas = sigma_candidates(conv.kernel_size[0], conv.dilation[0], st.extent)
+            sigmas = sigma_candidates(conv.kernel_size[0], conv.dilation[0], st.extent,
+                                      ctx.recipe.calibration.sigma_fractions)
         gate = st.max_fit_error
         if path in tied and not any(r.max_fit_error is not None for r in ctx.recipe.rules_for(path)):
             gate = None
@@ -98,9 +102,9 @@ def _layer_options(ctx: SurgeryContext, convs: dict[str, nn.Module], with_data: 
 
 
 def _revert(ctx: SurgeryContext, convs: dict[str, nn.Module]):
-    """``revert(path, reason)`` for the engine: the original conv back at ``path`` through the rewriter, its
+    """``revert(path, decision)`` for the engine: the original conv back at ``path`` through the rewriter, its
     subsamplings fixed at ``1/stride`` first (the decision is recorded once the engine is done)."""
-    def revert(path: str, reason: str) -> None:
+    def revert(path: str, decision: GateDecision) -> None:
         old = ctx.module(path)
         fix_subsamples(ctx.model, old)
         ctx.rewriter.replace(path, reverted_module(old, convs[path]))
@@ -112,13 +116,11 @@ def _decide(ctx: SurgeryContext, result, fit: str, options) -> None:
     """The engine's result as decisions: a :class:`Reversion` per path the gate put back (with what it
     measured and its limit), then a :class:`Refit` per path and a :class:`HeadRefit` per tied head."""
     heads = {p: head for head in ctx.tied for p in head.branches}
-    for res in result.select("reverted"):
-        measured = res.error_after is not None  # the gate compares the output error after a fit, else the weight-space one
-        error = res.error_after if measured else res.weight_error
-        limit = options(res.path).max_error  # the unit's options, as the engine asked them
-        for path in res.paths:
-            ctx.decide(Reversion(path, measure="output" if measured else "weight-space",
-                                 comparator=">" if error > limit else "≥", limit=limit, gate=res.reason or ""))
+    for verdict in result.decisions:  # the engine's typed verdicts: what it measured, the limit, the comparison
+        if verdict.reverted:
+            for path in verdict.paths:
+                ctx.decide(Reversion(path, measure=verdict.measured, comparator=verdict.comparison,
+                                     limit=verdict.limit, gate=verdict.reason))
     for res in result.layers:
         status = fit if res.status in ("calibrated", "weight-space") else res.status
         reverted = res.status == "reverted"
