@@ -17,10 +17,13 @@ from torch import nn
 
 from .digest import tensor_digest
 
-__all__ = ["BAKE_RECORD_ATTR", "BakeRecord", "attach_record", "unbake"]
+__all__ = ["BAKED_ATTR", "BAKE_RECORD_ATTR", "BakeRecord", "attach_record", "unbake"]
 
 #: Attribute of a baked model that holds its :class:`BakeRecord`.
 BAKE_RECORD_ATTR = "njetify_unbaked"
+#: Attribute :func:`njetify.bake.bake` sets on every model it bakes (``True``; kept when the record is lost,
+#: so that a baked model with no trace of σ left — every conv plain, strided where it was — is still known).
+BAKED_ATTR = "njetify_baked"
 
 
 @dataclass
@@ -42,6 +45,7 @@ def _digest(model: nn.Module, paths) -> str:
 
 def attach_record(baked: nn.Module, replaced: dict[str, nn.Module]) -> None:
     """Keep ``replaced`` (path → module that bake swapped out of ``baked``) on ``baked``."""
+    object.__setattr__(baked, BAKED_ATTR, True)
     if replaced:
         object.__setattr__(baked, BAKE_RECORD_ATTR, BakeRecord(dict(replaced), _digest(baked, replaced)))
 
@@ -69,6 +73,7 @@ def unbake(baked: nn.Module) -> nn.Module:
                          f"of N-Jet layers is out of date; {how}")
     work = copy.deepcopy(baked)  # one copy: the record's modules keep their links to each other
     record = work.__dict__.pop(BAKE_RECORD_ATTR)
+    work.__dict__.pop(BAKED_ATTR, None)
     for path, module in record.modules.items():
         old = work.get_submodule(path)
         ref = next(iter([*old.parameters(), *old.buffers()]), None)

@@ -194,9 +194,9 @@ def _apply(model: nn.Module, f: float, layers_at: set, sites_at: set, min_sigma:
 
 def _no_sigma(model: nn.Module, f: float, input_size, min_sigma, inplace: bool) -> tuple[nn.Module, RescaleReport]:
     from .bake import FactorisedConv2d, FixedSubsample, bake
-    from .bake_record import BAKE_RECORD_ATTR, unbake
+    from .bake_record import BAKE_RECORD_ATTR, BAKED_ATTR, unbake
 
-    baked = hasattr(model, BAKE_RECORD_ATTR) or any(isinstance(m, (FixedSubsample, FactorisedConv2d))
+    baked = hasattr(model, BAKE_RECORD_ATTR) or getattr(model, BAKED_ATTR, False) or any(isinstance(m, (FixedSubsample, FactorisedConv2d))
                                                      for m in model.modules())
     if not baked:
         raise ValueError(f"rescale: {type(model).__name__} has no σ layer (no N-Jet layer) to rescale; convert "

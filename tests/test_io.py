@@ -77,7 +77,9 @@ def test_round_trip_in_a_fresh_process(saved, tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = torch.load(tmp_path / "out.pt")
     assert out["sizes"] == sizes
-    assert torch.equal(out["y"], y)
+    # equal up to float rounding: a signature the saved path plans do not cover is timed again in the new
+    # process, and the dense and factorised paths round differently
+    torch.testing.assert_close(out["y"], y, rtol=1e-5, atol=1e-6)
 
 
 def test_round_trip_restores_sigma_and_feature_sizes(saved, loaded):
