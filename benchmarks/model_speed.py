@@ -21,7 +21,7 @@ model and the ratios njet ÷ original, njet ÷ twin, baked ÷ original and baked
 the models so that load on a shared machine hits them alike.
 
     uv run python benchmarks/model_speed.py                              # every default row (long on CPU)
-    uv run python benchmarks/model_speed.py --models resnet32 --rounds 5 --write docs/measured/model_speed_cpu.txt
+    uv run python benchmarks/model_speed.py --models resnet32 --rounds 3 --write docs/measured/model_speed_resnet32_cpu.txt
     uv run python benchmarks/model_speed.py --models timm:resnet18 --sigmas s0,0.6 --modes keep --compile
 """
 
