@@ -7,7 +7,7 @@ from torch import nn
 
 from njetify.bake import FactorisedConv2d, bake
 from njetify.layers import NJetConv2d, TiedNJetConv2d
-from njetify.layers import bake_form
+from njetify.layers import path_plan
 
 
 def _layer(sigma, cin=8, cout=8):
@@ -20,8 +20,8 @@ def _fake_times(monkeypatch, faster: str):
     def fake(run, device):
         module = run.__defaults__[0]
         return 1e-3 if isinstance(module, FactorisedConv2d) == (faster == "factorised") else 2e-3
-    monkeypatch.setattr(bake_form, "time_call", fake)
-    monkeypatch.setattr(bake_form, "_TIMED", {})
+    monkeypatch.setattr(path_plan, "time_call", fake)
+    path_plan.clear_plans()
 
 
 @pytest.mark.parametrize("faster", ["dense", "factorised"])
@@ -39,7 +39,7 @@ def test_a_layer_that_ran_takes_the_form_measured_faster(monkeypatch, faster):
 
 
 def test_a_layer_that_never_ran_follows_the_mac_rule(monkeypatch):
-    monkeypatch.setattr(bake_form, "time_call", lambda run, device: pytest.fail("timed a layer that never ran"))
+    monkeypatch.setattr(path_plan, "time_call", lambda run, device: pytest.fail("timed a layer that never ran"))
     small, large = _layer(1.0), _layer(6.0)  # 5×5: 2× the factorised MACs; 25×25: far over FACTORISED_RATIO
     baked = bake(nn.Sequential(small, large))
     assert type(baked[0]) is nn.Conv2d and isinstance(baked[1], FactorisedConv2d)
@@ -53,7 +53,7 @@ def test_never_gives_plain_convs_and_timing_off_gives_the_rule(monkeypatch):
         layer(torch.randn(1, 8, 30, 30))
     assert type(bake(nn.Sequential(layer), factorised="never")[0]) is nn.Conv2d
     monkeypatch.setenv("NJETIFY_PATH_TIMING", "0")
-    monkeypatch.setattr(bake_form, "time_call", lambda run, device: pytest.fail("timed with timing off"))
+    monkeypatch.setattr(path_plan, "time_call", lambda run, device: pytest.fail("timed with timing off"))
     assert isinstance(bake(nn.Sequential(layer))[0], FactorisedConv2d)
 
 

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from .factorised_conv import factorised_macs_per_pixel
-from .path_plan import machine, time_call, timing_enabled
+from . import path_plan
+from .path_plan import timing_enabled
 
 __all__ = ["FACTORISED_RATIO", "bake_forms", "choose", "current_rule"]
 
@@ -37,7 +38,6 @@ __all__ = ["FACTORISED_RATIO", "bake_forms", "choose", "current_rule"]
 FACTORISED_RATIO = 16.0
 
 _RULE: list = ["auto"]
-_TIMED: dict[tuple, tuple[str, str]] = {}  # signature → (faster form, why)
 
 
 @contextlib.contextmanager
@@ -78,7 +78,7 @@ def choose(dense: Callable[[], nn.Module], factorised: Callable[[str, str], nn.M
     rule = current_rule()
     if ratio <= 1.0 or rule == math.inf:
         return dense()
-    if rule != "auto" or input_shape is None or not timing_enabled() or per_channel:
+    if rule != "auto" or input_shape is None or not timing_enabled():
         limit = FACTORISED_RATIO if rule == "auto" else rule
         return factorised(best, reason) if ratio > limit else dense()
     return _timed(dense, lambda: factorised(best, reason), input_shape, ratio,
@@ -86,28 +86,28 @@ def choose(dense: Callable[[], nn.Module], factorised: Callable[[str, str], nn.M
 
 
 def _timed(dense, factorised, input_shape, ratio, signature) -> nn.Module:
-    """The faster of the two forms on a zero input of ``input_shape`` (eval forward; cached per signature)."""
+    """The faster of the two forms on a zero input of ``input_shape``: an eval forward of each, timed by
+    :func:`~njetify.layers.path_plan.decide` (cached per signature, like the layers' paths)."""
     a = dense() if ratio <= 4 * FACTORISED_RATIO else None  # beyond that the dense filter is not worth building
     b = factorised()
     if a is None:
         return b
     device, dtype = a.weight.device, a.weight.dtype
-    key = (tuple(input_shape), dtype, signature, machine(device))
-    if key not in _TIMED:
-        x = torch.zeros(input_shape, device=device, dtype=dtype)
-        runs = {"dense": a.eval(), "factorised": b.eval()}
-        times = {k: math.inf for k in runs}
-        with torch.no_grad():
-            for rep in range(3):
-                for k, m in runs.items():
-                    t = time_call(lambda m=m: m(x), device)
-                    if rep:
-                        times[k] = min(times[k], t)
-        won = min(times, key=times.get)
-        _TIMED[key] = (won, f"measured faster than the dense {signature[3]}x{signature[3]} filter "
-                            f"({1e3 * times['factorised']:.2f} ms vs {1e3 * times['dense']:.2f} ms on {tuple(input_shape)})")
-    won, why = _TIMED[key]
+    key = ("bake", tuple(input_shape), dtype, device, *signature, torch.get_num_threads())
+    x = torch.zeros(input_shape, device=device, dtype=dtype)
+
+    def forward(m):
+        def run(m=m.eval()):
+            with torch.no_grad():
+                m(x)
+        return run
+
+    won = path_plan.decide(key, {"dense": forward(a), "factorised": forward(b)},
+                           {"dense": 1.0, "factorised": 1.0}, device)
     if won == "dense":
         return a
-    b.reason = why
+    t = path_plan.timings(key)
+    if t:
+        b.reason = (f"measured faster than the dense {signature[3]}x{signature[3]} filter "
+                    f"({1e3 * t['factorised']:.2f} ms vs {1e3 * t['dense']:.2f} ms on {tuple(input_shape)})")
     return b

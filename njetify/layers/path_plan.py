@@ -92,6 +92,12 @@ def decide(key: tuple, runs: dict[str, Callable[[], object]], predicted: dict[st
     return path
 
 
+def timings(key: tuple) -> dict[str, float]:
+    """The measured seconds per candidate of the decision for ``key`` ({} when none was timed)."""
+    entry = _PLANS.get(key)
+    return {} if entry is None else dict(entry["seconds"])
+
+
 def time_call(run: Callable[[], object], device) -> float:
     """Seconds of one call of ``run`` (synchronised on CUDA)."""
     cuda = torch.device(device).type == "cuda"
