@@ -76,3 +76,24 @@ def test_tied_branches_are_measured_on_their_own_input(monkeypatch):
 def test_a_bad_rule_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="factorised must be 'auto', 'never' or a positive"):
         bake(nn.Sequential(_layer(1.0)), factorised=bad)
+
+
+def test_a_bake_decision_is_saved_with_the_model_and_a_loaded_model_bakes_without_timing(monkeypatch, tmp_path):
+    import njetify
+
+    torch.manual_seed(0)
+    def make():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+
+    model, _ = njetify.convert(make(), example_inputs=torch.randn(1, 3, 20, 20))
+    with torch.no_grad():
+        model[2].log_sigma.fill_(0.5)  # σ = 1.65: a 9×9 filter, timed at bake
+        model(torch.randn(2, 3, 20, 20))
+    _fake_times(monkeypatch, "factorised")
+    assert isinstance(bake(model)[2], FactorisedConv2d)
+    njetify.save(model, tmp_path / "m.safetensors")  # the bake decision travels with the path plans
+    path_plan.clear_plans()
+    monkeypatch.setattr(path_plan, "time_call", lambda run, device: pytest.fail("timed again after load"))
+    loaded = njetify.load(tmp_path / "m.safetensors", model=make())
+    loaded[2]._plan = model[2]._plan  # as after a forward on the same input
+    assert isinstance(bake(loaded)[2], FactorisedConv2d)

@@ -93,7 +93,10 @@ def _timed(dense, factorised, input_shape, ratio, signature) -> nn.Module:
     if a is None:
         return b
     device, dtype = a.weight.device, a.weight.dtype
-    key = ("bake", tuple(input_shape), dtype, device, *signature, torch.get_num_threads())
+    cin, cout, groups, size, order, best = signature
+    # laid out as the layers' path keys (shape, dtype, device, channels, groups, size, order, …), so it is
+    # saved and loaded with the model's other decisions (njetify.io) and a loaded model bakes without timing
+    key = (tuple(input_shape), dtype, device, cin, cout, groups, size, order, "bake", best, torch.get_num_threads())
     x = torch.zeros(input_shape, device=device, dtype=dtype)
 
     def forward(m):
