@@ -39,6 +39,11 @@ def bake(
     out: Path | None = typer.Option(None, "--out", "-o", metavar="PATH",
                                     help="Baked model, .pt2 or .pt (default: next to CONVERTED, NAME-baked.pt2)."),
     onnx: Path | None = typer.Option(None, "--onnx", metavar="PATH", help="Also export ONNX here (checked with onnxruntime)."),
+    factorised: str = typer.Option("auto", "--factorised", metavar="auto|never|RATIO",
+                                   help="Which σ layers keep the factorised form (1-D convs + 1x1 conv): 'auto' "
+                                        "measures both forms on each layer's last input, 'never' gives plain "
+                                        "convs only, a number keeps it where the dense filter needs over that "
+                                        "many times the multiply-adds (no timing)."),
     size: str | None = InputSizeOption,
     force: bool = ForceOption,
     debug: bool = DebugOption,
@@ -60,6 +65,7 @@ def bake(
         raise UserError(f"--out: must end in .pt2 (torch.export) or .pt (pickled module), got {str(out)!r}")
     if onnx is not None and onnx.suffix.lower() != ".onnx":
         raise UserError(f"--onnx: must end in .onnx, got {str(onnx)!r}")
+    rule = _factorised_rule(factorised)
     model = load_converted(converted)
     stem = converted.name.removesuffix(".safetensors").removesuffix("-njet")
     out = writable_file(out or converted.with_name(f"{stem}-baked.pt2"), "--out", force)
@@ -70,7 +76,7 @@ def bake(
 
     with warnings.catch_warnings():  # a factorised layer is a choice, not a problem: said as a note below
         warnings.filterwarnings("ignore", category=FactorisedNote)
-        baked = bake_model(model)
+        baked = bake_model(model, factorised=rule)
     _note_factorised(baked)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
     with user_errors(ValueError, RuntimeError, what=f"input size {'x'.join(map(str, shape))}"):
@@ -94,6 +100,19 @@ def bake(
     if onnx is not None:
         rows.append(("onnx", f"{onnx} ({onnx.stat().st_size / 1e6:.2f} MB), onnxruntime max |Δ| {diff:.3g}"))
     console().print(kv_table(rows, title=f"baked {converted.name}"))
+
+
+def _factorised_rule(text: str):
+    """``--factorised``: ``"auto"``, ``"never"`` or a positive MAC ratio."""
+    if text in ("auto", "never"):
+        return text
+    try:
+        ratio = float(text)
+    except ValueError:
+        ratio = 0.0
+    if not ratio > 0 or ratio == float("inf"):
+        raise UserError(f"--factorised: expected 'auto', 'never' or a positive MAC ratio such as 16, got {text!r}")
+    return ratio
 
 
 def _note_factorised(baked) -> None:
