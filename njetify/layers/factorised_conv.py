@@ -18,15 +18,13 @@ Two orders, as in :mod:`njetify.layers.factorised`:
 
 from __future__ import annotations
 
-from typing import List
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..basis import basis_orders, num_basis
 from .functional import separable_weights
-from .padding import crop, tf_same_pads
+from .padding import pad_or_crop, tf_same_pads
 
 
 class FactorisedConv2d(nn.Module):
@@ -79,7 +77,7 @@ class FactorisedConv2d(nn.Module):
             pads = [p, p, p, p]
         else:
             pads = tf_same_pads(x.shape[-2], x.shape[-1], self.size, self.stride)
-        x = _pad(x, pads, self.padding_mode)
+        x = pad_or_crop(x, pads, self.padding_mode)
         s = self.stride
         if self.order == "basis_first":
             y = F.conv2d(x, self.wy, stride=(s, 1), groups=self.in_channels)
@@ -104,16 +102,6 @@ class FactorisedConv2d(nn.Module):
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
         return s
-
-
-def _pad(x: torch.Tensor, pads: List[int], padding_mode: str) -> torch.Tensor:
-    """``x`` padded by ``pads`` ``[left, right, top, bottom]`` in ``padding_mode`` (negative: crop); scripts."""
-    if min(pads) < 0:
-        x = crop(x, [max(-p, 0) for p in pads])
-        pads = [max(p, 0) for p in pads]
-    if max(pads) == 0:
-        return x
-    return F.pad(x, pads, mode="constant" if padding_mode == "zeros" else padding_mode)
 
 
 def factorised_macs_per_pixel(in_channels: int, out_channels: int, groups: int, size: int, order: int,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .. import basis as B
 from .factorised import factorised_conv2d, nf_order
-from .padding import crop
+from .padding import crop, pad_or_crop
 
 EXACT_PATHS = ("dense", "basis_first", "mix_first")
 
@@ -141,19 +141,9 @@ def separable_conv2d(x: torch.Tensor, weights: dict[str, torch.Tensor], stride: 
     return m.unflatten(1, (out_channels, -1)).sum(2)
 
 
-def pad_input(x: torch.Tensor, pads: list[int], padding_mode: str = "zeros") -> torch.Tensor:
-    """``x`` padded by ``pads`` ``[left, right, top, bottom]`` in ``padding_mode`` (negative: crop)."""
-    if min(pads) < 0:
-        x = crop(x, [max(-p, 0) for p in pads])
-        pads = [max(p, 0) for p in pads]
-    if max(pads) == 0:
-        return x
-    return F.pad(x, pads, mode="constant" if padding_mode == "zeros" else padding_mode)
-
-
 def traceable_factorised(x: torch.Tensor, alpha: torch.Tensor, g: torch.Tensor, pads: list[int], stride: int,
                          groups: int, padding_mode: str, order: str) -> torch.Tensor:
     """The factorised N-Jet convolution in standard ops only (for compiled and exported graphs; no bias)."""
     weights = separable_weights(g.to(x.dtype), alpha.to(x.dtype), order, x.shape[1])
-    return separable_conv2d(pad_input(x, pads, padding_mode), weights, stride, groups, x.shape[1], alpha.shape[0],
+    return separable_conv2d(pad_or_crop(x, pads, padding_mode), weights, stride, groups, x.shape[1], alpha.shape[0],
                             order)

@@ -39,3 +39,13 @@ def crop(x: torch.Tensor, crops: list[int]) -> torch.Tensor:
     left, right, top, bottom = crops[0], crops[1], crops[2], crops[3]
     h, w = x.shape[-2], x.shape[-1]
     return x[..., top : h - bottom, left : w - right]
+
+
+def pad_or_crop(x: torch.Tensor, pads: List[int], padding_mode: str = "zeros") -> torch.Tensor:
+    """``x`` padded by ``pads`` ``[left, right, top, bottom]`` in ``padding_mode`` (negative: crop); scripts."""
+    if min(pads) < 0:
+        x = crop(x, [max(-p, 0) for p in pads])
+        pads = [max(p, 0) for p in pads]
+    if max(pads) == 0:
+        return x
+    return F.pad(x, pads, mode="constant" if padding_mode == "zeros" else padding_mode)
