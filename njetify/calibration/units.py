@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..fit import dense_kernel
-from ..layers import NJetConv2d, NJetConvTranspose2d, TiedNJetBranch, TiedNJetConv2d
+from ..layers import NJetConv2d, NJetConvTranspose2d, TiedNJetBranch
 from ..layers.njet_axes import NJetAxesConv2d
 from .responses import Geometry, TransposedGeometry
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..options import check_choice, check_order, check_positive  # noqa: F401 - re-exported for the layers
+import torch
+
+from ..options import PADDING_MODES, check_choice, check_order, check_positive  # noqa: F401 - re-exported for the layers
 
 
 def check_channels(in_channels, out_channels, groups) -> None:
@@ -14,3 +16,21 @@ def check_channels(in_channels, out_channels, groups) -> None:
             f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be divisible "
             f"by groups ({groups})"
         )
+
+
+def check_layer(order, in_channels, out_channels, groups, extent, padding_mode: str | None = None) -> None:
+    """The checks every σ layer's constructor makes: order, channels and groups, extent, padding mode."""
+    check_order(order)
+    check_channels(in_channels, out_channels, groups)
+    check_positive("extent", extent)
+    if padding_mode is not None:
+        check_choice("padding_mode", padding_mode, PADDING_MODES)
+
+
+@torch.no_grad()
+def fitted_from(layer, conv):
+    """``layer`` with α fitted to ``conv.weight`` (weight space) and ``conv``'s bias copied; returns ``layer``."""
+    layer.fit_(conv.weight.detach())
+    if conv.bias is not None:
+        layer.bias.copy_(conv.bias)
+    return layer

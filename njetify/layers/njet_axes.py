@@ -30,8 +30,7 @@ from torch import nn
 
 from ..fit import sigma_from_kernel
 from .. import basis as B
-from ..options import PADDING_MODES
-from ._checks import check_channels, check_choice, check_order, check_positive
+from ._checks import check_layer, check_positive, fitted_from
 from ._fx import as_traced_leaf
 from .functional import dense_conv2d
 from .protocol import SigmaModule
@@ -95,10 +94,7 @@ class NJetAxesConv2d(HostSizes, SigmaModule):
                  stride: int = 1, groups: int = 1, bias: bool = True, learn_sigma: bool = True,
                  max_size: int | None = None, padding_mode: str = "zeros", *, trim=(0, 0), device=None, dtype=None):
         super().__init__()
-        check_order(order)
-        check_channels(in_channels, out_channels, groups)
-        check_positive("extent", extent)
-        check_choice("padding_mode", padding_mode, PADDING_MODES)
+        check_layer(order, in_channels, out_channels, groups, extent, padding_mode)
         if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
             raise ValueError(f"NJetAxesConv2d: stride must be a positive int, got {stride!r}")
         if max_size is not None and (not isinstance(max_size, int) or max_size < 1):
@@ -230,11 +226,7 @@ class NJetAxesConv2d(HostSizes, SigmaModule):
         layer = cls(conv.in_channels, conv.out_channels, order, sig, extent, conv.stride[0], conv.groups,
                     conv.bias is not None, padding_mode=conv.padding_mode, trim=trim, device=conv.weight.device,
                     dtype=conv.weight.dtype, **kwargs)
-        layer.fit_(conv.weight.detach())
-        if conv.bias is not None:
-            with torch.no_grad():
-                layer.bias.copy_(conv.bias)
-        return layer
+        return fitted_from(layer, conv)
 
     @torch.no_grad()
     def fit_(self, kernel: torch.Tensor) -> float:

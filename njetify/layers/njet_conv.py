@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import basis as B
-from ..options import PADDING_MODES, SIGMA_PER
+from ..options import SIGMA_PER
 from ._fx import as_traced_leaf
 from . import njet_convert as convert
 from .factorised_conv import FactorisedConv2d
@@ -21,7 +21,7 @@ from .path_cost import PATHS, dense_fits
 from .protocol import SigmaModule
 from .safe_subsample import strided_pick
 from .sizes import FilterSizes, HostSizes, track
-from ._checks import check_channels, check_choice, check_order, check_positive
+from ._checks import check_choice, check_layer, check_positive
 
 PADDINGS = ("same", "dynamic_same")
 
@@ -88,11 +88,8 @@ class NJetConv2d(HostSizes, SigmaModule):
         dtype=None,
     ):
         super().__init__()
-        check_order(order)
-        check_channels(in_channels, out_channels, groups)
-        check_positive("extent", extent)
+        check_layer(order, in_channels, out_channels, groups, extent, padding_mode)
         check_choice("sigma_per", sigma_per, SIGMA_PER)
-        check_choice("padding_mode", padding_mode, PADDING_MODES)
         check_choice("padding", padding, PADDINGS)
         check_choice("path", path, PATHS)
         if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:

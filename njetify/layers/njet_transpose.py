@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import basis as B
 from ..fit import sigma_from_kernel, weight_space_fit
-from ._checks import check_channels, check_order, check_positive
+from ._checks import check_layer, check_positive, fitted_from
 from ._fx import as_traced_leaf
 from .functional import njet_filter
 from .protocol import SigmaModule
@@ -86,9 +86,7 @@ class NJetConvTranspose2d(HostSizes, SigmaModule):
                  kernel: int = 2, padding: int = 0, output_padding: int = 0, learn_sigma: bool = True,
                  max_size: int | None = None, device=None, dtype=None):
         super().__init__()
-        check_order(order)
-        check_channels(in_channels, out_channels, groups)
-        check_positive("extent", extent)
+        check_layer(order, in_channels, out_channels, groups, extent)
         for name, v, low in (("stride", stride, 1), ("kernel", kernel, 1), ("padding", padding, 0),
                              ("output_padding", output_padding, 0)):
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
@@ -183,11 +181,7 @@ class NJetConvTranspose2d(HostSizes, SigmaModule):
                     conv.bias is not None, kernel=conv.kernel_size[0], padding=conv.padding[0],
                     output_padding=conv.output_padding[0], device=conv.weight.device, dtype=conv.weight.dtype,
                     **kwargs)
-        layer.fit_(conv.weight.detach())
-        if conv.bias is not None:
-            with torch.no_grad():
-                layer.bias.copy_(conv.bias)
-        return layer
+        return fitted_from(layer, conv)
 
     @torch.no_grad()
     def fit_(self, kernel: torch.Tensor) -> float:

@@ -25,9 +25,8 @@ from torch import nn
 
 from .. import basis as B
 from ..fit import sigma_from_kernel
-from ._checks import check_channels, check_choice, check_order, check_positive
+from ._checks import check_choice, check_layer, check_positive
 from .tie_checks import check_tieable, conv_trim
-from ..options import PADDING_MODES
 from .factorised import _compute_dtype, mix
 from .factorised_conv import FactorisedConv2d
 from .functional import njet_conv2d, njet_filter, same_pads
@@ -79,10 +78,7 @@ class TiedNJetConv2d(HostSizes, nn.Module):
         dtype=None,
     ):
         super().__init__()
-        check_order(order)
-        check_channels(in_channels, out_channels, groups)
-        check_positive("extent", extent)
-        check_choice("padding_mode", padding_mode, PADDING_MODES)
+        check_layer(order, in_channels, out_channels, groups, extent, padding_mode)
         check_choice("path", path, PATHS)
         sig = [float(s) for s in torch.as_tensor(sigmas, dtype=torch.float64).flatten().tolist()]
         if not sig:
