@@ -18,3 +18,9 @@ def as_traced_leaf(module: nn.Module, *args):
         return None
     tracer = args[0].tracer
     return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
+
+
+def leaf_or(module: nn.Module, x, run):
+    """``module`` as one traced leaf while fx traces it (:func:`as_traced_leaf`), else ``run(x)``."""
+    leaf = as_traced_leaf(module, x)
+    return leaf if leaf is not None else run(x)

@@ -31,7 +31,7 @@ from torch import nn
 from ..fit import sigma_from_kernel
 from .. import basis as B
 from ._checks import check_layer, check_positive, fitted_from
-from ._fx import as_traced_leaf
+from ._fx import leaf_or
 from .functional import dense_conv2d
 from .protocol import SigmaModule
 from .sizes import HostSizes
@@ -131,14 +131,13 @@ class NJetAxesConv2d(HostSizes, SigmaModule):
     @property
     def halves(self) -> tuple[int, int]:
         """Half-widths ``(h_y, h_x)`` now (0 on an axis without extent; host-side ints)."""
-        hs = iter(self._filter_sizes.current(self.log_sigma, self.extent, self.max_size))
+        hs = iter(self.current_halves()[0])
         return tuple(next(hs) if a else 0 for a in self.axes)
 
     @property
     def size_capped(self) -> bool:
         """Whether ``max_size`` cut the filter along an axis."""
-        self.halves
-        return any(self._filter_sizes.capped)
+        return any(self.current_halves()[1])
 
     @property
     def kernel_size(self) -> tuple[int, int]:
@@ -175,10 +174,7 @@ class NJetAxesConv2d(HostSizes, SigmaModule):
         return [px, px, py, py]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        leaf = as_traced_leaf(self, x)
-        if leaf is not None:
-            return leaf
-        return self.convolve(x)
+        return leaf_or(self, x, self.convolve)
 
     def convolve(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution (``(N, C_in, H, W)`` → ``(N, C_out, H', W')``; the layer carries no subsampling)."""

@@ -142,13 +142,12 @@ class NJetConv2d(HostSizes, SigmaModule):
     @property
     def half_width(self) -> int:
         """Current half-width h of the filter (size 2h+1), after the ``max_size`` cap (a host-side int)."""
-        return self._filter_sizes.current(self.log_sigma, self.extent, self.max_size)[0]
+        return self.current_halves()[0][0]
 
     @property
     def size_capped(self) -> bool:
         """Whether ``max_size`` cut the filter σ asks for."""
-        self.half_width
-        return self._filter_sizes.capped[0]
+        return self.current_halves()[1][0]
 
     @property
     def weight(self) -> torch.Tensor:

@@ -32,7 +32,7 @@ from torch import nn
 from .. import basis as B
 from ..fit import sigma_from_kernel, weight_space_fit
 from ._checks import check_layer, check_positive, fitted_from
-from ._fx import as_traced_leaf
+from ._fx import leaf_or
 from .functional import njet_filter
 from .protocol import SigmaModule
 from .sizes import HostSizes
@@ -112,13 +112,12 @@ class NJetConvTranspose2d(HostSizes, SigmaModule):
     def half_width(self) -> int:
         """Half-width h of the filter at the current σ (after the ``max_size`` cap; a host-side int,
         :mod:`njetify.layers.sizes`)."""
-        return self._filter_sizes.current(self.log_sigma, self.extent, self.max_size)[0]
+        return self.current_halves()[0][0]
 
     @property
     def size_capped(self) -> bool:
         """Whether ``max_size`` cut the filter σ asks for."""
-        self.half_width
-        return self._filter_sizes.capped[0]
+        return self.current_halves()[1][0]
 
     @property
     def kernel_size(self) -> tuple[int, int]:
@@ -149,10 +148,7 @@ class NJetConvTranspose2d(HostSizes, SigmaModule):
         return (length - 1) * self.stride - 2 * self.pad + self.kernel + self.output_padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        leaf = as_traced_leaf(self, x)
-        if leaf is not None:
-            return leaf
-        return self.convolve(x)
+        return leaf_or(self, x, self.convolve)
 
     def convolve(self, x: torch.Tensor) -> torch.Tensor:
         """The transposed convolution (``(N, C_in, H, W)`` → ``(N, C_out, H', W')``)."""

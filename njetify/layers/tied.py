@@ -125,13 +125,12 @@ class TiedNJetConv2d(HostSizes, nn.Module):
 
     def half_width(self, k: int) -> int:
         """Half-width h of branch k's filter (size 2h+1), after the ``max_size`` cap (a host-side int)."""
-        return self._filter_sizes.current(self.log_sigma, self.extent, self.max_size)[k]
+        return self.current_halves()[0][k]
 
     @property
     def size_capped(self) -> list[bool]:
         """Per branch: whether ``max_size`` cut the filter σ asks for."""
-        self._filter_sizes.current(self.log_sigma, self.extent, self.max_size)
-        return list(self._filter_sizes.capped)
+        return self.current_halves()[1]
 
     def kernel_size(self, k: int) -> tuple[int, int]:
         """Current filter size ``(s_k, s_k)`` of branch k in pixels."""

@@ -158,7 +158,10 @@ def recipe_to_yaml(recipe: Recipe) -> str:
 _SUBSAMPLE_SHORTCUTS = ("r", "where", "interpolation")
 _NOT_OVERRIDABLE = ("name",)
 #: Blocks a keyword override merges into (a mapping) or replaces (the block's dataclass).
-_BLOCKS = {"finetune": FinetuneConfig, "calibration": CalibrationConfig}
+#: Recipe blocks an override may give whole (the dataclass), in part (a mapping), or — where a block has
+#: one — by its shorthand field alone.
+_BLOCKS = {"subsample": (SubsampleConfig, "mode"), "aspp": (AsppConfig, "tie"),
+           "finetune": (FinetuneConfig, None), "calibration": (CalibrationConfig, None)}
 
 
 def resolve_recipe(recipe: Recipe | str | os.PathLike | Mapping | None = None, **overrides) -> Recipe:
@@ -182,28 +185,16 @@ def resolve_recipe(recipe: Recipe | str | os.PathLike | Mapping | None = None, *
     for key, value in given.items():
         if key in _SUBSAMPLE_SHORTCUTS:
             data["subsample"][key] = value
-        elif key == "subsample":
-            if isinstance(value, SubsampleConfig):
-                data["subsample"] = dataclasses.asdict(value)
-            elif isinstance(value, Mapping):
-                data["subsample"].update(value)
-            else:
-                data["subsample"]["mode"] = value
-        elif key == "aspp":
-            if isinstance(value, AsppConfig):
-                data["aspp"] = dataclasses.asdict(value)
-            elif isinstance(value, Mapping):
-                data["aspp"].update(value)
-            else:
-                data["aspp"]["tie"] = value
         elif key in _BLOCKS:
-            if isinstance(value, _BLOCKS[key]):
+            block, shorthand = _BLOCKS[key]
+            if isinstance(value, block):
                 data[key] = dataclasses.asdict(value)
             elif isinstance(value, Mapping):
                 data[key].update(value)
+            elif shorthand is not None:
+                data[key][shorthand] = value  # e.g. subsample="keep", aspp=False
             else:
-                raise RecipeError(where, key, f"expected a mapping or a {_BLOCKS[key].__name__}, got {value!r}",
-                                  value)
+                raise RecipeError(where, key, f"expected a mapping or a {block.__name__}, got {value!r}", value)
         elif key == "rules":
             extra = value if isinstance(value, (list, tuple)) else [value]
             data["rules"] += [dataclasses.asdict(r) if isinstance(r, Rule) else r for r in extra]
