@@ -12,7 +12,7 @@ import math
 from .basis import MAX_ORDER
 
 __all__ = [
-    "AMP_MODES", "ASPP_TIE", "CALIBRATION_MAX_SAMPLES", "CLASS_WEIGHTS", "DESIGN_BYTES", "DIRECT_MAX_DIM", "INTERPOLATIONS", "MAX_FIT_ERROR", "MAX_ORDER", "OPTIMIZERS", "OUTPUT_MATCHING_RIDGE",
+    "AMP_MODES", "ASPP_TIE", "CALIBRATION_MAX_SAMPLES", "CLASS_WEIGHTS", "DESIGN_BYTES", "DIRECT_MAX_DIM", "INTERPOLATIONS", "MAX_FIT_ERROR", "MAX_ORDER", "MOMENTS_RIDGE", "OPTIMIZERS", "OUTPUT_MATCHING_RIDGE",
     "PCG_MAX_ITER", "PCG_TOL",
     "PADDING_MODES", "SCHEDULES", "SEARCH_MAX_DIM", "SIGMA_PER", "SIGMA_FRACTIONS", "SIGMA_PER_AXIS", "SIGMA_SEARCH_FRACTION", "SIGMA_TOLERANCE", "SUBSAMPLE_MODES", "SUBSAMPLE_WHERE", "TASKS",
     "check_choice", "check_max_size", "check_order", "check_positive", "check_r", "order_problem", "r_problem",
@@ -42,6 +42,9 @@ MAX_FIT_ERROR = 0.5
 #: Ridge weight ρ of the output-matching regression, relative to the mean diagonal of its Gram matrix
 #: (pulls α towards the weight-space fit).
 OUTPUT_MATCHING_RIDGE = 1e-3
+#: Tikhonov weight of the data-aware moments fit (``from_conv(inputs=)``, :mod:`njetify.fit`) relative to
+#: the mean eigenvalue of ``E[q qᵀ]``; keeps channels that never fire at the weight-space fit.
+MOMENTS_RIDGE = 1e-6
 #: Output positions per layer over all calibration batches (seeded random subset).
 CALIBRATION_MAX_SAMPLES = 8192
 #: Share of the positions used to rank σ₀ candidates.

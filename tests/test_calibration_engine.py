@@ -85,7 +85,7 @@ def test_calibration_block_defaults_are_the_engines_and_live_in_options():
     names = {f.name for f in dataclasses.fields(block)} - {"sigma_fractions"}
     assert names | {"search_max_dim"} == {f.name for f in dataclasses.fields(engine)}
     assert all(getattr(block, n) == getattr(engine, n) for n in names)
-    assert engine.ridge == options.OUTPUT_MATCHING_RIDGE
+    assert engine.ridge == options.OUTPUT_MATCHING_RIDGE != options.MOMENTS_RIDGE
     assert tuple(block.sigma_fractions) == options.SIGMA_FRACTIONS
     assert Recipe().search_max_dim == engine.search_max_dim == options.SEARCH_MAX_DIM
     assert engine_options(Recipe()) == engine

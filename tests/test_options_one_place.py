@@ -81,7 +81,7 @@ def test_calibration_defaults_come_from_options():
     from njetify.recipes import CalibrationConfig
 
     assert not any(hasattr(m, "RIDGE") for m in (fit, ridge, iterative))
-    assert options.OUTPUT_MATCHING_RIDGE == 1e-3 and not hasattr(options, "MOMENTS_RIDGE")  # one data-based fit
+    assert options.OUTPUT_MATCHING_RIDGE == 1e-3 and options.MOMENTS_RIDGE == 1e-6
     engine = CalibrationOptions()
     expected = {"max_samples": options.CALIBRATION_MAX_SAMPLES, "ridge": options.OUTPUT_MATCHING_RIDGE,
                 "search_fraction": options.SIGMA_SEARCH_FRACTION, "sigma_tolerance": options.SIGMA_TOLERANCE,
