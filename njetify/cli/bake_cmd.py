@@ -103,16 +103,18 @@ def bake(
 
 
 def _factorised_rule(text: str):
-    """``--factorised``: ``"auto"``, ``"never"`` or a positive MAC ratio."""
-    if text in ("auto", "never"):
-        return text
+    """``--factorised``: ``"auto"``, ``"never"`` or a positive MAC ratio, checked by bake's own rule."""
+    from ..layers.bake_form import check_rule
+
     try:
-        ratio = float(text)
+        rule = float(text)
     except ValueError:
-        ratio = 0.0
-    if not ratio > 0 or ratio == float("inf"):
-        raise UserError(f"--factorised: expected 'auto', 'never' or a positive MAC ratio such as 16, got {text!r}")
-    return ratio
+        rule = text
+    try:
+        return check_rule(rule)
+    except ValueError:
+        raise UserError(f"--factorised: expected 'auto', 'never' or a positive MAC ratio such as 16, "
+                        f"got {text!r}") from None
 
 
 def _note_factorised(baked) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from ..options import PADDING_MODES, check_choice, check_order, check_positive  # noqa: F401 - re-exported for the layers
 
 
@@ -25,12 +23,3 @@ def check_layer(order, in_channels, out_channels, groups, extent, padding_mode: 
     check_positive("extent", extent)
     if padding_mode is not None:
         check_choice("padding_mode", padding_mode, PADDING_MODES)
-
-
-@torch.no_grad()
-def fitted_from(layer, conv):
-    """``layer`` with α fitted to ``conv.weight`` (weight space) and ``conv``'s bias copied; returns ``layer``."""
-    layer.fit_(conv.weight.detach())
-    if conv.bias is not None:
-        layer.bias.copy_(conv.bias)
-    return layer

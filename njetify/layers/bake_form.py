@@ -31,7 +31,7 @@ from .factorised_conv import factorised_macs_per_pixel
 from . import path_plan
 from .path_plan import timing_enabled
 
-__all__ = ["FACTORISED_RATIO", "bake_forms", "choose", "current_rule"]
+__all__ = ["FACTORISED_RATIO", "bake_forms", "check_rule", "choose", "current_rule"]
 
 #: Without a measurement a layer is baked factorised only when its dense filter needs more than this
 #: many times the factorised form's multiply-adds per output pixel (where it won on every CPU shape measured).
@@ -50,12 +50,18 @@ def bake_forms(rule="auto"):
         _RULE.pop()
 
 
-def _set(rule) -> None:
+def check_rule(rule):
+    """``rule`` as :func:`current_rule` holds it (``"never"`` → ``inf``); ValueError unless it is ``"auto"``,
+    ``"never"`` or a positive MAC ratio."""
     if rule == "never":
-        rule = math.inf
+        return math.inf
     if rule != "auto" and not (isinstance(rule, (int, float)) and not isinstance(rule, bool) and rule > 0):
         raise ValueError(f"bake: factorised must be 'auto', 'never' or a positive MAC ratio (e.g. 16), got {rule!r}")
-    _RULE.append(rule)
+    return rule
+
+
+def _set(rule) -> None:
+    _RULE.append(check_rule(rule))
 
 
 def current_rule():

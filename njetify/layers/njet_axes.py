@@ -30,8 +30,9 @@ from torch import nn
 
 from ..fit import sigma_from_kernel
 from .. import basis as B
-from ._checks import check_layer, check_positive, fitted_from
+from ._checks import check_layer, check_positive
 from ._fx import leaf_or
+from .njet_convert import fitted_from
 from .functional import dense_conv2d
 from .protocol import SigmaModule
 from .sizes import HostSizes

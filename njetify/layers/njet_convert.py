@@ -2,7 +2,8 @@
 
 ``from_conv``'s constructor arguments, the least-squares fit of α (weight-space or
 data-aware, kernels used at their taps only), and the baked forms: a dense ``nn.Conv2d``
-or a :class:`~njetify.layers.factorised_conv.FactorisedConv2d`.
+or a :class:`~njetify.layers.factorised_conv.FactorisedConv2d`; and :func:`fitted_from`, how the
+other σ layers' ``from_conv`` ends.
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ def layer_args(conv: nn.Conv2d, order: int, sigma: float | None, extent: float, 
         stride=conv.stride[0] if stride is None else stride, groups=conv.groups, bias=conv.bias is not None,
         padding_mode=conv.padding_mode, padding=padding, trim=trim if padding == "same" else 0,
     )
+
+
+@torch.no_grad()
+def fitted_from(layer, conv):
+    """``layer`` with α fitted to ``conv.weight`` (weight space, its ``fit_``) and ``conv``'s bias copied;
+    returns ``layer``."""
+    layer.fit_(conv.weight.detach())
+    if conv.bias is not None:
+        layer.bias.copy_(conv.bias)
+    return layer
 
 
 def fit_alpha(layer, kernel: torch.Tensor, inputs, dilation: int) -> tuple[torch.Tensor, float]:

@@ -31,8 +31,9 @@ from torch import nn
 
 from .. import basis as B
 from ..fit import sigma_from_kernel, weight_space_fit
-from ._checks import check_layer, check_positive, fitted_from
+from ._checks import check_layer, check_positive
 from ._fx import leaf_or
+from .njet_convert import fitted_from
 from .functional import njet_filter
 from .protocol import SigmaModule
 from .sizes import HostSizes

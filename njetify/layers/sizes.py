@@ -278,11 +278,11 @@ class HostSizes:
         self._filter_sizes.refresh(self.log_sigma, self.extent, self.max_size, quiet=True)
         track(self)
 
-    def current_halves(self) -> tuple[list[int], list[bool]]:
+    def current_halves(self) -> tuple[tuple[int, ...], tuple[bool, ...]]:
         """Half-width of every filter at the current σ (after the ``max_size`` cap; host-side ints), and
-        whether the cap cut each."""
+        whether the cap cut each (the cached tuples: nothing is copied)."""
         halves = self._filter_sizes.current(self.log_sigma, self.extent, self.max_size)
-        return list(halves), list(self._filter_sizes.capped)
+        return halves, self._filter_sizes.capped
 
     def refresh_sizes(self) -> bool:
         """Re-read σ on the host now (after editing it by hand); True when a filter size changed."""

@@ -130,7 +130,7 @@ class TiedNJetConv2d(HostSizes, nn.Module):
     @property
     def size_capped(self) -> list[bool]:
         """Per branch: whether ``max_size`` cut the filter σ asks for."""
-        return self.current_halves()[1]
+        return list(self.current_halves()[1])
 
     def kernel_size(self, k: int) -> tuple[int, int]:
         """Current filter size ``(s_k, s_k)`` of branch k in pixels."""
