@@ -250,8 +250,9 @@ def run_shapes(args, device, console) -> list[dict]:
 
 CONVERSIONS = {
     "NJetConv2d.from_conv(Conv2d(2048, 256, 3, dilation=36), max_size=63)": "single",
-    "  … with calibration inputs (2, 2048, 33, 33)": "single-data",
+    "  … the same, with calibration inputs (2, 2048, 33, 33)": "single-data",
     "TiedNJetConv2d.from_convs(rates 12/24/36, 2048→256, max_size=63)": "tied",
+    "  … the same head, with calibration inputs (2, 2048, 33, 33)": "tied-data",
 }
 
 
@@ -263,15 +264,15 @@ def _convert_one(case: str) -> dict:
 
     torch.manual_seed(0)
     convs = [nn.Conv2d(2048, 256, 3, padding=r, dilation=r) for r in (12, 24, 36)]
-    inputs = torch.randn(2, 2048, 33, 33) if case == "single-data" else None
+    inputs = torch.randn(2, 2048, 33, 33) if case.endswith("-data") else None
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        if case == "tied":
-            layer = TiedNJetConv2d.from_convs(convs, max_size=63)
+        if case.startswith("tied"):
+            layer = TiedNJetConv2d.from_convs(convs, max_size=63, inputs=inputs)
         else:
             layer = NJetConv2d.from_conv(convs[2], max_size=63, inputs=inputs)
         seconds = time.perf_counter() - t0
-    weights = sum(c.weight.numel() * c.weight.element_size() for c in (convs if case == "tied" else convs[2:]))
+    weights = sum(c.weight.numel() * c.weight.element_size() for c in (convs if case.startswith("tied") else convs[2:]))
     return {"seconds": seconds, "peak_mib": mem.peak, "weights_mib": weights / 2**20, "fit_error": layer.fit_error}
 
 

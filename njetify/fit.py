@@ -1,13 +1,9 @@
 """Least-squares projection of pretrained kernels onto the N-Jet basis (DESIGN §3, §5).
 
 K ≥ 1 kernels may share one α (tied ASPP branches; a single layer is K = 1), each with
-its own basis ``B_k`` (at σ_k, on an ``s_k × s_k`` grid). Two fits, both in float64:
-
-* weight space — ``min_α Σ_k ‖α B_k − W_k‖²``;
-* data-aware — the error of the layers' *outputs* on recorded inputs, per input channel c:
-  ``α_oc = α0_oc + (Σ_k W_k,oc M_k,c − α0_oc Q_k,c)(Σ_k Q_k,c + λI)⁻¹`` with
-  ``M = E[P qᵀ]`` (input at the kernel's taps × basis responses) and ``Q = E[q qᵀ]``,
-  collected by :class:`njetify.moments.TapMoments`.
+its own basis ``B_k`` (at σ_k, on an ``s_k × s_k`` grid). The fit is in weight space, in float64:
+``min_α Σ_k ‖α B_k − W_k‖²``. (The data-based fit, on the layers' outputs, is the calibration
+engine's: :mod:`njetify.calibration`, also behind ``from_conv(inputs=...)``.)
 
 Memory stays bounded: a kernel is used at its own taps only — a dilated 3×3 kernel at
 rate 36 is 9 taps, never the dense 73×73 grid — so ``W Bᵀ`` needs the basis at the taps,
@@ -20,8 +16,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from .options import MOMENTS_RIDGE
 
 #: Temporary tensors of the fits and statistics are built in chunks of about this many bytes.
 CHUNK_BYTES = 64 * 2**20
@@ -156,53 +150,9 @@ def weight_space_fit(weight: torch.Tensor, basis: torch.Tensor, dilation: int = 
     return alpha.to(weight.dtype), err
 
 
-def joint_data_aware_fit(
-    weights: list[torch.Tensor], dilations: list[int], bases: list[torch.Tensor], moments, groups: int = 1
-) -> tuple[torch.Tensor, float, list[float]]:
-    """Shared α minimising the summed output error of the K kernels on the recorded inputs.
-
-    Starts from :func:`joint_weight_fit` and fits its residual, so channels that never fire
-    keep their weight-space coefficients. ``moments``: a :class:`njetify.moments.TapMoments`
-    recorded with the same bases and the kernels' taps.
-
-    Returns ``alpha (O, C/groups, F)`` in float64 and the joint and per-kernel *weight-space*
-    relative errors of that α (the output error is measured by the caller).
-    """
-    if any(m is None for m in moments.m) or min(moments.count) == 0:
-        raise ValueError("data-aware fit: no calibration position reached the layer (moments are empty)")
-    alpha, _, _ = joint_weight_fit(weights, dilations, bases)
-    ms = [m / cnt for m, cnt in zip(moments.m, moments.count)]  # (C, T_k, F)
-    den = sum(q / cnt for q, cnt in zip(moments.q, moments.count))  # (C, F, F)
-    nf = den.shape[-1]
-    ridge = MOMENTS_RIDGE * den.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
-    inv = torch.linalg.inv(den + ridge[:, None, None] * torch.eye(nf, dtype=den.dtype, device=den.device))
-    out_ch, cg = alpha.shape[:2]
-    og = out_ch // groups
-    per_row = 8 * cg * max(w[0, 0].numel() + nf for w in weights)
-    for g in range(groups):
-        chans = slice(g * cg, (g + 1) * cg)
-        for rows in _chunks(og, 2 * per_row):
-            rows = slice(g * og + rows.start, g * og + rows.stop)
-            a0 = alpha[rows]
-            num = sum(torch.einsum("oct,ctf->ocf", _taps(w, rows), m[chans]) for w, m in zip(weights, ms))
-            num = num - torch.einsum("ocg,cgf->ocf", a0, den[chans])
-            alpha[rows] = a0 + torch.einsum("ocf,cfg->ocg", num, inv[chans])
+def weight_errors(alpha: torch.Tensor, weights: list[torch.Tensor], dilations: list[int],
+                  bases: list[torch.Tensor]) -> tuple[float, list[float]]:
+    """Joint and per-kernel relative errors ``‖α B_k − W_k‖ / ‖W_k‖`` of coefficients ``alpha (O, C, F)``
+    against kernels ``W_k (O, C, k, k)`` of dilation ``d_k`` in ``bases`` ``(F, s_k, s_k)`` (taps only)."""
     branches = [_Branch(b, w.shape[-1], d) for w, d, b in zip(weights, dilations, bases)]
-    err, errs = _errors(alpha, weights, branches)
-    return alpha, err, errs
-
-
-def data_aware_fit(
-    weight: torch.Tensor, basis: torch.Tensor, moments, groups: int = 1, dilation: int = 1
-) -> tuple[torch.Tensor, float]:
-    """Coefficients of one kernel that minimise the error of the layer's output on recorded inputs.
-
-    Args:
-        weight: kernels ``(O, C/groups, k, k)`` with dilation ``dilation``.
-        basis: ``(F, s, s)``, the basis the moments were recorded with.
-        moments: a :class:`njetify.moments.TapMoments` of the layer's inputs (all C channels).
-
-    Returns ``alpha (O, C/groups, F)`` in weight's dtype and its weight-space relative error.
-    """
-    alpha, err, _ = joint_data_aware_fit([weight], [dilation], [basis], moments, groups)
-    return alpha.to(weight.dtype), err
+    return _errors(alpha.detach().double(), weights, branches)

@@ -13,7 +13,7 @@ from .basis import MAX_ORDER
 
 __all__ = [
     "AMP_MODES", "ASPP_TIE", "CALIBRATION_MAX_SAMPLES", "CLASS_WEIGHTS", "DESIGN_BYTES", "DIRECT_MAX_DIM", "INTERPOLATIONS", "MAX_FIT_ERROR", "MAX_ORDER", "MOMENTS_RIDGE", "OPTIMIZERS", "OUTPUT_MATCHING_RIDGE",
-    "PCG_MAX_ITER", "PCG_TOL",
+    "PCG_MAX_ITER", "PCG_TOL", "WIDE_SOLVER", "WIDE_SOLVERS",
     "PADDING_MODES", "SCHEDULES", "SEARCH_MAX_DIM", "SIGMA_PER", "SIGMA_FRACTIONS", "SIGMA_PER_AXIS", "SIGMA_SEARCH_FRACTION", "SIGMA_TOLERANCE", "SUBSAMPLE_MODES", "SUBSAMPLE_WHERE", "TASKS",
     "check_choice", "check_max_size", "check_order", "check_positive", "check_r", "order_problem", "r_problem",
 ]
@@ -42,8 +42,8 @@ MAX_FIT_ERROR = 0.5
 #: Ridge weight ρ of the output-matching regression, relative to the mean diagonal of its Gram matrix
 #: (pulls α towards the weight-space fit).
 OUTPUT_MATCHING_RIDGE = 1e-3
-#: Tikhonov weight of the data-aware moments fit (``from_conv(inputs=)``, :mod:`njetify.fit`) relative to
-#: the mean eigenvalue of ``E[q qᵀ]``; keeps channels that never fire at the weight-space fit.
+#: Ridge weight of the per-input-channel solver (:mod:`njetify.calibration.channel_fit`) relative to each
+#: channel's mean diagonal of ``Σ q qᵀ``; keeps channels that never fire at the weight-space fit.
 MOMENTS_RIDGE = 1e-6
 #: Output positions per layer over all calibration batches (seeded random subset).
 CALIBRATION_MAX_SAMPLES = 8192
@@ -63,6 +63,10 @@ SIGMA_FRACTIONS = (0.0, 0.2, 0.5, 1.0)
 #: Conjugate-gradient iterations (and relative residual tolerance) for wide layers.
 PCG_MAX_ITER = 60
 PCG_TOL = 1e-4
+#: ``calibration.wide_solver``: how a layer wider than ``direct_max_dim`` is solved — conjugate gradients
+#: on a stored design (the joint fit), or per input channel (no design stored; channels decoupled).
+WIDE_SOLVERS = ("pcg", "per_channel")
+WIDE_SOLVER = "pcg"
 
 #: ``finetune.optimizer``: SGD with momentum, or AdamW.
 OPTIMIZERS = ("sgd", "adamw")

@@ -118,3 +118,23 @@ def test_from_conv_with_sigma_per_channel():
     assert layer.sigma.shape == (4,) and layer.fit_error < 1e-5
     x = torch.randn(1, 3, 8, 8)
     torch.testing.assert_close(layer(x), conv(x), atol=1e-5, rtol=1e-4)
+
+
+def test_data_aware_fit_is_the_engines_and_names_bad_inputs():
+    """from_conv(inputs=) runs the calibration engine's output matching (one data-based fit): a strided,
+    biased, dilated conv is fitted too, and bad inputs give one ValueError that says what is wrong."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2)
+    x = F.avg_pool2d(torch.randn(8, 4, 30, 30), 5, stride=1)
+    ref = conv(x)
+    plain = NJetConv2d.from_conv(conv, order=2)
+    aware = NJetConv2d.from_conv(conv, order=2, inputs=x)
+    with torch.no_grad():
+        err_plain = float((plain(x) - ref).norm() / ref.norm())
+        err_aware = float((aware(x) - ref).norm() / ref.norm())
+    assert err_aware < 0.9 * err_plain
+    assert not torch.equal(aware.bias, conv.bias)  # the bias is refitted with α
+    with pytest.raises(ValueError, match="data-aware fit: inputs"):
+        NJetConv2d.from_conv(conv, inputs=[])
+    with pytest.raises(ValueError, match="data-aware fit"):
+        NJetConv2d.from_conv(conv, inputs=torch.randn(2, 3, 16, 16))  # 3 channels for a 4-channel conv

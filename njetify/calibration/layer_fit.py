@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from .channel_fit import ChannelStats, accumulate_channels, solve_channels, taps_mismatch
 from .iterative import DesignStore
 from .options import CalibrationOptions, LayerOptions
 from .responses import basis_responses, sample_positions, take
@@ -31,20 +32,47 @@ def is_wide(unit: Unit, opts: CalibrationOptions) -> bool:
     return unit.dim + unit.num_bias > opts.direct_max_dim
 
 
+def _design_budget(unit: Unit, opts: CalibrationOptions) -> int:
+    """Positions a wide layer's stored design may hold (``design_bytes``)."""
+    return max(1, opts.design_bytes // (4 * unit.groups * (unit.dim + unit.num_bias)))
+
+
+def _has_taps(unit: Unit) -> bool:
+    return all(unit.taps(k) is not None for k in range(unit.num_branches))
+
+
 def sample_budget(unit: Unit, opts: CalibrationOptions) -> int:
-    """Positions to sample for the unit: ``max_samples``, fewer for a wide layer's stored design."""
-    if not is_wide(unit, opts):
+    """Positions to sample for the unit: ``max_samples``, fewer for a wide layer's stored design (the
+    per-channel solver stores none)."""
+    if not is_wide(unit, opts) or (opts.wide_solver == "per_channel" and _has_taps(unit)):
         return opts.max_samples
-    row = 4 * unit.groups * (unit.dim + unit.num_bias)
-    return max(1, min(opts.max_samples, opts.design_bytes // row))
+    return min(opts.max_samples, _design_budget(unit, opts))
+
+
+def solver_for(unit: Unit, inputs: Inputs, targets: Targets, opts: CalibrationOptions) -> tuple[str, str | None]:
+    """``("direct" | "pcg" | "per_channel", why the per-channel solver was not used)`` for the unit.
+
+    The per-channel solver serves a wide unit when the recipe asks for it and the original kernels'
+    taps reproduce the original convs' outputs on the layer's input (checked at 8 positions).
+    """
+    if not is_wide(unit, opts):
+        return "direct", None
+    if opts.wide_solver != "per_channel":
+        return "pcg", None
+    if not _has_taps(unit):
+        return "pcg", "per-channel solver: the original is no plain odd-sized convolution"
+    why = taps_mismatch(unit, inputs, targets)
+    if why:
+        return "pcg", f"per-channel solver: {why}"
+    return "per_channel", None
 
 
 #: The σ₀ search fits at most this many output channels per group (a seeded subset).
 SEARCH_OUTPUTS = 64
 
 
-def _stats(unit: Unit, opts: CalibrationOptions, outputs: int, device):
-    if is_wide(unit, opts):
+def _stats(unit: Unit, opts: CalibrationOptions, outputs: int, device, solver: str):
+    if solver == "pcg":
         store = DesignStore(unit.groups, unit.dim, unit.num_bias, outputs, unit.num_basis, device)
         store.max_iter = opts.max_iter
         return store
@@ -52,13 +80,26 @@ def _stats(unit: Unit, opts: CalibrationOptions, outputs: int, device):
 
 
 def accumulate(unit: Unit, inputs: Inputs, targets: Targets, opts: CalibrationOptions, every: int = 1,
-               cols: torch.Tensor | None = None):
+               cols: torch.Tensor | None = None, solver: str | None = None):
     """Statistics of the unit's regression at its current σ: every ``every``-th position, and only
-    the output channels ``cols`` of each group (all when None)."""
+    the output channels ``cols`` of each group (all when None). ``solver``: :func:`solver_for`'s choice
+    (None: direct or conjugate gradients by width)."""
+    solver = solver or ("pcg" if is_wide(unit, opts) else "direct")
+    if solver == "per_channel":
+        return accumulate_channels(unit, inputs, targets, every, cols)
     og = unit.outputs_per_group
-    stats = _stats(unit, opts, og if cols is None else len(cols), unit.module.alpha.device)
+    stats = _stats(unit, opts, og if cols is None else len(cols), unit.module.alpha.device, solver)
+    for k, q, t in _samples(unit, inputs, targets, every, cols):
+        stats.update(q, t, k)
+    return stats
+
+
+def _samples(unit: Unit, inputs: Inputs, targets: Targets, every: int, cols: torch.Tensor | None):
+    """Per batch and branch: ``(branch, q (S, C, F), targets (S, O'))`` at the unit's σ."""
+    og = unit.outputs_per_group
+    bases = unit.bases()
     for b, x in inputs:
-        for k, (basis, geometry, _) in enumerate(unit.bases()):
+        for k, (basis, geometry, _) in enumerate(bases):
             smp = targets[k].get(b)
             if smp is None:
                 continue
@@ -66,8 +107,7 @@ def accumulate(unit: Unit, inputs: Inputs, targets: Targets, opts: CalibrationOp
             t = smp.values[::every].to(q.device, q.dtype)
             if cols is not None:
                 t = t.reshape(t.shape[0], unit.groups, og)[:, :, cols.to(t.device)].flatten(1)
-            stats.update(q, t, k)
-    return stats
+            yield k, q, t
 
 
 def _search_outputs(unit: Unit) -> torch.Tensor | None:
@@ -109,8 +149,8 @@ def check_geometry(unit: Unit, inputs: Inputs, targets: Targets) -> str | None:
         if grid != smp.grid:
             return f"its output grid {grid} differs from the original conv's {smp.grid}"
         with torch.no_grad():
-            y = unit.branch_output(x, k)
-        pos = sample_positions(y.shape[0], y.shape[-2], y.shape[-1], 8, torch.Generator().manual_seed(0))
+            y = unit.branch_output(x[:1], k)  # one image: the check needs only a few positions
+        pos = sample_positions(1, y.shape[-2], y.shape[-1], 8, torch.Generator().manual_seed(0))
         a = design(basis_responses(x, basis, geometry, pos, stride), unit.groups, k, unit.num_bias)
         pred = (a.double() @ pack(alpha, bias, unit.groups)).transpose(0, 1).reshape(pos.shape[0], -1)
         ref = take(y, pos).double()
@@ -124,14 +164,18 @@ def _set_fit(unit: Unit, x: torch.Tensor) -> None:
     unit.set_params(alpha, bias)
 
 
-def _solve(unit: Unit, stats, opts: CalibrationOptions, cols: torch.Tensor | None = None):
+def _solve(unit: Unit, stats, opts: CalibrationOptions, cols: torch.Tensor | None = None, *,
+           inputs: Inputs = (), targets: Targets = (), every: int = 1):
     """Fit from ``stats`` (output channels ``cols``); returns the unknowns and the relative errors
-    before / after."""
+    before / after. The per-channel solver's errors (and biases) come from one more pass over the
+    positions (``inputs``, ``targets``, ``every``)."""
     x0 = pack(*unit.params(), unit.groups)
     if cols is not None:
         x0 = x0[..., cols.to(x0.device)]
-    x, before, after = stats.fit(x0, opts.ridge)
-    return x, _relative(stats, before), _relative(stats, after)
+    if not isinstance(stats, ChannelStats):
+        x, before, after = stats.fit(x0, opts.ridge)
+        return x, _relative(stats, before), _relative(stats, after)
+    return solve_channels(unit, stats, x0, inputs, targets, every, cols)
 
 
 def fit_unit(
@@ -161,16 +205,20 @@ def fit_unit(
                       "raise search_max_dim to search it)")
     if len(sigmas) > 1 and lock_sigma:
         sigmas, res.reason = [], f"σ₀ kept: {lock_sigma}"
+    solver, why_not = solver_for(unit, inputs, targets, opts)
+    if why_not:
+        res.reason = why_not if res.reason is None else f"{res.reason}; {why_not}"
     start = _State(unit)
-    fits = _search(unit, inputs, targets, opts, sigmas, start, res) if len(sigmas) > 1 else {}
+    fits = _search(unit, inputs, targets, opts, sigmas, start, res, solver) if len(sigmas) > 1 else {}
     chosen = choose(res.candidates, opts.sigma_tolerance) if res.candidates else start.sigma
     if chosen in fits:  # the search already fitted it on every position and output
         x, res.samples, res.solver = fits[chosen]
         _move_to(unit, chosen, start)
     else:
         _move_to(unit, chosen, start)
-        stats = accumulate(unit, inputs, targets, opts)
-        x, before, res.error_after = _solve(unit, stats, opts)
+        every = _pcg_step(unit, targets, opts) if why_not else 1
+        stats = accumulate(unit, inputs, targets, opts, every, solver=solver)
+        x, before, res.error_after = _solve(unit, stats, opts, inputs=inputs, targets=targets, every=every)
         res.samples, res.solver = stats.count, _solver(stats)
         if res.error_before is None:
             res.error_before = before
@@ -204,7 +252,14 @@ def _move_to(unit: Unit, sigma: float, start: _State) -> None:
         unit.weight_space_fit()
 
 
-def _search(unit, inputs, targets, opts, sigmas, start: _State, res: LayerResult) -> dict:
+def _pcg_step(unit: Unit, targets: Targets, opts: CalibrationOptions) -> int:
+    """Every how many positions a stored design may keep, where the positions were sampled for the
+    per-channel solver (which stores none) and conjugate gradients serve instead."""
+    total = sum(s.positions.shape[0] for branch in targets for s in branch.values())
+    return max(1, math.ceil(total / _design_budget(unit, opts)))
+
+
+def _search(unit, inputs, targets, opts, sigmas, start: _State, res: LayerResult, solver: str) -> dict:
     """Try σ₀ candidates from small to large (stop once the error rises past its minimum); fill
     ``res.candidates`` and ``res.error_before``. Where the search used every position and output
     (a layer with few positions per unknown), return the fits ``{σ₀: (x, samples, solver)}``."""
@@ -219,8 +274,8 @@ def _search(unit, inputs, targets, opts, sigmas, start: _State, res: LayerResult
         if len(tried) >= 2 and min(tried.values()) * (1 + opts.sigma_tolerance) < tried[max(tried)]:
             break  # the error rose again past its minimum: larger σ₀ will not win (and cost more)
         _move_to(unit, s, start)
-        stats = accumulate(unit, inputs, targets, opts, every, cols)
-        x, before, after = _solve(unit, stats, opts, cols)
+        stats = accumulate(unit, inputs, targets, opts, every, cols, solver)
+        x, before, after = _solve(unit, stats, opts, cols, inputs=inputs, targets=targets, every=every)
         if _same(s, start.sigma):
             res.error_before = before  # on the search's share of positions and outputs
         res.candidates[s] = after
@@ -230,7 +285,11 @@ def _search(unit, inputs, targets, opts, sigmas, start: _State, res: LayerResult
 
 
 def _solver(stats) -> str:
-    return "direct" if isinstance(stats, GramStats) else f"pcg ({stats.iterations} iterations)"
+    if isinstance(stats, GramStats):
+        return "direct"
+    if isinstance(stats, ChannelStats):
+        return stats.solver
+    return f"pcg ({stats.iterations} iterations)"
 
 
 def _same(a: float, b: float) -> bool:

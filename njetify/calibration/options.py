@@ -29,6 +29,8 @@ class CalibrationOptions:
         ones use preconditioned conjugate gradients on a stored float32 design.
     design_bytes: memory bound of that stored design (it caps the positions of wide layers).
     max_iter: conjugate-gradient iterations for wide layers.
+    wide_solver: ``"pcg"`` (conjugate gradients, the joint fit) or ``"per_channel"`` (each input
+        channel on its own, :mod:`.channel_fit`: no stored design, much faster on ASPP-sized layers).
     seed: seeds the position sampling.
     """
 
@@ -41,6 +43,7 @@ class CalibrationOptions:
     direct_max_dim: int = O.DIRECT_MAX_DIM
     design_bytes: int = O.DESIGN_BYTES
     max_iter: int = O.PCG_MAX_ITER
+    wide_solver: str = O.WIDE_SOLVER
     seed: int = 0
 
 

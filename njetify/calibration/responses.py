@@ -16,10 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..fit import CHUNK_BYTES  # gathered patches and response maps are processed in chunks of this size
 from ..layers.padding import tf_same_pads
-
-#: Gathered patches are processed in chunks of about this many bytes.
-CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -132,6 +130,9 @@ def basis_responses(
     """
     size = basis.shape[-1]
     x_pad = geometry.pad(x, size)
+    factors = separable(basis) if _maps_cheaper(x_pad, positions.shape[0], size) else None
+    if factors is not None:
+        return _from_maps(x_pad, factors, positions, step)
     b = basis.detach().to(x.dtype).flatten(1).T  # (s², F)
     c = x.shape[1]
     chunk = max(1, CHUNK_BYTES // max(1, c * size * size * x.element_size()))
@@ -140,3 +141,37 @@ def basis_responses(
         p = gather_patches(x_pad, positions[s0 : s0 + chunk], size, step)  # (s, C, size²)
         out.append(p @ b)
     return torch.cat(out) if out else x.new_zeros(0, c, basis.shape[0])
+
+
+def _maps_cheaper(x_pad: torch.Tensor, samples: int, size: int) -> bool:
+    """Whether two 1-D passes over the whole padded input (``2·N·H·W·s`` multiply-adds per channel and
+    filter) cost less than the ``S·s²`` of gathering every sampled patch."""
+    n, _, h, w = x_pad.shape
+    return 2 * n * h * w * size < samples * size * size
+
+
+def separable(basis: torch.Tensor, tol: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(columns (F, s), rows (F, s))`` with ``basis[f] = outer(columns[f], rows[f])`` when every
+    filter of ``basis (F, s, s)`` has rank one (Gaussian derivatives do); None otherwise."""
+    u, sv, vh = torch.linalg.svd(basis.detach().double())
+    if sv.shape[-1] > 1 and bool((sv[:, 1] > tol * sv[:, 0].clamp_min(1e-300)).any()):
+        return None
+    scale = sv[:, :1].sqrt()
+    return u[:, :, 0] * scale, vh[:, 0, :] * scale
+
+
+def _from_maps(x_pad: torch.Tensor, factors, positions: torch.Tensor, step: int) -> torch.Tensor:
+    """:func:`basis_responses` through whole response maps of separable filters, channel chunk by chunk."""
+    cols, rows = (f.to(x_pad.dtype) for f in factors)
+    nf, size = cols.shape
+    n, c, h, w = x_pad.shape
+    pn, pi, pj = positions.to(x_pad.device).unbind(1)
+    chunk = max(1, CHUNK_BYTES // max(1, 2 * n * nf * h * w * x_pad.element_size()))
+    out = []
+    for c0 in range(0, c, chunk):
+        xc = x_pad[:, c0 : c0 + chunk]
+        cc = xc.shape[1]
+        ys = F.conv2d(xc.reshape(n * cc, 1, h, w), cols.view(nf, 1, size, 1))  # (n·cc, F, h−s+1, w)
+        q = F.conv2d(ys, rows.view(nf, 1, 1, size), groups=nf).view(n, cc, nf, h - size + 1, w - size + 1)
+        out.append(q[pn, :, :, pi * step, pj * step])  # (S, cc, F)
+    return torch.cat(out, 1) if out else x_pad.new_zeros(positions.shape[0], 0, nf)

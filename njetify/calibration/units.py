@@ -127,6 +127,19 @@ class Unit:
             b = b[0]
         return [(b, Geometry(m.padding, m.trim, m.stride, m.padding_mode), m.stride)]
 
+    def taps(self, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Branch ``k``'s original kernel at its taps, ``(O, C_g, T)``, and the taps' offsets ``(T, 2)``
+        (dy, dx) from the centre of the layer's patch; None when the original is no plain
+        correlation with an odd kernel (the per-channel solver of :mod:`.channel_fit` cannot serve it)."""
+        conv = self.originals[k]
+        if not isinstance(conv, nn.Conv2d) or any(s % 2 == 0 for s in conv.kernel_size):
+            return None
+        (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+        ys = (torch.arange(kh) - (kh - 1) // 2) * dh
+        xs = (torch.arange(kw) - (kw - 1) // 2) * dw
+        offsets = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
+        return conv.weight.detach().flatten(2), offsets
+
     def params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``alpha (O, C_g, F)`` and bias as ``(K, O)`` (None without bias)."""
         b = self.module.bias
@@ -232,6 +245,9 @@ class TransposedUnit(Unit):
         m = self.module
         geometry = TransposedGeometry("same", 0, m.stride, "zeros", m.kernel, m.pad, m.output_padding)
         return [(m.basis().detach().flip(-2, -1), geometry, 1)]
+
+    def taps(self, k: int) -> None:
+        return None  # a transposed conv is no correlation of the layer's input
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         m, g = self.module, self.groups

@@ -354,29 +354,32 @@ class NJetConv2d(HostSizes, SigmaModule):
         """Build an N-Jet layer that approximates ``conv`` (DESIGN §3).
 
         σ₀ = d·(k−1)/(2·extent) when ``sigma`` is None. α is the least-squares fit
-        to the conv's weights — data-aware when ``inputs`` (tensors ``(N, C_in, H, W)``
-        that reach this conv) are given. ``stride`` overrides the conv's stride (the
+        to the conv's weights; with ``inputs`` (tensors ``(N, C_in, H, W)`` that reach this
+        conv) α and the bias are then refitted so the layer's outputs match the conv's there
+        (output matching, the calibration engine's fit). ``stride`` overrides the conv's stride (the
         surgery sets 1 and resizes afterwards). Extra keyword arguments
         (``learn_sigma``, ``sigma_per``, ``max_size``, ``path``) go to the constructor.
         The relative weight-space error of the fit is stored in ``.fit_error``.
         """
         args = convert.layer_args(conv, order, sigma, extent, stride)
         layer = cls(**args, device=conv.weight.device, dtype=conv.weight.dtype, **kwargs)
-        layer.fit_(conv.weight.detach(), inputs=inputs, dilation=conv.dilation[0])
+        layer.fit_(conv.weight.detach(), dilation=conv.dilation[0])
         if conv.bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(conv.bias)
+        if inputs is not None:
+            convert.fit_on_data(layer, conv, inputs)
         return layer
 
     @torch.no_grad()
-    def fit_(self, kernel: torch.Tensor, inputs=None, *, dilation: int = 1) -> float:
+    def fit_(self, kernel: torch.Tensor, *, dilation: int = 1) -> float:
         """Set α to the least-squares fit of kernels ``(O, C/groups, k, k)`` (dilation d) at the current σ.
 
-        With ``inputs`` (a tensor or an iterable of tensors reaching this layer) the fit is
-        data-aware. The kernel is used at its k² taps: a dilated kernel is never spread on
-        its dense grid. Returns and stores the relative weight-space error.
+        The kernel is used at its k² taps: a dilated kernel is never spread on its dense grid.
+        Returns and stores the relative weight-space error. (A fit on the layer's outputs:
+        ``from_conv(conv, inputs=...)``, or :mod:`njetify.calibration` for a whole model.)
         """
-        alpha, err = convert.fit_alpha(self, kernel, inputs, dilation)
+        alpha, err = convert.fit_alpha(self, kernel, dilation)
         self.alpha.copy_(alpha)
         self.fit_error = err
         return err

@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..fit import data_aware_fit, sigma_from_kernel, tap_offsets, weight_space_fit
-from ..moments import TapMoments
+from ..fit import sigma_from_kernel, weight_errors, weight_space_fit
 from .convertible import conv_kind
 from . import bake_form
 from .factorised_conv import FactorisedConv2d, factorised_macs_per_pixel
@@ -54,7 +53,7 @@ def fitted_from(layer, conv):
     return layer
 
 
-def fit_alpha(layer, kernel: torch.Tensor, inputs, dilation: int) -> tuple[torch.Tensor, float]:
+def fit_alpha(layer, kernel: torch.Tensor, dilation: int) -> tuple[torch.Tensor, float]:
     """α ``(O, C/groups, F)`` fitting ``kernel`` at the layer's current σ, and its weight-space error."""
     basis = layer.basis()
     if layer.sigma_per == "channel":  # one basis for all outputs only while all σ are equal
@@ -62,15 +61,18 @@ def fit_alpha(layer, kernel: torch.Tensor, inputs, dilation: int) -> tuple[torch
             raise ValueError("NJetConv2d.fit_: per-channel σ differ; fitting needs one σ for all outputs "
                              "(fit at sigma_per='layer', then set the σ per channel)")
         basis = basis[0]
-    if inputs is None:
-        return weight_space_fit(kernel, basis, dilation)
-    g1 = layer.basis_1d()
-    trim = layer.trim if layer.padding == "same" else 0
-    moments = TapMoments([g1 if g1.dim() == 2 else g1[0]], layer.order, [tap_offsets(kernel.shape[-1], dilation)],
-                         [trim], layer.stride)
-    for x in [inputs] if isinstance(inputs, torch.Tensor) else inputs:
-        moments.update(x)
-    return data_aware_fit(kernel, basis, moments, layer.groups, dilation)
+    return weight_space_fit(kernel, basis, dilation)
+
+
+def fit_on_data(layer, conv: nn.Conv2d, inputs) -> None:
+    """α and bias refitted so the layer's outputs match ``conv``'s on ``inputs`` (the calibration engine);
+    ``layer.fit_error`` becomes the weight-space error of that α."""
+    from ..calibration.on_inputs import fit_on_inputs  # the engine builds on the layers
+
+    fit_on_inputs([layer], [conv], inputs)
+    basis = layer.basis()
+    layer.fit_error = weight_errors(layer.alpha, [conv.weight], [conv.dilation[0]],
+                                    [basis if basis.dim() == 3 else basis[0]])[0]
 
 
 @torch.no_grad()

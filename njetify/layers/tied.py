@@ -252,8 +252,9 @@ class TiedNJetConv2d(HostSizes, nn.Module):
         """Tie K convolutions that read the same input (DESIGN §5).
 
         σ_k = d_k·(k−1)/(2·extent) unless ``sigmas`` are given. α is the joint least-squares
-        fit of all kernels, each on its own dense dilated grid — data-aware when ``inputs``
-        (tensors ``(N, C_in, H, W)`` reaching the branches) are given. Biases are copied.
+        fit of all kernels, each on its own dense dilated grid; biases are copied. With ``inputs``
+        (tensors ``(N, C_in, H, W)`` reaching the branches) α and the biases are then refitted so
+        every branch's outputs match its conv's there (the calibration engine's output matching).
         Extra keyword arguments (``learn_sigma``, ``max_size``, ``path``) go to the constructor.
 
         Raises:
@@ -270,18 +271,19 @@ class TiedNJetConv2d(HostSizes, nn.Module):
             bias=c0.bias is not None, trims=[conv_trim(c) for c in convs], padding_mode=c0.padding_mode,
             device=c0.weight.device, dtype=c0.weight.dtype, **kwargs,
         )
-        layer.fit_([c.weight for c in convs], [c.dilation[0] for c in convs], inputs=inputs)
+        layer.fit_([c.weight for c in convs], [c.dilation[0] for c in convs])
         if c0.bias is not None:
             with torch.no_grad():
                 layer.bias.copy_(torch.stack([c.bias for c in convs]))
+        if inputs is not None:
+            tied_fit.fit_on_data(layer, convs, inputs)
         return layer
 
     @torch.no_grad()
-    def fit_(self, weights, dilations, inputs=None) -> float:
-        """Set α to the joint fit of K kernels ``(O, C/groups, k, k)`` with the given dilations.
+    def fit_(self, weights, dilations) -> float:
+        """Set α to the joint weight-space fit of K kernels ``(O, C/groups, k, k)`` with the given dilations.
 
-        With ``inputs`` (a tensor or an iterable of tensors reaching the branches) the fit
-        is data-aware. Stores ``fit_error`` (joint relative weight-space error) and
+        Stores ``fit_error`` (joint relative weight-space error) and
         ``branch_errors``; returns ``fit_error``.
         """
         if len(weights) != self.num_branches or len(dilations) != self.num_branches:
@@ -289,7 +291,7 @@ class TiedNJetConv2d(HostSizes, nn.Module):
                 f"TiedNJetConv2d.fit_: got {len(weights)} kernels and {len(dilations)} dilations "
                 f"for {self.num_branches} branches"
             )
-        alpha, err, errs = tied_fit.fit_alpha(self, weights, dilations, inputs)
+        alpha, err, errs = tied_fit.fit_alpha(self, weights, dilations)
         self.alpha.copy_(alpha)
         self.fit_error, self.branch_errors = err, errs
         return err

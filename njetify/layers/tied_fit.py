@@ -1,27 +1,30 @@
-"""The shared α of tied N-Jet branches: the K-kernel case of the fits in :mod:`njetify.fit`
-(one implementation for a single layer and K branches: kernels used at their taps only, bounded memory)."""
+"""The shared α of tied N-Jet branches: the K-kernel case of the weight-space fit in :mod:`njetify.fit`
+(one implementation for a single layer and K branches: kernels used at their taps only, bounded memory),
+and the data-based refit of a head through the calibration engine."""
 
 from __future__ import annotations
 
 import torch
 
-from ..fit import joint_data_aware_fit, joint_weight_fit, tap_offsets
-from ..moments import TapMoments
+from ..fit import joint_weight_fit, weight_errors
 
-__all__ = ["fit_alpha"]
+__all__ = ["fit_alpha", "fit_on_data"]
 
 
-def fit_alpha(owner, weights, dilations, inputs=None) -> tuple[torch.Tensor, float, list[float]]:
+def fit_alpha(owner, weights, dilations) -> tuple[torch.Tensor, float, list[float]]:
     """Shared α of a :class:`~njetify.layers.tied.TiedNJetConv2d` for K kernels ``(O, C/groups, k, k)``.
 
-    Weight-space, or data-aware when ``inputs`` (a tensor or an iterable of tensors reaching the
-    branches) are given. Returns α, the joint and the per-branch weight-space relative errors.
+    Returns α, the joint and the per-branch weight-space relative errors.
     """
-    bases = [owner.basis(k) for k in range(owner.num_branches)]
-    if inputs is None:
-        return joint_weight_fit(weights, dilations, bases)
-    offsets = [tap_offsets(w.shape[-1], d) for w, d in zip(weights, dilations)]
-    moments = TapMoments([owner.basis_1d(k) for k in range(owner.num_branches)], owner.order, offsets, owner.trims)
-    for x in [inputs] if isinstance(inputs, torch.Tensor) else inputs:
-        moments.update(x)
-    return joint_data_aware_fit(weights, dilations, bases, moments, owner.groups)
+    return joint_weight_fit(weights, dilations, [owner.basis(k) for k in range(owner.num_branches)])
+
+
+def fit_on_data(owner, convs, inputs) -> None:
+    """α and the biases refitted so every branch's outputs match its conv's on ``inputs`` (tensors
+    reaching the head; the calibration engine); ``fit_error``/``branch_errors`` become that α's."""
+    from ..calibration.on_inputs import fit_on_inputs  # the engine builds on the layers
+
+    fit_on_inputs(list(owner.branches), list(convs), inputs)
+    owner.fit_error, owner.branch_errors = weight_errors(
+        owner.alpha, [c.weight for c in convs], [c.dilation[0] for c in convs],
+        [owner.basis(k) for k in range(owner.num_branches)])

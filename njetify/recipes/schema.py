@@ -46,6 +46,7 @@ class CalibrationConfig:
     direct_max_dim: int = O.DIRECT_MAX_DIM  # wider regressions: conjugate gradients on a stored design
     design_bytes: int = O.DESIGN_BYTES  # memory bound of that design
     max_iter: int = O.PCG_MAX_ITER  # conjugate-gradient iterations
+    wide_solver: str = O.WIDE_SOLVER  # wider regressions: "pcg" (joint) or "per_channel" (no stored design)
     seed: int = 0  # seeds the position sampling
 
 

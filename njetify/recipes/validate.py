@@ -28,6 +28,7 @@ from ..options import (
     SIGMA_PER_AXIS,
     SUBSAMPLE_MODES,
     SUBSAMPLE_WHERE,
+    WIDE_SOLVERS,
     order_problem,
     r_problem,
 )
@@ -128,6 +129,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "calibration.direct_max_dim": _at_least(1),
     "calibration.design_bytes": _at_least(1),
     "calibration.max_iter": _at_least(1),
+    "calibration.wide_solver": _choice(*WIDE_SOLVERS),
     "calibration.seed": _at_least(0),
     "rules.match": _match,
     "finetune.optimizer": _choice(*OPTIMIZERS),
