@@ -341,43 +341,28 @@ class NJetConv2d(HostSizes, SigmaModule):
     # ------------------------------------------------------------- conversion
     @classmethod
     def from_conv(
-        cls,
-        conv: nn.Conv2d,
-        order: int = 3,
-        sigma: float | None = None,
-        extent: float = 2.0,
-        *,
-        inputs: torch.Tensor | Iterable[torch.Tensor] | None = None,
-        stride: int | None = None,
-        **kwargs,
+        cls, conv: nn.Conv2d, order: int = 3, sigma: float | None = None, extent: float = 2.0, *,
+        inputs: torch.Tensor | Iterable[torch.Tensor] | None = None, stride: int | None = None, **kwargs,
     ) -> "NJetConv2d":
         """Build an N-Jet layer that approximates ``conv`` (DESIGN §3).
 
-        σ₀ = d·(k−1)/(2·extent) when ``sigma`` is None. α is the least-squares fit
-        to the conv's weights; with ``inputs`` (tensors ``(N, C_in, H, W)`` that reach this
-        conv) α and the bias are then refitted so the layer's outputs match the conv's there
-        (output matching, the calibration engine's fit). ``stride`` overrides the conv's stride (the
-        surgery sets 1 and resizes afterwards). Extra keyword arguments
-        (``learn_sigma``, ``sigma_per``, ``max_size``, ``path``) go to the constructor.
-        The relative weight-space error of the fit is stored in ``.fit_error``.
+        σ₀ = d·(k−1)/(2·extent) when ``sigma`` is None. α is the least-squares fit to the conv's
+        weights (its relative error in ``.fit_error``); with ``inputs`` (tensors ``(N, C_in, H, W)``
+        reaching the conv) α and the bias are then refitted to the conv's outputs there
+        (:mod:`njetify.calibration.on_inputs`). ``stride`` overrides the conv's stride (the surgery
+        sets 1 and resizes afterwards). Other keyword arguments go to the constructor.
         """
         args = convert.layer_args(conv, order, sigma, extent, stride)
         layer = cls(**args, device=conv.weight.device, dtype=conv.weight.dtype, **kwargs)
-        layer.fit_(conv.weight.detach(), dilation=conv.dilation[0])
-        if conv.bias is not None:
-            with torch.no_grad():
-                layer.bias.copy_(conv.bias)
-        if inputs is not None:
-            convert.fit_on_data(layer, conv, inputs)
-        return layer
+        convert.fitted_from(layer, conv, dilation=conv.dilation[0])
+        return layer if inputs is None else convert.fit_on_data(layer, conv, inputs)
 
     @torch.no_grad()
     def fit_(self, kernel: torch.Tensor, *, dilation: int = 1) -> float:
         """Set α to the least-squares fit of kernels ``(O, C/groups, k, k)`` (dilation d) at the current σ.
 
-        The kernel is used at its k² taps: a dilated kernel is never spread on its dense grid.
-        Returns and stores the relative weight-space error. (A fit on the layer's outputs:
-        ``from_conv(conv, inputs=...)``, or :mod:`njetify.calibration` for a whole model.)
+        The kernel is used at its k² taps (never spread on its dense dilated grid). Returns and
+        stores the relative weight-space error.
         """
         alpha, err = convert.fit_alpha(self, kernel, dilation)
         self.alpha.copy_(alpha)

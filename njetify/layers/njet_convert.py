@@ -44,10 +44,10 @@ def layer_args(conv: nn.Conv2d, order: int, sigma: float | None, extent: float, 
 
 
 @torch.no_grad()
-def fitted_from(layer, conv):
-    """``layer`` with α fitted to ``conv.weight`` (weight space, its ``fit_``) and ``conv``'s bias copied;
-    returns ``layer``."""
-    layer.fit_(conv.weight.detach())
+def fitted_from(layer, conv, **fit_kwargs):
+    """``layer`` with α fitted to ``conv.weight`` (weight space, its ``fit_`` with ``fit_kwargs``) and
+    ``conv``'s bias copied; returns ``layer``."""
+    layer.fit_(conv.weight.detach(), **fit_kwargs)
     if conv.bias is not None:
         layer.bias.copy_(conv.bias)
     return layer
@@ -64,15 +64,16 @@ def fit_alpha(layer, kernel: torch.Tensor, dilation: int) -> tuple[torch.Tensor,
     return weight_space_fit(kernel, basis, dilation)
 
 
-def fit_on_data(layer, conv: nn.Conv2d, inputs) -> None:
-    """α and bias refitted so the layer's outputs match ``conv``'s on ``inputs`` (the calibration engine);
-    ``layer.fit_error`` becomes the weight-space error of that α."""
+def fit_on_data(layer, conv: nn.Conv2d, inputs):
+    """``layer`` with α and bias refitted so its outputs match ``conv``'s on ``inputs`` (the calibration
+    engine); ``layer.fit_error`` becomes the weight-space error of that α."""
     from ..calibration.on_inputs import fit_on_inputs  # the engine builds on the layers
 
     fit_on_inputs([layer], [conv], inputs)
     basis = layer.basis()
     layer.fit_error = weight_errors(layer.alpha, [conv.weight], [conv.dilation[0]],
                                     [basis if basis.dim() == 3 else basis[0]])[0]
+    return layer
 
 
 @torch.no_grad()
