@@ -150,3 +150,15 @@ def test_channel_chunks_hold_whole_groups_or_lie_in_one():
     assert channel_chunks(8, 8, 3) == [(0, 3), (3, 6), (6, 8)]
     assert channel_chunks(8, 2, 5) == [(0, 4), (4, 8)]
     assert channel_chunks(6, 3, 2) == [(0, 2), (2, 3), (3, 5), (5, 6)]
+
+
+def test_the_report_names_the_solver_of_each_layer():
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1)).eval()
+    data = [_smooth(2, 3, 12, 12)]
+    _, joint = njetify.convert(net, calibration_data=data, max_fit_error=math.inf)
+    _, per = njetify.convert(net, calibration_data=data, max_fit_error=math.inf,
+                             calibration={"wide_solver": "per_channel", "direct_max_dim": 0})
+    assert [r.extra["solver"] for r in joint.select("conv")] == ["direct", "direct"]
+    assert [r.extra["solver"] for r in per.select("conv")] == ["per-channel", "per-channel"]
+    assert "solver" not in njetify.convert(net, max_fit_error=math.inf)[1].select("conv")[0].extra  # no data

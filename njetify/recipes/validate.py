@@ -126,7 +126,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "calibration.sigma_fractions": _fraction,
     "calibration.sigma_tolerance": _non_negative,
     "calibration.search_fraction": _unit_interval_open_left,
-    "calibration.direct_max_dim": _at_least(1),
+    "calibration.direct_max_dim": _at_least(0),  # 0: every layer takes the wide solver
     "calibration.design_bytes": _at_least(1),
     "calibration.max_iter": _at_least(1),
     "calibration.wide_solver": _choice(*WIDE_SOLVERS),

@@ -243,7 +243,8 @@ class Refit(Decision):
     ``"weight-space"``, or ``"reverted"`` / ``"unreached"`` / ``"skipped"``), the fitted ``sigma0`` and
     ``size``, ``weight_error`` (the weight-space error of its fit; given for a layer, ``unit``
     ``"conv"``, not for a tied branch), the output errors before / after the fit, the σ₀
-    ``candidates`` tried (σ₀ → error) and the engine's ``reason``."""
+    ``candidates`` tried (σ₀ → error), the engine's ``reason`` and the ``solver`` it fitted with
+    (``"direct"``, ``"pcg (n iterations)"``, ``"per-channel"``; None without data)."""
 
     unit: str = "conv"
     fit: str = "weight-space"
@@ -255,12 +256,15 @@ class Refit(Decision):
     error_after: float | None = None
     candidates: tuple[tuple[float, float], ...] = ()
     reason: str | None = None
+    solver: str | None = None
 
     def amend(self, report: ConversionReport) -> None:
         row = report.row("conv", self.path)
         if row is None:
             return
         row.extra["fit"] = self.fit
+        if self.solver:
+            row.extra["solver"] = self.solver
         if not self.reverted:
             row.sigma0, row.size = self.sigma0, self.size
             if self.unit == "conv":
@@ -275,7 +279,8 @@ class Refit(Decision):
 @dataclass(frozen=True)
 class HeadRefit(Decision):
     """What calibration made of the tied ASPP head at ``path``: its ``fit``, output errors, and the
-    branches' σ₀ and sizes — or, ``reverted``, the gate's ``reason`` (every branch is a conv again)."""
+    branches' σ₀ and sizes and the ``solver`` — or, ``reverted``, the gate's ``reason`` (every branch is a
+    conv again)."""
 
     fit: str = "weight-space"
     reverted: bool = False
@@ -284,12 +289,15 @@ class HeadRefit(Decision):
     error_before: float | None = None
     error_after: float | None = None
     reason: str | None = None
+    solver: str | None = None
 
     def amend(self, report: ConversionReport) -> None:
         head = _first(report, "aspp", self.path, "tied")
         if head is None:
             return
         head.extra["fit"] = self.fit
+        if self.solver:
+            head.extra["solver"] = self.solver
         head.error_before, head.error_after = self.error_before, self.error_after
         if self.reverted:
             head.action, head.reason, head.params_after = "kept", self.reason, head.params_before

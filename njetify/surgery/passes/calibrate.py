@@ -130,12 +130,12 @@ def _decide(ctx: SurgeryContext, result, fit: str, options) -> None:
                 path, unit=res.kind, fit=status, reverted=reverted,
                 sigma0=res.sigma0[k] if k >= 0 else None, size=res.size[k] if 0 <= k < len(res.size) else None,
                 weight_error=res.weight_error, error_before=res.error_before, error_after=res.error_after,
-                candidates=tuple(res.candidates.items()), reason=res.reason))
+                candidates=tuple(res.candidates.items()), reason=res.reason, solver=res.solver))
         head = heads.get(res.paths[0]) if res.kind == "tied" else None
         if head is not None:
             ctx.decide(HeadRefit(head.path, fit=status, reverted=reverted, sigma0=tuple(res.sigma0),
                                  sizes=tuple(res.size), error_before=res.error_before, error_after=res.error_after,
-                                 reason=res.reason))
+                                 reason=res.reason, solver=res.solver))
 
 
 def calibrate_done(ctx: SurgeryContext) -> str | None:
