@@ -43,10 +43,12 @@ def center_pad(t: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(t, (p, p, p, p)) if p > 0 else t
 
 
-def tap_offsets(kernel_size: int, dilation: int) -> torch.Tensor:
-    """``(k², 2)`` integer (dy, dx) offsets of a k×k kernel's taps from its centre, row-major."""
-    r = torch.arange(kernel_size) - (kernel_size - 1) // 2
-    dy, dx = torch.meshgrid(r * dilation, r * dilation, indexing="ij")
+def tap_offsets(kernel_size, dilation) -> torch.Tensor:
+    """``(k_y·k_x, 2)`` integer (dy, dx) offsets of a kernel's taps from its centre, row-major;
+    ``kernel_size`` and ``dilation`` are ints or ``(y, x)`` pairs (odd sizes)."""
+    (ky, kx), (dy_, dx_) = (v if isinstance(v, (tuple, list)) else (v, v) for v in (kernel_size, dilation))
+    dy, dx = torch.meshgrid((torch.arange(ky) - (ky - 1) // 2) * dy_, (torch.arange(kx) - (kx - 1) // 2) * dx_,
+                            indexing="ij")
     return torch.stack([dy.flatten(), dx.flatten()], 1)
 
 

@@ -50,8 +50,9 @@ def tap_values(x: torch.Tensor, geometry: Geometry, offsets: torch.Tensor, posit
 
 def taps_mismatch(unit, inputs, targets) -> str | None:
     """Why the original kernels' taps on the layer's input do not give the original convs' outputs
-    (checked at 8 positions of the first batch; None when they do)."""
+    (checked at 8 positions of the first batch's first image; None when they do)."""
     b, x = inputs[0]
+    x = x[:1]  # one image: the check needs only a few positions
     for k, (_, geometry, _) in enumerate(unit.bases()):
         smp, conv = targets[k].get(b), unit.originals[k]
         if smp is None:
@@ -59,7 +60,7 @@ def taps_mismatch(unit, inputs, targets) -> str | None:
         if smp.step != conv.stride[0] or conv.stride[0] != conv.stride[1]:
             return "the targets are not on the original conv's output grid"
         kernel, offsets = unit.taps(k)
-        pos = sample_positions(x.shape[0], *smp.grid, 8, torch.Generator().manual_seed(0))
+        pos = sample_positions(1, *smp.grid, 8, torch.Generator().manual_seed(0))
         with torch.no_grad():
             ref = take(conv(x), pos).double()
         p = tap_values(x, geometry, offsets, pos, smp.step).double()  # (S, C, T)
@@ -204,8 +205,8 @@ def _finish(unit, x0, x, preds, targets, every, cols):
     og, k_bias = x0.shape[-1], unit.num_bias
     dim = x0.shape[1] - k_bias
     sq0 = sq = tt = 0.0
-    shift = torch.zeros(max(k_bias, 1), unit.groups, og, dtype=torch.float64, device=x.device)
-    counts = [0] * max(k_bias, 1)
+    shift = torch.zeros(k_bias, unit.groups, og, dtype=torch.float64, device=x.device)  # Σ residual per branch
+    counts = [0] * k_bias
     for k, branch in enumerate(targets):
         for smp in branch.values():
             if (k, id(smp)) not in preds:
@@ -214,15 +215,14 @@ def _finish(unit, x0, x, preds, targets, every, cols):
             if cols is not None:
                 t = t.reshape(t.shape[0], unit.groups, -1)[:, :, cols.to(t.device)].flatten(1)
             t = split_targets(t, unit.groups).transpose(0, 1).double()  # (S, g, O')
-            p0, p1 = (p.double() for p in preds[(k, id(smp))])
-            bias0 = x0[:, dim + k].to(t.device) if k_bias else 0.0
-            r0, r = t - p0 - bias0, t - p1 - bias0
+            b0 = x0[:, dim + k].to(t.device) if k_bias else 0.0  # the start's bias, kept by the solve
+            r0, r = (t - b0 - p.double() for p in preds[(k, id(smp))])
             sq0, sq, tt = sq0 + float(r0.pow(2).sum()), sq + float(r.pow(2).sum()), tt + float(t.pow(2).sum())
             if k_bias:
                 shift[k] += r.sum(0)
                 counts[k] += r.shape[0]
     x = x.clone()
-    for k, n in enumerate(counts if k_bias else []):
+    for k, n in enumerate(counts):
         if n:
             x[:, dim + k] += shift[k] / n
             sq -= float(n * (shift[k] / n).pow(2).sum())

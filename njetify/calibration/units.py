@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..fit import dense_kernel
+from ..fit import dense_kernel, tap_offsets
 from ..layers import NJetConv2d, NJetConvTranspose2d, TiedNJetBranch
 from ..layers.njet_axes import NJetAxesConv2d
 from .responses import Geometry, TransposedGeometry
@@ -134,11 +134,7 @@ class Unit:
         conv = self.originals[k]
         if not isinstance(conv, nn.Conv2d) or any(s % 2 == 0 for s in conv.kernel_size):
             return None
-        (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
-        ys = (torch.arange(kh) - (kh - 1) // 2) * dh
-        xs = (torch.arange(kw) - (kw - 1) // 2) * dw
-        offsets = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(-1, 2)
-        return conv.weight.detach().flatten(2), offsets
+        return conv.weight.detach().flatten(2), tap_offsets(conv.kernel_size, conv.dilation)
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``alpha (O, C_g, F)`` and bias as ``(K, O)`` (None without bias)."""
