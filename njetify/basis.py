@@ -20,6 +20,7 @@ Everything is built on σ's device and dtype and is differentiable in σ.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
@@ -41,6 +42,18 @@ def basis_orders(order: int) -> tuple[tuple[int, int], ...]:
 #: Tolerance on ``extent·σ`` before rounding up, so that σ stored as ``exp(log σ)``
 #: in float32 (0.5 → 0.50000006) does not jump to the next filter size.
 SIZE_TOLERANCE = 1e-4
+
+
+@lru_cache(maxsize=None)
+def basis_blocks(order: int) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """Per x-order i, the indices in :func:`basis_orders` of the pairs ``(i, j)``, ``j = 0..N−i`` (j rising)."""
+    pairs = basis_orders(order)
+    return tuple((i, tuple(pairs.index((i, j)) for j in range(order + 1 - i))) for i in range(order + 1))
+
+
+def order_of(nf: int) -> int:
+    """The order N of a basis with ``nf = (N+1)(N+2)/2`` filters."""
+    return math.isqrt(8 * nf + 1) // 2 - 1 if nf > 0 else 0
 
 
 def half_width(sigma: float, extent: float = 2.0) -> int:

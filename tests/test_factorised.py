@@ -218,3 +218,32 @@ def test_nn_module_state_keeps_path():
     clone.load_state_dict(layer.state_dict())
     assert clone.path == "auto" and "path" not in layer.state_dict()
     assert isinstance(nn.Sequential(layer)[0], NJetConv2d)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_basis_first_layouts_and_bands_equal_dense(seed):
+    """Channels-last and banded (maps ≤ 40², or a channels-last input) and per-plane (larger maps) basis-first
+    give the dense outputs and gradients, in the input's memory format."""
+    from njetify.layers.basis_first import axis_bands
+
+    rng = random.Random(100 + seed)
+    torch.manual_seed(seed)
+    for side, channels_last in ((rng.randint(32, 40), False), (rng.randint(50, 70), True), (rng.randint(50, 70), False)):
+        groups = rng.choice([1, 2])
+        cin, cout = groups * rng.randint(1, 3), groups * rng.randint(1, 3)
+        mode = rng.choice(["zeros", "reflect", "replicate", "circular"])
+        layer = NJetConv2d(cin, cout, order=rng.randint(1, 3), sigma=rng.uniform(0.4, 1.5), groups=groups,
+                           stride=rng.choice([1, 1, 2]), padding_mode=mode, trim=rng.randint(-1, 1),
+                           dtype=torch.float64)
+        x = torch.randn(2, cin, side, side + rng.randint(-3, 0), dtype=torch.float64)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y0, g0, gy = _outputs_and_grads(layer, x, "dense", torch.randn(layer(x).shape, dtype=torch.float64))
+        y, g, _ = _outputs_and_grads(layer, x, "basis_first", gy)
+        torch.testing.assert_close(y, y0, atol=1e-10, rtol=1e-9)
+        for name, ref in g0.items():
+            torch.testing.assert_close(g[name], ref, atol=1e-9, rtol=1e-8, msg=lambda m: f"{name}: {m}")
+        cl = channels_last and cin > 1  # one channel: NCHW and channels-last at once, output NCHW (as conv2d)
+        assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format), (layer, x.shape)
+    assert len(axis_bands(36, (2, 2), 5)) > 1 and len(axis_bands(20, (2, 2), 5)) == 1
+    assert len(axis_bands(64, (12, 12), 25, 1, "circular")) == 1  # a wrap touches every column: no saving

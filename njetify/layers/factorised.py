@@ -8,11 +8,11 @@ y-axis operator of order j and ``Bx_i`` the transposed x-axis operator of order 
 
 Two evaluation orders, both exact:
 
-* **basis-first** (:func:`basis_first`): filter every input channel along y with the N+1
-  orders once (``Y_j = A_j x``), then, one x-order i at a time, along x
-  (``R_ij = Y_j Bx_i`` for ``j ≤ N − i``) and mix these ``C·(N+1−i)`` maps into the output
-  with one GEMM. Cost per output pixel ≈ ``O·Cg·F`` (mix) ``+ C·((N+1)·H + F·W)`` (filtering).
-  Backward recomputes Y and R instead of saving them: autograd keeps only x.
+* **basis-first** (:func:`~njetify.layers.basis_first.basis_first`): filter every input channel
+  along x with the N+1 orders, then along y with the orders each pair needs, channels-last and
+  banded, and mix the ``C·F`` maps into the outputs with F accumulating GEMMs. Cost per output
+  pixel ≈ ``O·Cg·F`` (mix) ``+ C·((N+1) + F)·(tile + s)`` (filtering). Backward recomputes the
+  filtered maps instead of saving them: autograd keeps only x.
 * **mix-first** (:func:`mix` then :func:`filter_sum`): mix ``C_in`` into ``O·F`` maps, then per
   x-order i filter ``Σ_j A_j M_ij`` (one GEMM over the stacked orders) and along x, summing.
   Cost ≈ ``O·Cg·F`` at the input resolution ``+ O·F·H + O·(N+1)·W``; it keeps the ``O·F``
@@ -20,182 +20,23 @@ Two evaluation orders, both exact:
 
 The maps are laid out so every product is a large matrix product or a batch of per-plane
 products writing in place (no depthwise conv, no gather of the ``(i, j)`` pairs, no copies);
-transient maps live in reusable CPU scratch buffers (:func:`workspace`). Gradients are
+transient maps live in reusable CPU scratch buffers (:mod:`~njetify.layers.workspace`). Gradients are
 first-order only (``once_differentiable``): for double backward use ``path="dense"``.
 """
 
 from __future__ import annotations
 
-import math
-import threading
 from functools import lru_cache
 
 import torch
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from ..basis import basis_orders, num_basis
+from ..basis import basis_blocks, num_basis, order_of as nf_order
 from .axis_operators import axis_operators
+from .basis_first import axis_bands, basis_first
+from .workspace import release_workspace, workspace  # noqa: F401 (release_workspace: public here)
 
-
-@lru_cache(maxsize=None)
-def _blocks(order: int) -> tuple[tuple[int, tuple[int, ...]], ...]:
-    """Per x-order i, the basis indices f of the pairs ``(i, j)`` for ``j = 0..N−i`` (j rising)."""
-    pairs = basis_orders(order)
-    return tuple((i, tuple(pairs.index((i, j)) for j in range(order + 1 - i))) for i in range(order + 1))
-
-
-class _Workspace(threading.local):
-    def __init__(self):
-        self.buffers: dict[tuple, torch.Tensor] = {}
-
-
-_WORKSPACE = _Workspace()
-
-
-def workspace(slot: str, shape, like: torch.Tensor) -> torch.Tensor:
-    """A reusable scratch tensor of ``shape`` (CPU; elsewhere a fresh tensor).
-
-    Fresh large CPU tensors cost a page fault per 4 KiB page on first touch (glibc hands
-    allocations above 32 MiB back to the kernel on free), which is slower than the matrix
-    products that fill them. The transient maps of the factorised path live here instead:
-    one buffer per slot, dtype and thread, grown to the largest size asked for. Only
-    values that never leave a forward or backward call may use it.
-    """
-    if like.device.type != "cpu":
-        return like.new_empty(shape)
-    numel = math.prod(shape)
-    key = (slot, like.dtype)
-    buf = _WORKSPACE.buffers.get(key)
-    if buf is None or buf.numel() < numel:
-        buf = _WORKSPACE.buffers[key] = like.new_empty(numel)
-    return buf[:numel].view(shape)
-
-
-def release_workspace() -> int:
-    """Free the CPU scratch buffers of this thread; returns the bytes released."""
-    total = sum(b.numel() * b.element_size() for b in _WORKSPACE.buffers.values())
-    _WORKSPACE.buffers.clear()
-    return total
-
-
-def _planes(t: torch.Tensor) -> torch.Tensor:
-    """View ``(N, C, ...)`` with the first two dims merged (no copy)."""
-    return t.flatten(0, 1)
-
-
-def _xpass(x: torch.Tensor, bx: torch.Tensor) -> torch.Tensor:
-    """Every x-order on every row of ``x (N, C, H, W)``: one GEMM → scratch ``(N, C, H, M, Wo)``."""
-    n, c, h, w = x.shape
-    m, _, wo = bx.shape
-    z = workspace("z", (n, c, h, m, wo), x)
-    torch.mm(x.reshape(-1, w), bx.transpose(0, 1).reshape(w, m * wo), out=z.view(-1, m * wo))
-    return z
-
-
-def _ypass(ay: torch.Tensor, z: torch.Tensor, order: int, ho: int) -> torch.Tensor:
-    """y-orders on the x-filtered maps: ``R[n, c, (i, j)] = A_j · Z[n, c, :, i]`` → scratch ``(N, C, F, Ho, Wo)``
-    with the basis in block order (x-order i, then y-order j ≤ N − i)."""
-    n, c, h, m, wo = z.shape
-    r = workspace("r", (n, c, num_basis(order), ho, wo), z)
-    off = 0
-    for i in range(order + 1):
-        ji = order + 1 - i
-        src = _planes(z[:, :, :, i])  # (N·C, H, Wo), rows strided
-        dst = _planes(r[:, :, off : off + ji]).flatten(1, 2)  # (N·C, J_i·Ho, Wo)
-        torch.matmul(ay[:ji].reshape(ji * ho, h), src, out=dst)
-        off += ji
-    return r
-
-
-@lru_cache(maxsize=None)
-def _block_perm(order: int) -> tuple[int, ...]:
-    """Basis indices in block order (x-order i, then y-order j): the mix's column order."""
-    return tuple(f for _, idx in _blocks(order) for f in idx)
-
-
-def _alpha_blocks(alpha: torch.Tensor, groups: int) -> torch.Tensor:
-    """``α (O, Cg, F)`` → ``(G, Og, Cg·F)`` with columns (c, block-ordered f)."""
-    out_ch, cg, nf = alpha.shape
-    perm = _perm_index(nf_order(nf), alpha.device)
-    return alpha[:, :, perm].reshape(groups, out_ch // groups, cg * nf)
-
-
-@lru_cache(maxsize=None)
-def _perm_index(order: int, device: torch.device, inverse: bool = False) -> torch.Tensor:
-    """:func:`_block_perm` (or its inverse) as an index tensor on ``device``."""
-    perm = torch.tensor(_block_perm(order))
-    return (perm.argsort() if inverse else perm).to(device)
-
-
-# ------------------------------------------------------------------------------ basis-first
-class _BasisFirst(Function):
-    @staticmethod
-    def forward(ctx, x, alpha, ay, bx, groups: int):
-        ctx.save_for_backward(x, alpha, ay, bx)
-        ctx.groups = groups
-        n, ho, wo = x.shape[0], ay.shape[1], bx.shape[2]
-        order = ay.shape[0] - 1
-        r = _ypass(ay, _xpass(x, bx), order, ho)
-        a = _alpha_blocks(alpha, groups)
-        out = torch.matmul(a, r.view(n, groups, -1, ho * wo))  # (N, G, Og, Ho·Wo)
-        return out.view(n, -1, ho, wo)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gout):
-        x, alpha, ay, bx = ctx.saved_tensors
-        groups = ctx.groups
-        need_x, need_a, need_ay, need_bx = ctx.needs_input_grad[:4]
-        n, c, h, w = x.shape
-        m, ho, wo = ay.shape[0], ay.shape[1], bx.shape[2]
-        order = m - 1
-        out_ch, cg, nf = alpha.shape
-        gout = gout.contiguous().view(n, groups, out_ch // groups, ho * wo)
-        a = _alpha_blocks(alpha, groups)
-        z = _xpass(x, bx)
-        dx = dalpha = day = dbx = None
-        if need_a:
-            r = _ypass(ay, z, order, ho).view(n, groups, cg * nf, ho * wo)
-            da = torch.matmul(gout, r.transpose(-1, -2)).sum(0)  # (G, Og, Cg·F), block order
-            dalpha = da.view(out_ch, cg, nf)[:, :, _perm_index(order, x.device, True)]
-        if need_x or need_ay or need_bx:
-            dr = workspace("dr", (n, groups, cg * nf, ho * wo), x)
-            torch.matmul(a.transpose(1, 2), gout, out=dr)
-            dr = dr.view(n, c, nf, ho, wo)
-            dz = workspace("dz", (n, c, h, m, wo), x)
-            day = torch.zeros_like(ay) if need_ay else None
-            off = 0
-            for i in range(m):
-                ji = m - i
-                block = _planes(dr[:, :, off : off + ji]).flatten(1, 2)  # (N·C, J_i·Ho, Wo)
-                torch.matmul(ay[:ji].reshape(ji * ho, h).T, block, out=_planes(dz[:, :, :, i]))
-                if need_ay:
-                    zi = _planes(z[:, :, :, i])  # (N·C, H, Wo)
-                    tmp = workspace("tmp", (n * c, ji * ho, h), x)
-                    torch.matmul(block, zi.transpose(1, 2), out=tmp)
-                    day[:ji] += tmp.sum(0).view(ji, ho, h)
-                off += ji
-            dzf = dz.view(-1, m * wo)
-            bxf = bx.transpose(0, 1).reshape(w, m * wo)
-            if need_x:
-                dx = (dzf @ bxf.T).view(n, c, h, w)
-            if need_bx:
-                dbx = (x.reshape(-1, w).T @ dzf).view(w, m, wo).transpose(0, 1)
-        return dx, dalpha, day, dbx, None
-
-
-def basis_first(x: torch.Tensor, alpha: torch.Tensor, ay: torch.Tensor, bx: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """Factorised N-Jet convolution, filtering the inputs first.
-
-    Args:
-        x: input ``(N, C, H, W)``.
-        alpha: coefficients ``(O, C/groups, F)`` in :func:`~njetify.basis.basis_orders` order.
-        ay: y-axis operators ``(N+1, Ho, H)``; bx: transposed x-axis operators ``(N+1, W, Wo)``.
-
-    Returns ``(N, O, Ho, Wo)`` (no bias). One σ for all outputs.
-    """
-    return _BasisFirst.apply(x.contiguous(), alpha, ay, bx, groups)
 
 
 # -------------------------------------------------------------------------------- mix-first
@@ -219,13 +60,8 @@ def mix(x: torch.Tensor, alpha: torch.Tensor, groups: int = 1) -> torch.Tensor:
 @lru_cache(maxsize=64)
 def _mix_rows(order: int, og: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Output channel and basis index of each mixed map, in (x-order i, o, y-order j) order."""
-    rows = [(o, f) for _, idx in _blocks(order) for o in range(og) for f in idx]
+    rows = [(o, f) for _, idx in basis_blocks(order) for o in range(og) for f in idx]
     return torch.tensor([o for o, _ in rows], device=device), torch.tensor([f for _, f in rows], device=device)
-
-
-def nf_order(nf: int) -> int:
-    """The order N of a basis with ``nf = (N+1)(N+2)/2`` filters."""
-    return math.isqrt(8 * nf + 1) // 2 - 1 if nf > 0 else 0
 
 
 def _stack_orders(ay: torch.Tensor, ji: int) -> torch.Tensor:
@@ -372,7 +208,8 @@ def factorised_conv2d(
         if order == "basis_first":
             if g.dim() != 2:
                 raise ValueError("basis_first needs one σ for all output channels; use order='mix_first'")
-            return basis_first(x.to(dtype), alpha, ay, bx, groups)
+            bands = axis_bands(x.shape[-2], (pads[2], pads[3]), g.shape[-1], stride, padding_mode)
+            return basis_first(x.to(dtype), alpha, ay, bx, groups, bands)
         if order != "mix_first":
             raise ValueError(f"order must be 'basis_first' or 'mix_first', got {order!r}")
         if g.dim() == 3:  # one σ per output channel
