@@ -80,10 +80,15 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 2, 3, 1).contiguous()
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is stored channels-last and not also NCHW (one channel, or 1×1 maps, are both: NCHW, as ``conv2d``)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def _like_input(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``(N, H, W, C)`` → ``(N, C, H, W)`` in ``x``'s memory format (NCHW when both fit, as ``conv2d``)."""
+    """``(N, H, W, C)`` → ``(N, C, H, W)`` in ``x``'s memory format."""
     t = t.permute(0, 3, 1, 2)
-    return t if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else t.contiguous()
+    return t if _is_channels_last(x) else t.contiguous()
 
 
 def _xpass(xl: torch.Tensor, bxt: torch.Tensor) -> torch.Tensor:
@@ -168,12 +173,12 @@ class _BasisFirst(Function):
         if not (need_x or need_ay or need_bx):
             return None, dalpha, None, None, None, None
         dr = r
+        ag = _grouped(alpha, groups)
         for f in range(nf):
             if groups == 1:
                 torch.mm(gl, alpha[:, :, f], out=dr[f].view(rows, c))
             else:
-                dr[f].view(rows, groups, cg).copy_(torch.einsum("pgo,gco->pgc", gl.view(rows, groups, og),
-                                                                _grouped(alpha, groups)[f]))
+                dr[f].view(rows, groups, cg).copy_(torch.einsum("pgo,gco->pgc", gl.view(rows, groups, og), ag[f]))
         dz = workspace("bf_dz", z.shape, z).zero_()
         day = torch.zeros_like(ay) if need_ay else None
         for f, (i, j) in enumerate(pairs):
@@ -202,11 +207,11 @@ def basis_first(x: torch.Tensor, alpha: torch.Tensor, ay: torch.Tensor, bx: torc
 
     Returns ``(N, O, Ho, Wo)`` (no bias). One σ for all outputs. Maps of up to
     :data:`CHANNELS_LAST_MAX_PIXELS` output pixels (or a channels-last input) run in this module's
-    layout, larger ones per plane (:mod:`~njetify.layers.basis_first_planes`), whichever was faster
-    on the shapes of ``benchmarks/layer.py --layouts``.
+    layout, larger ones per plane (:mod:`~njetify.layers.basis_first_planes`): the faster layout on
+    the shapes timed for this choice (docs/speed.md, "The two paths").
     """
     ho, wo = ay.shape[1], bx.shape[2]
-    if ho * wo > CHANNELS_LAST_MAX_PIXELS and not x.is_contiguous(memory_format=torch.channels_last):
+    if ho * wo > CHANNELS_LAST_MAX_PIXELS and not _is_channels_last(x):
         return basis_first_planes(x, alpha, ay, bx, groups)
     if bands_y is None:
         bands_y = ((0, ho, 0, ay.shape[2]),)
