@@ -12,21 +12,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import torch
 
+from _timing import median_ms  # benchmarks/_timing.py
 from njetify import NJetConv2d
-
-
-def _median_ms(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
 
 
 def _train(module, x):
@@ -51,9 +41,9 @@ def main() -> None:
         conv = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False)
         for sigma in (float(s) for s in args.sigmas.split(",")):
             layer = NJetConv2d(cin, cout, order=3, sigma=sigma, path="basis_first", max_size=4 * side)
-            tc, tb = _median_ms(_train(conv, x), args.reps), _median_ms(_train(layer, x), args.reps)
+            tc, tb = median_ms(_train(conv, x), args.reps), median_ms(_train(layer, x), args.reps)
             with torch.no_grad():
-                ec, eb = _median_ms(lambda: conv(x), args.reps), _median_ms(lambda: layer(x), args.reps)
+                ec, eb = median_ms(lambda: conv(x), args.reps), median_ms(lambda: layer(x), args.reps)
             size = 2 * math.ceil(2 * sigma) + 1
             print(f"{cin}→{cout} @{side}², batch {n}, σ={sigma:g} ({size}px): train {tb / tc:.2f}× "
                   f"({tb:.0f} vs {tc:.0f} ms), eval {eb / ec:.2f}× ({eb:.0f} vs {ec:.0f} ms)", flush=True)

@@ -189,3 +189,36 @@ def test_to_conv_identical(mode):
 def test_parameter_count():
     layer = NJetConv2d(64, 32, order=3)
     assert sum(p.numel() for p in layer.parameters()) == 64 * 32 * num_basis(3) + 1 + 32
+
+
+def _graph_ops(t: torch.Tensor) -> set[str]:
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None and type(fn).__name__ not in seen:
+            seen.add(type(fn).__name__)
+            todo.extend(f for f, _ in fn.next_functions)
+    return seen
+
+
+@pytest.mark.parametrize("shape, as_conv", [((128, 96, 10), True), ((96, 1, 15), False), ((64, 64, 6), False)])
+def test_combine_basis_equals_the_matrix_product(shape, as_conv):
+    """α @ basis as a 1×1 conv (large layers on CPU) gives the product's values and gradients."""
+    from njetify.layers.functional import COMBINE_AS_CONV_MIN, combine_basis
+
+    torch.manual_seed(0)
+    o, cg, nf = shape
+    assert (o * cg >= COMBINE_AS_CONV_MIN) == as_conv
+    alpha = torch.randn(cg, o, nf).transpose(0, 1).requires_grad_()  # a non-contiguous α too
+    basis = torch.randn(nf, 25, requires_grad=True)
+    w = combine_basis(alpha, basis)
+    assert w.shape == (o, cg, 25) and w.is_contiguous()
+    assert ("ConvolutionBackward0" in _graph_ops(w)) == as_conv
+    ref = alpha.detach().double() @ basis.detach().double()
+    assert torch.allclose(w.double(), ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(w)
+    ga, gb = torch.autograd.grad(w, (alpha, basis), g)
+    a64, b64 = alpha.detach().double().requires_grad_(), basis.detach().double().requires_grad_()
+    ra, rb = torch.autograd.grad(a64 @ b64, (a64, b64), g.double())
+    assert torch.allclose(ga.double(), ra, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(gb.double(), rb, rtol=1e-5, atol=1e-3 * rb.abs().max().item())

@@ -33,7 +33,7 @@ from .. import basis as B
 from ._checks import check_layer, check_positive
 from ._fx import leaf_or
 from .njet_convert import fitted_from
-from .functional import dense_conv2d
+from .functional import combine_basis, dense_conv2d
 from .protocol import SigmaModule
 from .sizes import HostSizes
 
@@ -160,7 +160,7 @@ class NJetAxesConv2d(HostSizes, SigmaModule):
     def filters(self) -> torch.Tensor:
         """The filter ``(out_channels, in_channels/groups, s_y, s_x)``."""
         b = self.basis()
-        return (self.alpha @ b.flatten(1)).view(*self.alpha.shape[:2], *b.shape[-2:])
+        return combine_basis(self.alpha, b.flatten(1)).view(*self.alpha.shape[:2], *b.shape[-2:])
 
     @property
     def weight(self) -> torch.Tensor:
