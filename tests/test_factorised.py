@@ -247,3 +247,41 @@ def test_basis_first_layouts_and_bands_equal_dense(seed):
         assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format), (layer, x.shape)
     assert len(axis_bands(36, (2, 2), 5)) > 1 and len(axis_bands(20, (2, 2), 5)) == 1
     assert len(axis_bands(64, (12, 12), 25, 1, "circular")) == 1  # a wrap touches every column: no saving
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_per_plane_bands_equal_the_whole_operator(seed):
+    """The per-plane layout's banded y-pass gives the whole operator's output and every gradient
+    (x, α and both axis operators, inside the bands), on maps large enough to be banded."""
+    from njetify.layers.axis_operators import axis_operators
+    from njetify.layers.basis_first import axis_bands
+    from njetify.layers.basis_first_planes import basis_first_planes
+
+    rng = random.Random(300 + seed)
+    torch.manual_seed(seed)
+    order, groups = rng.randint(1, 3), rng.choice([1, 2])
+    half, stride = rng.randint(1, 4), rng.choice([1, 2])
+    mode = rng.choice(["zeros", "reflect", "replicate"])
+    h, w = rng.randint(60, 90), rng.randint(45, 60)
+    g = torch.randn(order + 1, 2 * half + 1, dtype=torch.float64)
+    pads = (half, half)
+    ay = axis_operators(g, h, pads, stride, mode).requires_grad_()
+    bx = axis_operators(g, w, pads, stride, mode).transpose(1, 2).contiguous().requires_grad_()
+    bands = axis_bands(h, pads, 2 * half + 1, stride, mode)
+    assert len(bands) > 1
+    cin, cout = groups * rng.randint(1, 3), groups * rng.randint(1, 3)
+    x = torch.randn(2, cin, h, w, dtype=torch.float64, requires_grad=True)
+    alpha = torch.randn(cout, cin // groups, (order + 1) * (order + 2) // 2, dtype=torch.float64, requires_grad=True)
+    whole = basis_first_planes(x, alpha, ay, bx, groups)
+    gout = torch.randn_like(whole)
+    ref = torch.autograd.grad(whole, (x, alpha, ay, bx), gout)
+    banded = basis_first_planes(x, alpha, ay, bx, groups, bands)
+    torch.testing.assert_close(banded, whole, atol=1e-10, rtol=1e-9)
+    inside = torch.zeros_like(ay, dtype=torch.bool)
+    for a, b, lo, hi in bands:
+        inside[:, a:b, lo:hi] = True
+    for name, got, want in zip(("x", "alpha", "ay", "bx"), torch.autograd.grad(banded, (x, alpha, ay, bx), gout), ref):
+        if name == "ay":  # outside the bands the operator is a structural zero: no gradient written there
+            assert ay.detach()[~inside].abs().max() == 0
+            got, want = got[inside], want[inside]
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-8, msg=lambda m: f"{name}: {m}")

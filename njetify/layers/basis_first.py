@@ -211,8 +211,8 @@ def basis_first(x: torch.Tensor, alpha: torch.Tensor, ay: torch.Tensor, bx: torc
     the shapes timed for this choice (docs/speed.md, "The two paths").
     """
     ho, wo = ay.shape[1], bx.shape[2]
-    if ho * wo > CHANNELS_LAST_MAX_PIXELS and not _is_channels_last(x):
-        return basis_first_planes(x, alpha, ay, bx, groups)
     if bands_y is None:
         bands_y = ((0, ho, 0, ay.shape[2]),)
+    if ho * wo > CHANNELS_LAST_MAX_PIXELS and not _is_channels_last(x):
+        return basis_first_planes(x, alpha, ay, bx, groups, bands_y)
     return _BasisFirst.apply(x, alpha, ay, bx, groups, bands_y)

@@ -10,9 +10,9 @@ Two evaluation orders, both exact:
 
 * **basis-first** (:func:`~njetify.layers.basis_first.basis_first`): filter every input channel
   along x with the N+1 orders, then along y with the orders each pair needs, and mix the ``C·F``
-  maps into the outputs: channels-last with a banded y-pass on small maps, per plane on large ones.
-  Cost per output pixel ≈ ``O·Cg·F`` (mix) ``+ C·((N+1)·W + F·(tile + s))`` (filtering; ``F·H``
-  instead of ``F·(tile + s)`` per plane). Backward recomputes the filtered maps instead of saving
+  maps into the outputs: channels-last on small maps, per plane on large ones, the y-pass banded
+  in both. Cost per output pixel ≈ ``O·Cg·F`` (mix) ``+ C·((N+1)·W + F·(tile + s))`` (filtering;
+  the x-pass applies its operator whole). Backward recomputes the filtered maps instead of saving
   them: autograd keeps only x.
 * **mix-first** (:func:`mix` then :func:`filter_sum`): mix ``C_in`` into ``O·F`` maps, then per
   x-order i filter ``Σ_j A_j M_ij`` (one GEMM over the stacked orders) and along x, summing.

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .basis_first import TILE
+
 PATHS = ("auto", "dense", "factorised", "basis_first", "mix_first")
 
 
@@ -127,7 +129,8 @@ def factorised_seconds(sh: ConvShape, rates: Rates, training: bool, order: str, 
     if order == "basis_first":
         mix = n * ho * wo * o * cg * nf / rates.gemm
         xpass = n * c * h * w * m * wo / rates.gemm_thin
-        ypass = n * c * nf * ho * h * wo / rates.planes + n * c * m * rates.plane_call
+        rows = min(h, TILE * max(1, round(h / ho)) + sh.size - 1)  # rows a band of TILE outputs reads
+        ypass = n * c * nf * ho * rows * wo / rates.planes + n * c * m * rates.plane_call
         traffic = 4 * n * c * (nf * ho * wo + m * h * wo) / rates.bandwidth
         if not training:
             return rates.call + mix + xpass + ypass + traffic
