@@ -64,8 +64,11 @@ PATH_LETTER = {"dense": "d", "basis_first": "b", "mix_first": "m"}
 
 def median_times(fns: dict, reps: int, device: torch.device, max_seconds: float) -> tuple[dict, set]:
     """Median wall time in ms of each ``fns[name]()``, interleaved rep by rep so that load from
-    other processes hits every candidate alike, after one warm-up each. Candidates whose warm-up
-    took longer than ``max_seconds`` keep that single time; their names are returned too."""
+    other processes hits every candidate alike, after one warm-up each. The order rotates every
+    rep, so that no candidate always runs right after the same one (a slow candidate leaves the
+    caches cold for the next: a fixed order made ``auto``, timed after the slowest path, up to 1.6×
+    the same path forced). Candidates whose warm-up took longer than ``max_seconds`` keep that
+    single time; their names are returned too."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times, single = {name: [] for name in fns}, set()
     for name, fn in fns.items():
@@ -79,8 +82,10 @@ def median_times(fns: dict, reps: int, device: torch.device, max_seconds: float)
             single.add(name)
         else:
             fn()
-    for _ in range(reps):
-        for name, fn in fns.items():
+    names = list(fns)
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            fn = fns[name]
             if name in single:
                 continue
             sync()
