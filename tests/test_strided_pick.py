@@ -37,6 +37,24 @@ def test_picks_at_sigma0_and_near_it(side):
     assert strided_pick(bilinear, side, side) is None
 
 
+@pytest.mark.parametrize("side", [64, 33, 224])
+def test_sigma_a_hair_below_sigma0_keeps_the_sizes_and_the_shortcut(side):
+    """σ moved by float noise below σ₀ (a factor 1e-7 above 1/2) keeps the original map size and the
+    every-2nd-pixel picks; a real move (a factor 2e-4 above 1/2, σ down ~1.5e-4) grows the map."""
+    conv = _layer()
+    x = torch.randn(1, 3, side, side)
+    with torch.no_grad():
+        conv.log_sigma.sub_(2e-7)
+    assert conv.subsample.factor > 0.5
+    assert strided_pick(conv.subsample, side, side) == 2
+    assert conv(x).shape[-1] == -(-side // 2)
+    with torch.no_grad():
+        conv.log_sigma.sub_(6e-4)
+    assert conv.subsample.factor > 0.5 * (1 + 2e-4)
+    assert strided_pick(conv.subsample, side, side) is None
+    assert conv(x).shape[-1] == (side + 2) // 2  # ⌈side·f⌉ with f just above 1/2: one more on even sides
+
+
 @pytest.mark.parametrize("log_step", [0.0, math.log(1.02), math.log(1.6)])
 def test_same_outputs_and_gradients_as_full_resolution(log_step):
     conv = _layer()

@@ -12,9 +12,11 @@ from torch import nn
 from ..options import INTERPOLATIONS, check_choice, check_positive
 from ._fx import as_traced_leaf
 
-#: Tolerance on sizes and sample positions, so that an exact factor 1/2 computed
-#: through exp/log in float32 still gives ⌈L/2⌉ and picks pixels 0, 2, 4, ...
-_EPS = 1e-6
+#: Relative tolerance on sizes and sample positions: a factor up to 1e-4 (relative) above 1/k still
+#: gives ⌈L/k⌉ and picks pixels 0, k, 2k, … — as σ within ~1e-4 of a size boundary keeps its filter
+#: size (``basis.SIZE_TOLERANCE``). With an absolute 1e-6 px, nine SGD steps at lr 1e-6 moved σ by
+#: under 5e-7 below σ₀ and grew every map of a RegNet by one pixel (and lost the strided shortcut).
+_REL_TOL = 1e-4
 
 
 class _Resize(nn.Module):
@@ -216,7 +218,7 @@ def _aligned(x: torch.Tensor, align: int) -> torch.Tensor:
 
 def subsampled_size(length: int, factor: float) -> int:
     """``⌈length · factor⌉`` (at least 1): the side after subsampling by ``factor``."""
-    return max(1, int(math.ceil(length * factor - 1e-6)))  # 1e-6 is _EPS (torch.jit.script reads no globals)
+    return max(1, int(math.ceil(length * factor * (1.0 - 1e-4))))  # 1e-4 is _REL_TOL (torch.jit.script reads no globals)
 
 
 def resize_by(x: torch.Tensor, factor: float, interpolation: str = "nearest") -> torch.Tensor:
@@ -235,7 +237,7 @@ def resize_by(x: torch.Tensor, factor: float, interpolation: str = "nearest") ->
 
 def _picks(out: int, length: int, factor: float, device: torch.device) -> torch.Tensor:
     """Indices ``⌊i / factor⌋`` (i < out), clipped to the input: top-left aligned like a strided op."""
-    idx = torch.arange(out, device=device, dtype=torch.float64).div_(factor).add_(1e-6).floor_()  # _EPS
+    idx = torch.arange(out, device=device, dtype=torch.float64).div_(factor).mul_(1.0 + 1e-4).floor_()  # _REL_TOL
     return idx.clamp_(max=length - 1).long()
 
 
@@ -279,7 +281,7 @@ def strided_pick(module: nn.Module, height: int, width: int) -> int | None:
         return cached[1]
     k = int(round(1.0 / f))
     if k < 2 or any(subsampled_size(n, f) != -(-n // k) or
-                    any(math.floor(j / f + 1e-6) != j * k for j in range(subsampled_size(n, f)))
+                    any(math.floor(j / f * (1.0 + _REL_TOL)) != j * k for j in range(subsampled_size(n, f)))
                     for n in (height, width)):
         k = None
     module._pick_cache = (key, k)
