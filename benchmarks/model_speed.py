@@ -23,6 +23,9 @@ the models so that load on a shared machine hits them alike.
     uv run python benchmarks/model_speed.py                              # every default row (long on CPU)
     uv run python benchmarks/model_speed.py --models resnet32 --rounds 3 --write docs/measured/model_speed_resnet32_cpu.txt
     uv run python benchmarks/model_speed.py --models timm:resnet18 --sigmas s0,0.6 --modes keep --compile
+    uv run python benchmarks/model_speed.py --models timm:regnetx_002@128,tv:mobilenet_v3_small@224 --sigmas s0
+
+Any other model as ``NAME@SIDE`` (a name ``njetify.create_model`` knows; batch 8, or ``--batch``).
 """
 
 from __future__ import annotations
@@ -118,10 +121,21 @@ def _models(name, mode, sigma, side, batch, device):
     return original, njet, twin, baked, x
 
 
+def _geometry(name: str) -> tuple[str, int, int]:
+    """``(model name, input side, batch)`` for one of :data:`MODELS` or any ``NAME@SIDE`` (batch 8)."""
+    if name in MODELS:
+        return (name, *MODELS[name])
+    model, _, side = name.partition("@")
+    if not side.isdigit():
+        raise SystemExit(f"--models: {name!r} is none of {', '.join(MODELS)}; give other models as NAME@SIDE "
+                         "(e.g. timm:regnetx_002@128)")
+    return model, int(side), 8
+
+
 def row(name, mode, sigma, args, device) -> dict:
-    side, batch = MODELS[name]
+    model, side, batch = _geometry(name)
     batch = args.batch or batch
-    original, njet, twin, baked, x = _models(name, mode, sigma, side, batch, device)
+    original, njet, twin, baked, x = _models(model, mode, sigma, side, batch, device)
     y = torch.randint(0, 10, (batch,), device=device)
     out = {"model": name, "mode": mode, "sigma": sigma, "sizes": _sizes(njet), "batch": batch, "side": side}
     variants = {"original": original, "njet": njet, "twin": twin}
@@ -161,7 +175,7 @@ def _fmt(r: dict, compiled: bool) -> list[str]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}, or any NAME@SIDE (batch 8)")
     p.add_argument("--modes", default="keep,safe")
     p.add_argument("--sigmas", default="s0,0.6,1,2", help="s0 (σ₀ from the kernels) or σ in pixels")
     p.add_argument("--rounds", type=int, default=5)
