@@ -7,9 +7,9 @@ mix one batched GEMM ``(O, C·F) @ (C·F, Ho·Wo)`` per sample.
 
 The y-pass runs in the y-operator's bands (:func:`~njetify.layers.basis_first.axis_bands`): each
 tile of output rows reads only the input rows it touches, the J_i y-orders of a tile in one batched
-product into a small scratch tile copied into place (1.4–1.6× faster than the whole matrix at 56²
-and 112², ``benchmarks/basis_first.py``). The x-pass applies its operator whole: banded, its
-products (a few taps deep) ran no faster.
+product into a small scratch tile copied into place (train steps 12–40 % faster at 56²–112², σ 1
+and 4: ``docs/measured/basis_first_planes_cpu.txt``). The x-pass applies its operator whole: banded,
+its products (a few taps deep) ran no faster.
 """
 
 from __future__ import annotations
@@ -143,13 +143,14 @@ class _BasisFirstPlanes(Function):
             for i in range(m):
                 ji = m - i
                 dzi, zi = _planes(dz[:, :, :, i]), _planes(z[:, :, :, i])  # (N·C, H, Wo)
-                if len(bands) > 1:
+                whole = len(bands) == 1 and bands[0] == (0, ho, 0, h)
+                if not whole:
                     dzi.zero_()
                 for band in bands:
                     a, b, lo, hi = band
                     block = _tile(dr, off, ji, band)  # (N·C, J_i·T, Wo)
                     op = _ops(ay, ji, band)
-                    if len(bands) == 1:
+                    if whole:
                         torch.matmul(op.T, block, out=dzi)
                     else:
                         dzi[:, lo:hi] += torch.matmul(op.T, block, out=workspace("planes_dzt", (n * c, hi - lo, wo), x))
