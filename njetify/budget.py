@@ -299,7 +299,8 @@ def apply_budget(model: nn.Module, budget: float, table: CostTable | None = None
         m._filter_sizes.invalidate()
     for m in model.modules():
         if isinstance(m, SafeSubsample) and m.source is not None:
-            m.at_least_stride, m._key = True, None
+            m.at_least_stride = True
+            m.invalidate()  # the factor and map-size plans read on the host
     table.budget = float(budget)
     setattr(model, BUDGET_ATTR, table)
     return table

@@ -188,7 +188,7 @@ def _apply(model: nn.Module, f: float, layers_at: set, sites_at: set, min_sigma:
             site.scale *= f
             # the source's σ grew by f, or less where it hit the floor: the factor follows what it got
             site.sigma_scale *= f if src is None else float(src.sigma.detach().mean()) / before[id(src)]
-            site._key = None
+            site.invalidate()
     return applied, floored
 
 

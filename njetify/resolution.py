@@ -95,6 +95,7 @@ def apply_resolution(model: nn.Module, data: dict | ResolutionRecord | None) -> 
             raise ValueError(f"the resolution record names {path!r}, which is not a safe-subsampling of this "
                              f"{type(model).__name__} (a different architecture or conversion?)")
         site.scale, site.sigma_scale = scale, sigma_scale
+        site.invalidate()
     setattr(model, RESOLUTION_ATTR, rec)
 
 

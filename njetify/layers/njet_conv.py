@@ -243,12 +243,13 @@ class NJetConv2d(HostSizes, SigmaModule):
 
     def _picked_stride(self, x: torch.Tensor) -> int | None:
         """``k`` when the carried subsampling keeps exactly every k-th pixel of this layer's output
-        (:func:`~njetify.layers.safe_subsample.strided_pick`; eager only), else None."""
-        if self.subsample is None or self.stride != 1 or torch.compiler.is_compiling() or x.dim() != 4:
+        (:func:`~njetify.layers.safe_subsample.strided_pick`; inside a graph the host's answer), else None."""
+        if self.subsample is None or self.stride != 1 or x.dim() != 4:
             return None
         size = B.size_of(self.half_width)
         left, right, top, bottom = self._pads(x.shape[-2:], size)
-        return strided_pick(self.subsample, x.shape[-2] + top + bottom - size + 1, x.shape[-1] + left + right - size + 1)
+        return strided_pick(self.subsample, x.shape[-2] + top + bottom - size + 1, x.shape[-1] + left + right - size + 1,
+                            x.device)
 
     def convolve(self, x: torch.Tensor, stride: int | None = None) -> torch.Tensor:
         """The N-Jet convolution alone, without the carried subsampling: ``(N, C_in, H, W)`` →

@@ -134,15 +134,15 @@ class SafePool2d(StridelessPool2d):
 
     def _picked_pool(self, x: torch.Tensor) -> torch.Tensor | None:
         """A max pool whose subsampling keeps exactly every k-th pixel (:func:`strided_pick`) runs at
-        stride k: the same output, without the stride-1 map (eager only; None otherwise)."""
-        if not self._max or torch.compiler.is_compiling() or x.dim() != 4:
+        stride k: the same output, without the stride-1 map (inside a graph too: the host decides; None otherwise)."""
+        if not self._max or x.dim() != 4:
             return None
         k, p, d = self._kernel, self._padding, self._dilation
         dk = d * (k - 1) + 1
         h, w = x.shape[-2] + 2 * p - dk + 1, x.shape[-1] + 2 * p - dk + 1
         if self._extra or h < 1 or w < 1:
             return None
-        stride = strided_pick(self.subsample, h, w)
+        stride = strided_pick(self.subsample, h, w, x.device)
         if stride is None:
             return None
         return self.subsample.already_picked(F.max_pool2d(x, k, stride, p, d))

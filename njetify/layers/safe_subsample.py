@@ -11,12 +11,8 @@ from torch import nn
 
 from ..options import INTERPOLATIONS, check_choice, check_positive
 from ._fx import as_traced_leaf
-
-#: Relative tolerance on sizes and sample positions: a factor up to 1e-4 (relative) above 1/k still
-#: gives ⌈L/k⌉ and picks pixels 0, k, 2k, … — as σ within ~1e-4 of a size boundary keeps its filter
-#: size (``basis.SIZE_TOLERANCE``). With an absolute 1e-6 px, nine SGD steps at lr 1e-6 moved σ by
-#: under 5e-7 below σ₀ and grew every map of a RegNet by one pixel (and lost the strided shortcut).
-_REL_TOL = 1e-4
+from .sizes import track_plans
+from .subsample_plan import SubsamplePlan, apply_plan, make_plan, picks, subsampled_size
 
 
 class _Resize(nn.Module):
@@ -46,6 +42,38 @@ class _Resize(nn.Module):
             self._picked = False
             return x
         return None
+
+    @torch.jit.unused
+    def plan(self, height: int, width: int, device: torch.device | None = None) -> SubsamplePlan | None:
+        """What this subsampling does to a ``height × width`` map (after ``align``) at the current factor:
+        made on the host and kept per size (:mod:`~njetify.layers.subsample_plan`). Inside a compiled graph
+        a learned subsampling only reads the kept plan (None when this size has none yet). ``device``: where
+        the pick indices must live (None: anywhere; a new plan then keeps them on the CPU)."""
+        plans = self.__dict__.setdefault("_plans", {})
+        if torch.compiler.is_compiling():
+            return plans.get((height, width)) if isinstance(self, SafeSubsample) else \
+                make_plan(float(self.factor), height, width, self.interpolation == "nearest", device or torch.device("cpu"))
+        factor = float(self.factor)
+        plan = plans.get((height, width))
+        if plan is None or plan.factor != factor or (device is not None and plan.rows is not None
+                                                      and plan.rows.device != device):
+            if len(plans) >= 16:  # a few map sizes per site; a sweep over sizes must not grow it for ever
+                plans.clear()
+            plan = plans[(height, width)] = make_plan(factor, height, width, self.interpolation == "nearest",
+                                                      device or torch.device("cpu"))
+        return plan
+
+    @torch.jit.unused
+    def refresh_plans(self) -> None:
+        """Remake every kept plan at the current factor (host-side: after an optimiser step or a σ set by hand,
+        before a compiled graph reads them)."""
+        plans = self.__dict__.get("_plans", {})
+        for (height, width), plan in list(plans.items()):
+            self.plan(height, width, plan.rows.device if plan.rows is not None else None)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__["_plans"] = {}  # the pick tensors live on the old device
+        return super()._apply(fn, *args, **kwargs)
 
     @torch.jit.unused
     def already_picked(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,8 +151,9 @@ class SafeSubsample(_Resize):
         the factor at ``sigma0`` (default: the source's σ now) is ``1/stride``."""
         object.__setattr__(self, "_source", source)  # a reference, not a submodule: σ is saved once
         self.source_name = name if source is not None else None
-        self._key = None
+        self.invalidate()
         self._factor = 1.0 / self.stride
+        track_plans(self)
         if source is not None and self.auto:
             self.rebase(float(source.sigma.detach().mean()) if sigma0 is None else float(sigma0))
         elif source is None and self.auto:
@@ -135,7 +164,7 @@ class SafeSubsample(_Resize):
         (call it after choosing a new σ₀ for the source)."""
         if self.auto and self._source is not None:
             self.r = float(sigma0) / math.log2(self.stride)
-            self._key = None
+            self.invalidate()
 
     @property
     def source(self) -> nn.Module | None:
@@ -144,7 +173,22 @@ class SafeSubsample(_Resize):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         done = self._no_resize(x)
-        return done if done is not None else _resize_eagerly(self, x)
+        if done is not None:
+            return done
+        if torch.compiler.is_compiling():  # the plan made on the host for this size: ints and index tensors
+            plan = self.plan(x.shape[-2] + self.align, x.shape[-1] + self.align, x.device)
+            if plan is not None:
+                return apply_plan(_aligned(x, self.align), plan, self.interpolation)
+        return _resize_eagerly(self, x)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        track_plans(self)
+
+    def invalidate(self) -> None:
+        """Forget the factor and the plans read on the host (after changing ``r``, ``scale`` or the floor)."""
+        self._key = None
+        self.__dict__["_plans"] = {}
 
     @property
     def factor(self) -> float:
@@ -184,9 +228,17 @@ class SafeSubsample(_Resize):
 
 @torch.compiler.disable
 def _resize_eagerly(module: SafeSubsample, x: torch.Tensor) -> torch.Tensor:
-    """A learned subsampling: its output size follows σ, so it runs outside compiled graphs (one graph break
-    per site, and no recompilation while σ moves)."""
-    return resize_by(_aligned(x, module.align), module.factor, module.interpolation)
+    """A learned subsampling on the host: make (or reuse) the plan of this map size and apply it. Inside a
+    compiled graph only when no plan was made for the size yet (one graph break, then a recompile that
+    reads the plan)."""
+    x = _aligned(x, module.align)
+    plan = module.plan(x.shape[-2], x.shape[-1], x.device)
+    if plan is None:  # torch.export traces through compiler.disable, where σ cannot be read
+        raise RuntimeError(
+            f"SafeSubsample ({module.source_name or 'learned'}): no map-size plan for a {x.shape[-2]}×{x.shape[-1]} "
+            "map yet, and σ cannot be read inside torch.export. Run the model once eagerly on an input of the "
+            "size you export with, then export")
+    return apply_plan(x, plan, module.interpolation)
 
 
 class FixedSubsample(_Resize):
@@ -216,11 +268,6 @@ def _aligned(x: torch.Tensor, align: int) -> torch.Tensor:
     return F.pad(x, [0, align, 0, align], mode="replicate") if align else x
 
 
-def subsampled_size(length: int, factor: float) -> int:
-    """``⌈length · factor⌉`` (at least 1): the side after subsampling by ``factor``."""
-    return max(1, int(math.ceil(length * factor * (1.0 - 1e-4))))  # 1e-4 is _REL_TOL (torch.jit.script reads no globals)
-
-
 def resize_by(x: torch.Tensor, factor: float, interpolation: str = "nearest") -> torch.Tensor:
     """Resize ``(N, C, H, W)`` to ``(N, C, ⌈H·f⌉, ⌈W·f⌉)``; ``"nearest"`` picks pixels
     ``⌊i/f⌋`` (top-left aligned, exactly a strided op's at f = 1/stride)."""
@@ -229,16 +276,10 @@ def resize_by(x: torch.Tensor, factor: float, interpolation: str = "nearest") ->
     if oh == h and ow == w:
         return x
     if interpolation == "nearest":
-        return x.index_select(-2, _picks(oh, h, factor, x.device)).index_select(-1, _picks(ow, w, factor, x.device))
+        return x.index_select(-2, picks(oh, h, factor, x.device)).index_select(-1, picks(ow, w, factor, x.device))
     if interpolation == "area":
         return F.adaptive_avg_pool2d(x, (oh, ow))
     return F.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=False, antialias=True)
-
-
-def _picks(out: int, length: int, factor: float, device: torch.device) -> torch.Tensor:
-    """Indices ``⌊i / factor⌋`` (i < out), clipped to the input: top-left aligned like a strided op."""
-    idx = torch.arange(out, device=device, dtype=torch.float64).div_(factor).mul_(1.0 + 1e-4).floor_()  # _REL_TOL
-    return idx.clamp_(max=length - 1).long()
 
 
 _PICKS = {"on": True}
@@ -265,24 +306,15 @@ def exact_stride(module: nn.Module) -> int | None:
     return k if k >= 2 and abs(module.factor * k - 1.0) < 1e-9 else None
 
 
-def strided_pick(module: nn.Module, height: int, width: int) -> int | None:
+def strided_pick(module: nn.Module, height: int, width: int, device: torch.device | None = None) -> int | None:
     """``k`` when ``module`` (a nearest safe-subsampling, no align) picks exactly the pixels
     ``0, k, 2k, …`` of an ``height × width`` map on both axes — then "conv at stride 1, subsample" is
     "conv at stride k" with the same output, at 1/k² of the work; else None.
 
-    True at σ₀ (factor 1/stride) and while σ stays close to it: the picks ``⌊j/f⌋`` drift from
-    ``j·k`` by less than a pixel over the map. Host-side; never while compiling or scripting."""
+    True at σ₀ (factor 1/stride) and while σ stays close to it (:func:`~njetify.layers.subsample_plan.
+    exact_pick_stride`). Decided on the host (the module's plan for this size); inside a compiled graph
+    the kept plan's int, so the graph runs the strided op and recompiles only when the answer changes."""
     if not _PICKS["on"] or not isinstance(module, _Resize) or module.interpolation != "nearest" or module.align:
         return None
-    f = float(module.factor)
-    key = (f, height, width)
-    cached = getattr(module, "_pick_cache", None)
-    if cached is not None and cached[0] == key:  # same factor and map as the last call: same answer
-        return cached[1]
-    k = int(round(1.0 / f))
-    if k < 2 or any(subsampled_size(n, f) != -(-n // k) or
-                    any(math.floor(j / f * (1.0 + _REL_TOL)) != j * k for j in range(subsampled_size(n, f)))
-                    for n in (height, width)):
-        k = None
-    module._pick_cache = (key, k)
-    return k
+    plan = module.plan(height, width, device)
+    return None if plan is None else plan.stride

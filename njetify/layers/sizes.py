@@ -42,6 +42,7 @@ MAX_SIGMA = 1e4
 RECOMPILE_LIMIT = 64
 
 _LIVE: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_PLANNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
 class SmallSigmaWarning(UserWarning):
@@ -199,13 +200,31 @@ def track(module: nn.Module) -> None:
     _install_hook()
 
 
-def refresh_sizes(model: nn.Module | None = None) -> int:
-    """Re-read σ of every σ layer in ``model`` (all live ones when None); returns how many sizes changed.
+def track_plans(module: nn.Module) -> None:
+    """Register a learned subsampling (with ``source`` and ``refresh_plans()``): its map sizes and picks are
+    remade on the host after each optimiser step that trains its source's σ (``subsample_plan``)."""
+    _PLANNED.add(module)
+    _install_hook()
 
-    One batched host read. Call it after setting σ by hand, before ``torch.compile`` or
+
+def refresh_sizes(model: nn.Module | None = None) -> int:
+    """Re-read σ of every σ layer in ``model`` (all live ones when None), and remake the map-size plans of
+    its learned subsamplings; returns how many filter sizes changed.
+
+    One batched host read for the filters. Call it after setting σ by hand, before ``torch.compile`` or
     ``torch.export`` sees the model; optimiser steps call it by themselves.
     """
-    return _refresh([m for m in (_LIVE if model is None else model.modules()) if hasattr(m, "_filter_sizes")])
+    mods = list(_LIVE if model is None else model.modules())
+    changed = _refresh([m for m in mods if hasattr(m, "_filter_sizes")])
+    _refresh_plans([m for m in (_PLANNED if model is None else mods) if hasattr(m, "refresh_plans")])
+    return changed
+
+
+def _refresh_plans(subsamplings) -> None:
+    if torch.compiler.is_compiling():
+        return
+    for m in list(subsamplings):
+        m.refresh_plans()
 
 
 def _refresh(mods: list[nn.Module]) -> int:
@@ -257,6 +276,7 @@ def _after_step(optimizer, args, kwargs) -> None:
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     mods = [m for m in list(_LIVE) if id(m.log_sigma) in trained]
     _refresh(mods)
+    _refresh_plans([s for s in list(_PLANNED) if s.source is not None and id(s.source.scale_parameter()) in trained])
 
 
 class HostSizes:

@@ -65,9 +65,9 @@ class SubsampledConv2d(nn.Conv2d):
             leaf = as_traced_leaf(self, x)
             if leaf is not None:
                 return leaf
-        if not torch.jit.is_scripting() and not torch.compiler.is_compiling() and self.padding_mode == "zeros" \
-                and x.dim() == 4 and not isinstance(self.padding, str):
-            k = strided_pick(self.subsample, *_full_size(self, x))
+        if not torch.jit.is_scripting() and self.padding_mode == "zeros" and x.dim() == 4 \
+                and not isinstance(self.padding, str):
+            k = strided_pick(self.subsample, *_full_size(self, x), x.device)
             if k is not None:  # the subsampling keeps every k-th pixel: the same output at stride k
                 return self.subsample.already_picked(F.conv2d(x, self.weight, self.bias, k, self.padding,
                                                               self.dilation, self.groups))
