@@ -30,17 +30,13 @@ import torch.nn.functional as F
 from njetify import NJetConv2d
 from njetify.layers import path_cost
 
+from _timing import run_times  # benchmarks/_timing.py
+
 
 def timed(fn, reps: int) -> float:
     """Fastest of ``reps`` runs of ``fn()`` after one warm-up, in seconds (load from other processes
     only ever adds time, so the minimum estimates the cost of the call itself)."""
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
+    return min(run_times(fn, reps))
 
 
 def measure_rates(reps: int) -> path_cost.Rates:
