@@ -38,11 +38,6 @@ log = logging.getLogger("njetify.sizes")
 
 #: σ above this many pixels is refused (a filter of 2·⌈2σ⌉+1 px per side could not be built).
 MAX_SIGMA = 1e4
-#: After an optimiser step a filter shrinks only when σ·(1 + SHRINK_MARGIN) is below the size boundary: σ that
-#: wobbles around a boundary (every converted 3×3 starts on one, σ₀ = 0.5) keeps the larger, less truncated
-#: filter instead of flipping size — and recompiling a compiled model — every few steps. Growth follows the rule
-#: at once; σ set by hand, loaded or refreshed by :func:`refresh_sizes` gets the plain rule.
-SHRINK_MARGIN = 0.02
 #: The recompile limit njetify asks dynamo for once a filter size has changed.
 RECOMPILE_LIMIT = 64
 
@@ -84,9 +79,6 @@ class FilterSizes:
         self.capped: tuple[bool, ...] = (False,)
         self._key: tuple | None = None
         self._fresh = True  # never read yet: the first read is not a change
-        #: Half-widths before the cap (what :meth:`refresh` holds); the extent and cap they were read with.
-        self.held: tuple[int, ...] = ()
-        self._rule: tuple | None = None
         self._warned: set[int] = set()
         self._warned_small = False
         self._pending: list = []  # messages (str) and warnings found while the layer was built
@@ -105,18 +97,13 @@ class FilterSizes:
         return self.halves
 
     def refresh(self, log_sigma: torch.Tensor, extent: float, max_size: int | None,
-                values: list[float] | None = None, quiet: bool = False, hold: bool = False) -> bool:
-        """Recompute the half-widths from σ (``values``: log σ already read on the host); True if one changed.
-
-        ``hold`` (after an optimiser step): a filter shrinks only once σ is :data:`SHRINK_MARGIN` below the
-        size boundary, so σ wobbling around a boundary does not flip the size (and recompile) every step."""
+                values: list[float] | None = None, quiet: bool = False) -> bool:
+        """Recompute the half-widths from σ (``values``: log σ already read on the host); True if one changed."""
         logs = log_sigma.detach().reshape(-1).tolist() if values is None else values
         sigmas = [max(logs)] if self.groups == "max" else logs
         self._check_small(log_sigma, logs, quiet)
         cap = None if max_size is None else max(0, (max_size - 1) // 2)
-        halves, capped, held = [], [], []
-        hold = hold and self._rule == (extent, max_size)  # a new extent or cap: the rule afresh
-        self._rule = (extent, max_size)
+        halves, capped = [], []
         for k, ls in enumerate(sigmas):
             sigma = math.exp(min(ls, 700.0)) if ls == ls else float("nan")
             if not sigma < MAX_SIGMA:
@@ -124,8 +111,6 @@ class FilterSizes:
                                  f"built (σ must be finite and below {MAX_SIGMA:g} px). Training diverged or σ was set "
                                  "by hand: lower the σ learning rate, or set max_size and a sane σ")
             half = B.half_width(sigma, extent)
-            if hold and k < len(self.held) and half < self.held[k] <= B.half_width(sigma * (1 + SHRINK_MARGIN), extent):
-                half = self.held[k]
             hit = cap is not None and half > cap
             if hit and k not in self._warned and self.cap_note:
                 log.info("%s: filter of σ=%.3g needs %d px; capped at %d px by %s", self.what, sigma, B.size_of(half),
@@ -141,9 +126,7 @@ class FilterSizes:
                 self._warned.add(k)
             halves.append(cap if hit else half)
             capped.append(hit)
-            held.append(half)
         first = self._key is None and self._fresh
-        self.held = tuple(held)
         old, self.halves, self.capped = self.halves, tuple(halves), tuple(capped)
         self._key, self._fresh = _key(log_sigma, extent, max_size), False
         changed = old != self.halves
@@ -244,7 +227,7 @@ def _refresh_plans(subsamplings) -> None:
         m.refresh_plans()
 
 
-def _refresh(mods: list[nn.Module], hold: bool = False) -> int:
+def _refresh(mods: list[nn.Module]) -> int:
     if not mods or torch.compiler.is_compiling():
         return 0
     params = [m.log_sigma.detach().reshape(-1) for m in mods]
@@ -253,8 +236,7 @@ def _refresh(mods: list[nn.Module], hold: bool = False) -> int:
     for m, p in zip(mods, params):
         n = p.numel()
         try:
-            changed += bool(m._filter_sizes.refresh(m.log_sigma, m.extent, m.max_size, values[start : start + n],
-                                                    hold=hold))
+            changed += bool(m._filter_sizes.refresh(m.log_sigma, m.extent, m.max_size, values[start : start + n]))
         except ValueError:  # an absurd σ: the layer's next forward raises, naming it
             m._filter_sizes.invalidate()
         start += n
@@ -293,7 +275,7 @@ def _after_step(optimizer, args, kwargs) -> None:
         return
     trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
     mods = [m for m in list(_LIVE) if id(m.log_sigma) in trained]
-    _refresh(mods, hold=True)
+    _refresh(mods)
     _refresh_plans([s for s in list(_PLANNED) if s.source is not None and id(s.source.scale_parameter()) in trained])
 
 
